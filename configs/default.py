@@ -1,0 +1,146 @@
+"""Paper configuration of Pik-Fix (WACV 2023, sections 3-4). Every field is used.
+
+Other configs import this one and override fields. Override anything from the command
+line with `--config.section.field=value`; an unknown key is an error.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameters, data order, crops, degradations and dropout.
+
+  # ----------------------------------------------------------------------------- data
+  c.dataset = 'div2k'  # One of: demo, div2k, voc, realold, image_folder.
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 256  # Side of the square random training crop (paper: 256).
+  c.data.eval_image_size = 256  # Side of the centre crop used for validation batches (0: full image, padded).
+  c.data.data_dir = ''  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
+  c.data.manual_dir = ''  # Manual download dir for tfds builders that need one (realold).
+  c.data.image_folder = ''  # Folder of photos for dataset=image_folder.
+  c.data.val_fraction = 0.1  # Fraction of image_folder photos held out for validation (split by data.split_seed).
+  c.data.voc_num_train = 10000  # Pascal VOC training images (paper: 10,000, seeded subset).
+  c.data.voc_num_test = 1000  # Pascal VOC test images (paper: 1,000).
+  c.data.split_seed = 0  # Seeds the voc / image_folder subsets and evaluation degradations (kept apart from c.seed so all runs share one test set).
+  c.data.shuffle_buffer = 1000  # tf.data shuffle buffer (examples; tfds datasets only, file lists are permuted exactly).
+  c.data.train_repeats = 1  # Passes over the training images per epoch (tiny datasets such as demo).
+  c.data.cache = False  # Cache decoded images in memory (small datasets only).
+  c.data.degrade = False  # Apply synthetic old-photo degradation to the input luminance.
+  c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (DESIGN.md).
+  c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
+  c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.
+  c.data.eval_reference = 'auto'  # Eval reference: 'auto' (dataset's own reference, else retrieval top-1, else a seeded other eval image) or 'self' (oracle).
+  c.data.jitter_brightness = 0.2  # Strategy 1: max brightness jitter of the reference.
+  c.data.jitter_contrast = 0.2  # Strategy 1: max relative contrast jitter.
+  c.data.jitter_saturation = 0.2  # Strategy 1: max relative saturation jitter.
+  c.data.jitter_hue = 0.05  # Strategy 1: max hue shift (fraction of the colour wheel).
+  c.data.affine_max_rotation = 10.0  # Strategy 1: max rotation of the reference (degrees).
+  c.data.affine_max_scale = 0.1  # Strategy 1: max relative scale change of the reference.
+  c.data.affine_max_shear = 0.1  # Strategy 1: max shear of the reference.
+
+  # Synthetic degradation (Wan et al. 2020 sec. 4.2 + Pik-Fix sec. 4.1).
+  d = c.data.degradation = ml_collections.ConfigDict()
+  d.drop_prob = 0.3  # Each unstructured degradation is skipped with this probability.
+  d.noise_sigma = (5.0, 50.0)  # Gaussian noise std, 8-bit units.
+  d.blur_kernel_sizes = (3, 5, 7)  # Gaussian blur kernel sizes.
+  d.blur_sigma = (1.0, 5.0)  # Gaussian blur std (pixels).
+  d.jpeg_quality = (40, 100)  # JPEG quality range.
+  d.color_jitter = 20.0  # Colour jitter: every channel shifted by up to +- this, 8-bit units.
+  d.box_blur_sizes = (3, 5)  # Box blur kernel sizes.
+  d.texture_prob = 0.7  # Probability of blending a scratch/crack/dust texture.
+  d.paper_prob = 0.5  # Probability of blending a paper texture (stains, wear).
+  d.texture_opacity = (0.2, 0.8)  # Opacity of the blended texture.
+  d.texture_dir = ''  # Optional user textures: DIR/scratch/*, DIR/paper/* (grey, bright = defect); added to the procedural ones.
+  d.num_textures = 24  # Procedural textures of each kind (scratch, paper) generated at pipeline start.
+  d.texture_size = 512  # Side of the procedural texture images (px).
+  d.fade_prob = 0.5  # Probability of fading the print towards a paper tone (docs/DATA.md).
+  d.fade_strength = (0.05, 0.35)  # Fraction of the fade towards the paper tone.
+  d.hole_prob = 0.5  # Probability of feathered white holes / polygons.
+  d.max_holes = 3  # Maximum number of holes/polygons.
+  d.hole_radius = (0.05, 0.25)  # Hole/polygon radius, fraction of the image's short side.
+  d.hole_feather = (1.0, 4.0)  # Feathering blur std of the (non-polygon) holes, px.
+  d.grain_prob = 0.5  # Probability of film grain.
+  d.grain_sigma = (2.0, 10.0)  # Film grain std, 8-bit units.
+
+  # ---------------------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.dtype = 'float32'  # Compute dtype of convolutions/matmuls: float32 or bfloat16 (params stay f32).
+  m.remat = False  # Rematerialise dense blocks in the backward pass (saves memory).
+
+  r = m.restoration = ml_collections.ConfigDict()
+  r.levels = (1, 4, 8)  # Downsampling factor of each RDN level (Table 6 single-level: (1,)).
+  r.features = 64  # Width of each level's feature maps.
+  r.num_blocks = 3  # Residual dense blocks per level.
+  r.num_units = 4  # Dense units (3x3 conv + ReLU) per block.
+  r.growth = 32  # Channels added by each dense unit.
+
+  s = m.similarity = ml_collections.ConfigDict()
+  s.mode = 'multi'  # Table 5: 'multi' (eq. 1 per scale), 'single' (one map, resized), 'none'.
+  s.width = 64  # Common projection width C.
+  s.temperature = 0.005  # Softmax temperature over reference positions (authors' code).
+  s.train_backbone = False  # Fine-tune the ResNet-34 (default: frozen).
+  s.query_chunk = 1024  # Query positions per chunk in the histogram warp (memory bound).
+
+  h = m.histogram = ml_collections.ConfigDict()
+  h.num_bins = 32  # K bins per chroma channel (paper silent; docs/MODEL.md).
+  h.sigma = 0.1  # Gaussian spread of eq. (3).
+  h.vmin = -1.0  # Bin centre initialisation range, eq. (4).
+  h.vmax = 1.0
+  h.learn_centers = True  # Bin centres u_k are learnable (paper).
+  h.fusion = 'histogram'  # Table 4: 'histogram' (SPHist) or 'ab' (raw reference ab).
+  h.scales = 'multi'  # Table 4: 'multi' (all 4 encoder scales), 'single' (first scale), 'input'.
+
+  z = m.colorization = ml_collections.ConfigDict()
+  z.block_units = (6, 12, 24, 16)  # Dense units per encoder block (DenseNet-121 layout).
+  z.growth = 32  # Growth rate of each dense unit.
+  z.bottleneck = 4  # Bottleneck width multiplier (1x1 conv -> bottleneck*growth channels).
+  z.stem_features = 64  # Width of the stem (7x7/2 conv + 3x3/2 max-pool).
+  z.fusion_units = 6  # Dense units in each fusion module.
+  z.dropout = 0.0  # Dropout inside dense units (training only).
+
+  g = m.discriminator = ml_collections.ConfigDict()
+  g.features = 64  # Width of the first PatchGAN layer.
+  g.num_layers = 3  # Strided layers (70x70 receptive field with 3).
+  g.condition_on_reference = True  # Also show D the reference's global ab histogram (docs/MODEL.md).
+
+  # ------------------------------------------------------------------------ backbones
+  b = c.backbones = ml_collections.ConfigDict()
+  b.resnet34 = ''  # Converted ImageNet ResNet-34 params (data_prep.convert_weights); '' = random.
+  b.vgg19 = ''  # Converted ImageNet VGG-19 params (perceptual loss, retrieval); '' = random.
+  b.lpips = ''  # Converted VGG-16 + LPIPS heads (evaluation only).
+
+  # ---------------------------------------------------------------------------- loss
+  l = c.loss = ml_collections.ConfigDict()
+  l.alpha = 1.0  # Luminance L1 weight.
+  l.beta = 0.2  # VGG-19 perceptual loss weight.
+  l.lambda_emd = 0.5  # EMD histogram loss weight.
+  l.gamma = 1.0  # Chroma L1 weight.
+  l.eta = 0.2  # Adversarial loss weight.
+  l.adversarial = 'nonsaturating'  # 'nonsaturating' (eq. 9 log loss), 'lsgan' or 'hinge'.
+  l.perceptual_layers = ('relu2_2', 'relu3_2', 'relu4_2', 'relu5_2')  # VGG-19 layers.
+
+  # --------------------------------------------------------------------------- optim
+  o = c.optim = ml_collections.ConfigDict()
+  o.learning_rate = 1e-4  # Adam learning rate (G and D).
+  o.b1 = 0.99  # Adam beta1 as written in the paper.
+  o.b2 = 0.999  # Adam beta2.
+  o.decay_rate = 0.99  # Learning rate multiplied by this at the end of every epoch.
+  o.grad_clip = 0.0  # Global-norm gradient clipping (0 = off).
+
+  # --------------------------------------------------------------------------- train
+  t = c.train = ml_collections.ConfigDict()
+  t.batch_size = 8  # Global batch size (all devices/processes).
+  t.num_epochs = 20  # Paper: 20 epochs.
+  t.num_train_steps = -1  # Stop after this many steps (-1: num_epochs).
+  t.steps_per_epoch = -1  # Steps per epoch (-1: dataset size / batch size).
+  t.d_steps = 1  # Discriminator updates per generator update.
+  t.d_first = True  # Update D before G in each step.
+  t.log_every = 50  # Steps between scalar summaries.
+  t.image_every = 500  # Steps between image-grid summaries.
+  t.eval_every = 1000  # Steps between validation runs (and at the end).
+  t.num_eval_batches = -1  # Validation batches per evaluation (-1: whole split).
+  t.eval_batch_size = 8  # Validation batch size.
+  t.checkpoint_every = 1000  # Steps between checkpoints (and at the end / on SIGTERM).
+  t.keep_checkpoints = 3  # Most recent checkpoints kept (the best by val PSNR is kept too).
+  return c

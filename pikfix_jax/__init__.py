@@ -1,0 +1,1 @@
+"""pikfix_jax: Pik-Fix (WACV 2023) in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Differentiable image and histogram ops."""

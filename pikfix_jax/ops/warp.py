@@ -1,0 +1,65 @@
+"""Similarity (Pik-Fix eq. 2) and histogram warping softmax(Phi_i) @ h_i, memory-bounded.
+
+The similarity map of eq. (2) between N_q input positions and N_k reference positions is
+never materialised whole: queries are processed in chunks, so memory grows as
+chunk * N_k instead of N_q * N_k.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def center_and_normalize(features: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  """(B, N, C) -> features minus their mean vector over positions, L2-normalised (eq. 2)."""
+  features = features.astype(jnp.float32)
+  centred = features - jnp.mean(features, axis=1, keepdims=True)
+  # sqrt(|x|^2 + eps^2) keeps the gradient finite when a centred vector is exactly 0
+  # (e.g. a single position at the coarsest scale).
+  return centred * jax.lax.rsqrt(jnp.sum(jnp.square(centred), axis=-1, keepdims=True) + eps ** 2)
+
+
+def _warp_block(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, temperature: float):
+  sim = jnp.einsum('bqc,bkc->bqk', q, k)  # cosine similarity, eq. (2)
+  attn = jax.nn.softmax(sim / temperature, axis=-1)
+  return jnp.einsum('bqk,bkv->bqv', attn, v), jnp.max(sim, axis=-1, keepdims=True)
+
+
+def warp_dense(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
+               temperature: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Reference implementation materialising the full (N_q, N_k) map; for tests."""
+  return _warp_block(center_and_normalize(query), center_and_normalize(key),
+                     values.astype(jnp.float32), temperature)
+
+
+def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
+                   temperature: float, chunk: int = 1024) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Warps reference values onto input positions by the softmax similarity.
+
+  Args:
+    query: (B, N_q, C) input features M_i^I (eq. 1).
+    key: (B, N_k, C) reference features M_i^R.
+    values: (B, N_k, V) reference values (SPHist h_i, or raw ab for the ablation).
+    temperature: softmax temperature over reference positions.
+    chunk: query positions per block (memory ~ B * chunk * N_k floats).
+
+  Returns:
+    warped: (B, N_q, V) softmax(Phi / T) @ values.
+    confidence: (B, N_q, 1) the best cosine similarity of each input position.
+  """
+  q = center_and_normalize(query)
+  k = center_and_normalize(key)
+  v = values.astype(jnp.float32)
+  b, n_q, c = q.shape
+  if n_q <= chunk:
+    return _warp_block(q, k, v, temperature)
+  num_chunks = -(-n_q // chunk)
+  pad = num_chunks * chunk - n_q
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0)))
+  q = q.reshape(b, num_chunks, chunk, c).transpose(1, 0, 2, 3)
+  block = jax.checkpoint(functools.partial(_warp_block, k=k, v=v, temperature=temperature))
+  warped, conf = jax.lax.map(lambda qc: block(qc), q)
+  warped = warped.transpose(1, 0, 2, 3).reshape(b, num_chunks * chunk, -1)[:, :n_q]
+  conf = conf.transpose(1, 0, 2, 3).reshape(b, num_chunks * chunk, 1)[:, :n_q]
+  return warped, conf

@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pikfix_jax.ops import histogram
+from pikfix_jax.ops import warp
+
+
+def test_bin_centers_follow_eq4():
+  c = histogram.init_bin_centers(8, -1.0, 1.0)
+  np.testing.assert_allclose(c, -1.0 + 2.0 / 8 * np.arange(8), atol=1e-7)
+
+
+def test_sphist_sums_to_one_and_peaks_at_nearest_bin():
+  centers = histogram.init_bin_centers(16)
+  ab = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 7, 2), minval=-1, maxval=1)
+  h = histogram.sphist(ab, centers, 0.1)
+  assert h.shape == (2, 5, 7, 32)
+  np.testing.assert_allclose(h.reshape(2, 5, 7, 2, 16).sum(-1), 1.0, atol=1e-5)
+  nearest = np.argmin(np.abs(np.asarray(ab)[..., None] - np.asarray(centers)), axis=-1)
+  np.testing.assert_array_equal(np.asarray(h).reshape(2, 5, 7, 2, 16).argmax(-1), nearest)
+
+
+def test_sphist_gradients_reach_centers_and_values():
+  centers = histogram.init_bin_centers(8)
+  ab = jax.random.uniform(jax.random.PRNGKey(1), (1, 4, 4, 2), minval=-1, maxval=1)
+  target = jax.random.dirichlet(jax.random.PRNGKey(2), jnp.ones(8), (2,))
+
+  def loss(c, v):
+    return histogram.emd_loss(histogram.global_histogram(histogram.sphist(v, c, 0.1))[0], target)
+
+  gc, gv = jax.grad(loss, argnums=(0, 1))(centers, ab)
+  assert float(jnp.abs(gc).sum()) > 0 and float(jnp.abs(gv).sum()) > 0
+
+
+def test_emd_zero_symmetric_and_matches_numpy():
+  rng = np.random.default_rng(0)
+  p = rng.dirichlet(np.ones(10), size=(3, 2)).astype(np.float32)
+  q = rng.dirichlet(np.ones(10), size=(3, 2)).astype(np.float32)
+  assert float(histogram.emd_loss(p, p)) == 0.0
+  np.testing.assert_allclose(histogram.emd_loss(p, q), histogram.emd_loss(q, p), rtol=1e-6)
+  expected = np.mean(np.sum((np.cumsum(p, -1) - np.cumsum(q, -1)) ** 2, -1))
+  np.testing.assert_allclose(histogram.emd_loss(p, q), expected, rtol=1e-5)
+
+
+def test_warp_rows_sum_to_one_and_self_match():
+  feats = jax.random.normal(jax.random.PRNGKey(3), (2, 50, 16))
+  # Values = one-hot of the key position: the warp returns the softmax rows themselves.
+  values = jnp.broadcast_to(jnp.eye(50), (2, 50, 50))
+  rows, conf = warp.warp_dense(feats, feats, values, temperature=0.005)
+  np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(rows).argmax(-1), np.tile(np.arange(50), (2, 1)))
+  np.testing.assert_allclose(conf, 1.0, atol=1e-5)
+
+
+def test_chunked_warp_equals_dense_values_and_gradients():
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(4), 3)
+  q = jax.random.normal(k1, (2, 37, 8))
+  k = jax.random.normal(k2, (2, 29, 8))
+  v = jax.nn.softmax(jax.random.normal(k3, (2, 29, 6)), -1)
+  dense = warp.warp_dense(q, k, v, 0.05)
+  chunked = warp.warp_histogram(q, k, v, 0.05, chunk=8)
+  for a, b in zip(dense, chunked):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v)[0] ** 2)
+  g_dense = jax.grad(loss(lambda *a: warp.warp_dense(*a, 0.05)), argnums=(0, 1, 2))(q, k, v)
+  g_chunk = jax.grad(loss(lambda *a: warp.warp_histogram(*a, 0.05, chunk=8)),
+                     argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_dense, g_chunk):
+    np.testing.assert_allclose(a, b, atol=1e-5)

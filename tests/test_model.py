@@ -1,0 +1,122 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from skimage import data as skdata
+from skimage import transform as sktransform
+
+from conftest import tiny_config
+from pikfix_jax.models import pikfix
+from pikfix_jax.ops import color
+from pikfix_jax.ops import histogram
+
+ABLATIONS = {
+    # Table 4
+    'input_ab_fusion': {'histogram.fusion': 'ab', 'histogram.scales': 'input'},
+    'multiscale_ab_fusion': {'histogram.fusion': 'ab', 'histogram.scales': 'multi'},
+    'single_scale_histogram': {'histogram.scales': 'single'},
+    'multiscale_histogram': {},
+    # Table 5
+    'no_similarity': {'similarity.mode': 'none'},
+    'single_similarity': {'similarity.mode': 'single'},
+    # Table 6
+    'single_level_rdn': {'restoration.levels': (1,)},
+}
+
+
+def _init_apply(config, input_shape, reference_shape):
+  model = pikfix.build_generator(config.model)
+  x = jax.random.uniform(jax.random.PRNGKey(1), input_shape)
+  r = jax.random.uniform(jax.random.PRNGKey(2), reference_shape)
+  out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), x, r)
+  return model, variables, out
+
+
+@pytest.mark.parametrize('name', sorted(ABLATIONS))
+def test_ablation_builds_and_runs(name):
+  config = tiny_config(**ABLATIONS[name])
+  _, variables, out = _init_apply(config, (2, 64, 32, 1), (2, 32, 64, 3))
+  assert out['restored_l'].shape == (2, 64, 32, 1)
+  assert out['ab'].shape == (2, 64, 32, 2)
+  assert out['rgb'].shape == (2, 64, 32, 3)
+  assert float(jnp.abs(out['ab']).max()) <= 1.0
+  assert np.all(np.isfinite(out['rgb']))
+  k = config.model.histogram.num_bins
+  v = 2 * k if config.model.histogram.fusion == 'histogram' else 2
+  assert out['warped'][1].shape == (2, 16, 8, v)
+  expected_scales = [1, 2, 3, 4] if config.model.histogram.scales == 'multi' else [1]
+  assert sorted(out['warped']) == expected_scales
+  assert out['output_hist'].shape == (2, 2, k)
+  has_similarity = 'similarity_net' in variables['params']
+  assert has_similarity == (config.model.similarity.mode != 'none')
+  if config.model.restoration.levels == (1,):
+    assert sorted(variables['params']['restoration_net']) == [
+        'fusion', 'level_x1', 'output']
+
+
+@pytest.mark.parametrize('shape', [(1, 32, 32), (2, 96, 64)])
+def test_input_sizes_and_different_reference_size(shape):
+  b, h, w = shape
+  _, _, out = _init_apply(tiny_config(), (b, h, w, 1), (b, 64, 96, 3))
+  assert out['lab'].shape == (b, h, w, 3)
+
+
+def test_unaligned_size_raises_and_pad_helper_round_trips():
+  model = pikfix.build_generator(tiny_config().model)
+  with pytest.raises(ValueError, match='multiple of 32'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 40, 32, 1)), jnp.zeros((1, 32, 32, 3)))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (1, 37, 50, 1))
+  padded, hw = pikfix.pad_to_multiple(x)
+  assert padded.shape == (1, 64, 64, 1)
+  np.testing.assert_array_equal(pikfix.crop_to(padded, hw), x)
+
+
+def _photo_batch(size=32):
+  photos = [skdata.astronaut(), skdata.coffee()]
+  rgb = np.stack([sktransform.resize(p, (size, size), anti_aliasing=True) for p in photos])
+  return jnp.asarray(rgb, jnp.float32)
+
+
+def test_overfit_two_images_and_every_subnet_gets_gradients():
+  config = tiny_config()
+  model = pikfix.build_generator(config.model)
+  rgb = _photo_batch()
+  l, ab = color.rgb_to_lab_normalized(rgb)
+  reference = rgb[::-1]  # each image is colourised from the other one
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), l, reference)
+  params = variables['params']
+  frozen = params['similarity_net'].pop('resnet34')
+  consts = {'batch_stats': variables['batch_stats']}
+
+  def loss_fn(p):
+    full = dict(p, similarity_net=dict(p['similarity_net'], resnet34=frozen))
+    out = model.apply({'params': full, **consts}, l, reference)
+    ab_l1 = jnp.mean(jnp.abs(out['ab'] - ab))
+    total = (ab_l1 + jnp.mean(jnp.abs(out['restored_l'] - l))
+             + 0.5 * histogram.emd_loss(out['output_hist'], out['reference_hist']))
+    return total, ab_l1
+
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(p, s):
+    (_, ab_l1), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+    updates, s = opt.update(g, s, p)
+    return optax.apply_updates(p, updates), s, ab_l1, g
+
+  state = opt.init(params)
+  history = []
+  for i in range(100):
+    params, state, ab_l1, grads = step(params, state)
+    history.append(float(ab_l1))
+    if i == 0:
+      for path in [('restoration_net',), ('colorization_net',), ('bin_centers',),
+                   ('similarity_net', 'scale_coefficients'), ('similarity_net', 'shared_conv'),
+                   ('similarity_net', 'project1'), ('similarity_net', 'project4')]:
+        sub = functools.reduce(lambda t, k: t[k], path, grads)
+        norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(sub))
+        assert norm > 0 and np.isfinite(norm), (path, norm)
+  assert history[-1] <= 0.5 * history[0], (history[0], history[-1])
