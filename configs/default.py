@@ -22,15 +22,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.1  # Fraction of image_folder photos held out for validation (split by data.split_seed).
   c.data.voc_num_train = 10000  # Pascal VOC training images (paper: 10,000, seeded subset).
   c.data.voc_num_test = 1000  # Pascal VOC test images (paper: 1,000).
-  c.data.split_seed = 0  # Seeds the voc / image_folder subsets and evaluation degradations (kept apart from c.seed so all runs share one test set).
-  c.data.shuffle_buffer = 1000  # tf.data shuffle buffer (examples; tfds datasets only, file lists are permuted exactly).
+  c.data.split_seed = 0  # Seeds voc/image_folder splits and eval degradations (not c.seed: one test set).
+  c.data.shuffle_buffer = 1000  # Shuffle buffer for tfds datasets (file lists are permuted exactly).
   c.data.train_repeats = 1  # Passes over the training images per epoch (tiny datasets such as demo).
   c.data.cache = False  # Cache decoded images in memory (small datasets only).
   c.data.degrade = False  # Apply synthetic old-photo degradation to the input luminance.
   c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (DESIGN.md).
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.
-  c.data.eval_reference = 'auto'  # Eval reference: 'auto' (dataset's own reference, else retrieval top-1, else a seeded other eval image) or 'self' (oracle).
+  c.data.eval_reference = 'auto'  # 'auto' (own/retrieval top-1/other eval image) or 'self' (docs/DATA.md).
   c.data.jitter_brightness = 0.2  # Strategy 1: max brightness jitter of the reference.
   c.data.jitter_contrast = 0.2  # Strategy 1: max relative contrast jitter.
   c.data.jitter_saturation = 0.2  # Strategy 1: max relative saturation jitter.
@@ -51,8 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.texture_prob = 0.7  # Probability of blending a scratch/crack/dust texture.
   d.paper_prob = 0.5  # Probability of blending a paper texture (stains, wear).
   d.texture_opacity = (0.2, 0.8)  # Opacity of the blended texture.
-  d.texture_dir = ''  # Optional user textures: DIR/scratch/*, DIR/paper/* (grey, bright = defect); added to the procedural ones.
-  d.num_textures = 24  # Procedural textures of each kind (scratch, paper) generated at pipeline start.
+  d.texture_dir = ''  # Optional extra textures: DIR/scratch/*, DIR/paper/* (bright = defect; docs/DATA.md).
+  d.num_textures = 24  # Procedural textures of each kind (scratch, paper), drawn at pipeline start.
   d.texture_size = 512  # Side of the procedural texture images (px).
   d.fade_prob = 0.5  # Probability of fading the print towards a paper tone (docs/DATA.md).
   d.fade_strength = (0.05, 0.35)  # Fraction of the fade towards the paper tone.

@@ -7,7 +7,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Tests compile the same tiny programs many times: share compiled executables across tests.
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('PIKFIX_TEST_CACHE', '/tmp/pikfix_jax_test_xla_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 from configs import default  # noqa: E402
 
@@ -41,3 +47,21 @@ def tiny_config(**model_overrides):
 @pytest.fixture
 def tiny():
   return tiny_config()
+
+
+def tiny_train_config():
+  """`tiny_config` on the bundled demo photos, 32 px crops, a few steps."""
+  c = tiny_config()
+  c.dataset = 'demo'
+  c.data.image_size = 32
+  c.data.eval_image_size = 32
+  c.train.batch_size = 2
+  c.train.steps_per_epoch = 2
+  c.train.num_train_steps = 4
+  c.train.log_every = 1
+  c.train.image_every = 2
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.train.num_eval_batches = 1
+  c.train.eval_batch_size = 2
+  return c

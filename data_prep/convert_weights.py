@@ -1,0 +1,79 @@
+r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.backbones names.
+
+  python -m data_prep.convert_weights --arch=resnet34 --input=resnet34-b627a593.pth \
+      --output=weights/resnet34.msgpack
+  python -m data_prep.convert_weights --arch=lpips_vgg --input=vgg16-397923af.pth \
+      --lpips_heads=lpips/weights/v0.1/vgg.pth --output=weights/lpips_vgg.msgpack
+  python -m data_prep.convert_weights --arch=vgg19 --download --output=weights/vgg19.msgpack
+
+--download (online machines only) fetches the torchvision weights from the Hugging Face Hub
+(timm's '*.tv_in1k' repositories hold torchvision's original weights under the same keys) and
+the LPIPS heads from the lpips GitHub repository. See docs/WEIGHTS.md.
+"""
+
+import os
+import urllib.request
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from pikfix_jax import weights
+
+_ARCH = flags.DEFINE_enum('arch', None, list(weights.ARCHS), 'Architecture of the weights.')
+_INPUT = flags.DEFINE_string('input', None, 'torchvision .pth or .safetensors file.')
+_LPIPS_HEADS = flags.DEFINE_string('lpips_heads', None, 'lpips weights/v0.1/vgg.pth (lpips_vgg).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Converted Flax variables (.msgpack).')
+_DOWNLOAD = flags.DEFINE_bool('download', False, 'Fetch the standard files first (needs network '
+                              'and huggingface_hub); --input/--lpips_heads are then optional.')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Download cache (default: the hub cache).')
+
+# timm repositories holding torchvision's own ImageNet weights (same state-dict keys).
+HUB_REPOS = {'resnet34': 'timm/resnet34.tv_in1k', 'vgg19': 'timm/vgg19.tv_in1k',
+             'vgg16': 'timm/vgg16.tv_in1k'}
+LPIPS_HEADS_URL = ('https://github.com/richzhang/PerceptualSimilarity/raw/master/'
+                   'lpips/weights/v0.1/vgg.pth')
+
+
+def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
+  """Downloads torchvision's ImageNet weights for resnet34/vgg19/vgg16; returns the path."""
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('--download needs huggingface_hub (pip install huggingface_hub), or '
+                      'download the file yourself (docs/WEIGHTS.md) and pass --input.') from e
+  return huggingface_hub.hf_hub_download(HUB_REPOS[arch], 'model.safetensors',
+                                         cache_dir=cache_dir)
+
+
+def download_lpips_heads(directory: str) -> str:
+  """Downloads the lpips v0.1 VGG heads (vgg.pth) into `directory`; returns the path."""
+  path = os.path.join(directory, 'lpips_v0.1_vgg.pth')
+  if not os.path.exists(path):
+    os.makedirs(directory, exist_ok=True)
+    urllib.request.urlretrieve(LPIPS_HEADS_URL, path + '.tmp')
+    os.replace(path + '.tmp', path)
+  return path
+
+
+def main(argv):
+  del argv
+  arch, path, heads = _ARCH.value, _INPUT.value, _LPIPS_HEADS.value
+  if _DOWNLOAD.value:
+    path = path or download_torchvision('vgg16' if arch == 'lpips_vgg' else arch,
+                                        _CACHE_DIR.value)
+    if arch == 'lpips_vgg' and not heads:
+      heads = download_lpips_heads(_CACHE_DIR.value or os.path.dirname(path))
+  if not path:
+    raise app.UsageError('--input is required (or --download)')
+  if arch == 'lpips_vgg' and not heads:
+    raise app.UsageError('--arch=lpips_vgg needs --lpips_heads (lpips weights/v0.1/vgg.pth)')
+  variables = weights.convert_files(arch, path, heads)
+  weights.save_variables(_OUTPUT.value, variables)
+  logging.info('Wrote %s weights to %s (fingerprint %s)', arch, _OUTPUT.value,
+               weights.fingerprint(variables))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['arch', 'output'])
+  app.run(main)

@@ -1,0 +1,303 @@
+"""tf.data input pipelines producing the batch format of docs/CONTRACTS.md.
+
+Public API (called by the training loop, the evaluator, the retrieval index builder):
+  train_dataset(config, *, epoch, batch_size, process_index=0, process_count=1)
+  train_steps_per_epoch(config, *, batch_size, process_count=1)
+  eval_dataset(config, *, batch_size, process_index=0, process_count=1)
+  num_examples(config, split)
+  images(config, split)
+
+Randomness is stateless: crops, degradations and references of an example depend only on
+(config.seed, epoch, the example's position in the epoch), so parallel maps stay deterministic;
+evaluation depends only on config.data.split_seed and the example index.
+"""
+
+import functools
+import math
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from pikfix_jax.data import color_tf
+from pikfix_jax.data import degradations
+from pikfix_jax.data import references
+from pikfix_jax.data import seeds
+from pikfix_jax.data import sources
+from pikfix_jax.data import textures
+
+_AUTOTUNE = tf.data.AUTOTUNE
+# Our graph code uses explicit tf.cond / tf.while_loop, so AutoGraph is not needed; skipping its
+# source transformation makes building a pipeline several times faster.
+_plain = tf.autograph.experimental.do_not_convert
+# XLA fuses the long element-wise chains of the colour conversions (several times faster on
+# CPU); used where shapes are static (training crops), so each compiles once.
+_rgb_to_lab_xla = tf.function(color_tf.rgb_to_lab_normalized, jit_compile=True,
+                              autograph=False)
+_luminance_to_gray_xla = tf.function(color_tf.luminance_to_gray, jit_compile=True,
+                                     autograph=False)
+_gray_to_luminance_xla = tf.function(color_tf.gray_to_luminance, jit_compile=True,
+                                     autograph=False)
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  """Images in 'train' or in the evaluation split ('validation' / 'test')."""
+  return sources.get_split(config, split).count
+
+
+def images(config: ml_collections.ConfigDict, split: str) -> tf.data.Dataset:
+  """Full-size {'image': uint8 (H, W, 3), 'id': string} in canonical order (the order of
+  training indices; retrieval-index rows are matched to these ids, docs/DATA.md)."""
+  s = sources.get_split(config, split)
+  ds = s.records().map(
+      _plain(lambda i, r: {k: v for k, v in s.decode(r).items() if k in ('image', 'id')}),
+      num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return _finish(ds)
+
+
+def train_steps_per_epoch(config: ml_collections.ConfigDict, *, batch_size: int,
+                          process_count: int = 1) -> int:
+  """Batches that `train_dataset` yields per process and epoch (batch_size per process):
+  train_repeats * (N // process_count) // batch_size, the same on every process."""
+  n = sources.get_split(config, 'train').count
+  return config.data.train_repeats * (n // process_count) // batch_size
+
+
+def train_dataset(config: ml_collections.ConfigDict, *, epoch: int, batch_size: int,
+                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """One epoch of training batches for this process (drop_remainder; every process gets the
+  same number of batches, from disjoint examples).
+
+  Batches: input_l (B, S, S, 1), target_lab (B, S, S, 3), reference_rgb (B, S, S, 3), id (B,),
+  with S = config.data.image_size. The reference strategy of the epoch is
+  config.data.reference_strategies[epoch % len(...)].
+  """
+  split = sources.get_split(config, 'train')
+  d = config.data
+  strategies = tuple(d.reference_strategies)
+  if not strategies or set(strategies) - {1, 2}:
+    raise ValueError(f'config.data.reference_strategies must hold 1 and/or 2, got {strategies}.')
+  strategy = strategies[epoch % len(strategies)]
+  if strategy == 2 and split.count < 2:
+    raise ValueError(f'{split.dataset}: reference strategy 2 needs at least 2 training images.')
+  steps = train_steps_per_epoch(config, batch_size=batch_size, process_count=process_count)
+  if steps == 0:
+    raise ValueError(
+        f'{split.dataset}: {split.count} training images x train_repeats={d.train_repeats} over '
+        f'{process_count} process(es) give fewer examples than batch_size={batch_size}; raise '
+        'config.data.train_repeats or lower the batch size.')
+  n = steps * batch_size
+  base_seed = seeds.seed_int(config.seed, epoch, 'train')
+
+  if split.lookup is not None:  # Exact global permutation, strided over processes.
+    rng = np.random.default_rng(base_seed)
+    order = np.concatenate([rng.permutation(split.count) for _ in range(d.train_repeats)])
+    positions = np.arange(process_index, len(order), process_count)[:n]
+    ds = tf.data.Dataset.from_tensor_slices((order[positions], positions.astype(np.int64)))
+    ds = ds.map(lambda i, pos: (i, pos, split.lookup(i)))
+  else:  # Sequential tfds reading: shard by index, seeded shuffle buffer.
+    ds = split.records().filter(lambda i, r: i % process_count == process_index)
+    ds = ds.shuffle(d.shuffle_buffer, seed=base_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(d.train_repeats).take(n).enumerate()
+    ds = ds.map(lambda k, ir: (ir[0], k * process_count + process_index, ir[1]))
+
+  make = _train_example_fn(config, split, strategy, base_seed)
+  ds = ds.map(_plain(lambda i, pos, r: make(i, pos, split.decode(r))),
+              num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return _finish(ds.batch(batch_size, drop_remainder=True))
+
+
+def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> tf.data.Dataset:
+  """The evaluation split, in order, sharded over processes; the last batch of every process is
+  padded with `mask` = 0 rows so all processes yield the same number of full batches.
+
+  With config.data.eval_image_size = S > 0 images are centre-cropped to S x S (resized up first
+  when smaller); with 0 they keep their size and batch_size must be 1. References are
+  R x R, R = eval_image_size or image_size.
+  """
+  d = config.data
+  size = d.eval_image_size
+  if size == 0 and batch_size != 1:
+    raise ValueError('config.data.eval_image_size=0 (full images) needs eval batch_size 1.')
+  split = sources.get_split(config, 'validation')
+  per_process = math.ceil(split.count / process_count)
+  total = math.ceil(per_process / batch_size) * batch_size
+  ds = split.records().filter(lambda i, r: i % process_count == process_index)
+  make = _eval_example_fn(config, split)
+  ds = ds.map(_plain(lambda i, r: make(i, split.decode(r))), num_parallel_calls=_AUTOTUNE,
+              deterministic=True)
+  padding = {k: tf.zeros([1 if n is None else n for n in spec.shape], spec.dtype)
+             for k, spec in ds.element_spec.items()}
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total)
+  return _finish(ds.batch(batch_size, drop_remainder=True))
+
+
+# -------------------------------------------------------------------------- example builders
+def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: int):
+  d = config.data
+  size = d.image_size
+  bank = texture_bank(config) if d.degrade else None
+  if strategy == 2:
+    pool = reference_pool(config, 'train', size)
+    neighbors = None
+    if d.retrieval_index:
+      ids = split_ids(split)
+      neighbors = tf.constant(references.load_neighbors(d.retrieval_index, ids, ids,
+                                                        d.retrieval_top_k))
+
+  def make(index, position, example):
+    seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(position, tf.int64)])
+    s = tf.random.experimental.stateless_split(seed, 3)
+    image = resize_for_crops(example['image'], size)
+    shape = tf.shape(image)
+    y, x = references.crop_offset(s[0], shape[0], shape[1], size)
+    crop = tf.ensure_shape(tf.image.convert_image_dtype(image[y:y + size, x:x + size], tf.float32),
+                           [size, size, 3])
+    target = _rgb_to_lab_xla(crop)
+    input_l = target[..., :1]
+    if d.degrade:
+      input_l = degrade_luminance(input_l, s[1], config, bank, xla=True)
+    if strategy == 1:
+      reference = references.strategy1(image, s[2], y, x, size, d)
+    else:
+      if neighbors is None:
+        j = references.other_index(s[2], index, split.count)
+      else:
+        j = references.neighbor_index(s[2], index, neighbors, split.count)
+      reference = tf.image.convert_image_dtype(tf.gather(pool, j), tf.float32)
+    return {'input_l': input_l, 'target_lab': target, 'reference_rgb': reference,
+            'id': example['id']}
+
+  return make
+
+
+def _eval_example_fn(config, split: sources.Split):
+  d = config.data
+  size = d.eval_image_size
+  ref_size = size or d.image_size
+  base_seed = seeds.seed_int(d.split_seed, 'eval')
+  bank = texture_bank(config) if d.degrade else None
+  if d.eval_reference not in ('auto', 'self'):
+    raise ValueError(f"config.data.eval_reference must be 'auto' or 'self', got "
+                     f'{d.eval_reference!r}.')
+  auto = d.eval_reference == 'auto'
+  eval_pool = reference_pool(config, 'validation', ref_size) if auto and split.count > 1 else None
+  top1 = train_pool = None
+  if auto and d.retrieval_index and config.dataset != 'realold':
+    train_split = sources.get_split(config, 'train')
+    top1 = tf.constant(references.load_neighbors(
+        d.retrieval_index, split_ids(split), split_ids(train_split), 1, exclude_self=False)[:, 0])
+    train_pool = reference_pool(config, 'train', ref_size)
+
+  def reference_for(i, seed, target):
+    """uint8 (R, R, 3) reference of example i when the dataset brings none (docs/DATA.md)."""
+    if eval_pool is None:
+      return references.square_resize(target, ref_size)  # 'self', or a single eval image.
+    other = lambda: tf.gather(eval_pool, references.other_index(seed, i, split.count))
+    if top1 is None:
+      return other()
+    j = tf.gather(top1, i)  # The most similar training image (paper), when indexed.
+    return tf.cond(j >= 0, lambda: tf.gather(train_pool, tf.maximum(j, 0)), other)
+
+  def make(index, example):
+    seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+    s = tf.random.experimental.stateless_split(seed, 2)
+    target = example['image']
+    observed = example.get('input', target)
+    if size:
+      target, observed = center_crop(target, size), center_crop(observed, size)
+    target_lab = color_tf.rgb_to_lab_normalized(tf.image.convert_image_dtype(target, tf.float32))
+    if 'input' in example:  # Real old photo (RealOld): no synthetic degradation.
+      input_l = color_tf.rgb_to_lab_normalized(
+          tf.image.convert_image_dtype(observed, tf.float32))[..., :1]
+    else:
+      input_l = target_lab[..., :1]
+      if d.degrade:
+        input_l = degrade_luminance(input_l, s[0], config, bank)
+    reference = reference_for(index, s[1], target)
+    if 'has_reference' in example:
+      reference = tf.cond(example['has_reference'],
+                          lambda: references.square_resize(example['reference'], ref_size),
+                          lambda: reference)
+    return {'input_l': input_l, 'target_lab': target_lab,
+            'reference_rgb': tf.image.convert_image_dtype(reference, tf.float32),
+            'id': example['id'], 'mask': tf.constant(1.0)}
+
+  return make
+
+
+# ------------------------------------------------------------------------------- helpers
+def split_ids(split: sources.Split) -> list[str]:
+  """Example ids of a split in canonical order (read once from the data for tfds splits)."""
+  if split.ids is None:
+    ds = split.records().map(_plain(lambda i, r: r['id']))
+    split.ids = [i.decode() for i in ds.as_numpy_iterator()]
+  return split.ids
+
+
+def degrade_luminance(l: tf.Tensor, seed, config: ml_collections.ConfigDict, bank,
+                      xla: bool = False) -> tf.Tensor:
+  """Degrades normalised L (H, W, 1) as the grey print it shows (old photos are black and
+  white), returning normalised L. `xla` for static shapes only."""
+  gray = (_luminance_to_gray_xla if xla else color_tf.luminance_to_gray)(l)
+  gray = degradations.degrade(gray, seed, config.data.degradation, bank)
+  return (_gray_to_luminance_xla if xla else color_tf.gray_to_luminance)(gray)
+
+
+def resize_for_crops(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Resizes up (aspect kept) so that the short side is >= size and the long side >= size + 1,
+  i.e. a size x size crop fits at two different positions at least (reference strategy 1)."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  factor = tf.maximum(size / tf.reduce_min(shape), (size + 1) / tf.reduce_max(shape))
+  return tf.cond(factor > 1.0, lambda: _enlarge(image, factor), lambda: image)
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Resizes up when the short side is below `size`, then takes the centre size x size crop."""
+  factor = size / tf.reduce_min(tf.cast(tf.shape(image)[:2], tf.float32))
+  image = tf.cond(factor > 1.0, lambda: _enlarge(image, factor), lambda: image)
+  shape = tf.shape(image)
+  y0, x0 = (shape[0] - size) // 2, (shape[1] - size) // 2
+  return tf.ensure_shape(image[y0:y0 + size, x0:x0 + size], [size, size, 3])
+
+
+def _enlarge(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """uint8 (H, W, 3) -> bilinear resize to ceil((H, W) * factor), uint8."""
+  new = tf.cast(tf.math.ceil(tf.cast(tf.shape(image)[:2], tf.float32) * factor), tf.int32)
+  out = tf.image.resize(image, new, method='bilinear')
+  return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _bank(num: int, size: int, texture_dir: str):
+  bank = textures.make_bank(num, size, seed=0, texture_dir=texture_dir)
+  return (tf.Variable(bank.scratch, trainable=False), tf.Variable(bank.paper, trainable=False))
+
+
+def texture_bank(config: ml_collections.ConfigDict):
+  """(scratch, paper) uint8 variables (N, T, T); a fixed library (seed 0), like Wan et al.'s."""
+  g = config.data.degradation
+  return _bank(g.num_textures, g.texture_size, g.texture_dir)
+
+
+_POOLS: dict[str, tf.Variable] = {}
+
+
+def reference_pool(config: ml_collections.ConfigDict, split: str, size: int) -> tf.Variable:
+  """Every image of `split`, centre square resized to size x size: uint8 (N, size, size, 3),
+  in canonical order. Built once per process (keep it: VOC at 256 px is ~2 GB)."""
+  s = sources.get_split(config, split)
+  key = f'{id(s)}/{size}'
+  if key not in _POOLS:
+    ds = s.records().map(_plain(lambda i, r: s.decode(r)['image']),
+                         num_parallel_calls=_AUTOTUNE, deterministic=True)
+    _POOLS[key] = tf.Variable(references.build_pool(ds, size), trainable=False)
+  return _POOLS[key]
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options).prefetch(_AUTOTUNE)

@@ -1,0 +1,95 @@
+"""Training objective of Pik-Fix (sec. 3.4):
+
+L = alpha L1(I'_L, G_L) + beta Perc(I'_L, G_L) + lambda EMD + gamma L1(I_ab, G_ab) + eta Adv.
+"""
+
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pikfix_jax.ops import color
+from pikfix_jax.ops import histogram
+
+ADVERSARIAL_LOSSES = ('nonsaturating', 'lsgan', 'hinge')
+
+
+def l1(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def perceptual_loss(features_a: Mapping[str, jnp.ndarray],
+                    features_b: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+  """sum_j 1/(C_j H_j W_j) ||phi_j(a) - phi_j(b)||_2^2, averaged over the batch."""
+  total = 0.0
+  for name in features_a:
+    diff = features_a[name].astype(jnp.float32) - features_b[name].astype(jnp.float32)
+    total = total + jnp.mean(jnp.square(diff))
+  return total
+
+
+def luminance_perceptual_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str, jnp.ndarray]],
+                              restored_l: jnp.ndarray, target_l: jnp.ndarray) -> jnp.ndarray:
+  """Perceptual loss on restored vs ground-truth L, each shown to VGG-19 as a grey RGB image
+  (the backbone applies the ImageNet normalisation). One VGG pass on the stacked pair."""
+  both = color.gray_to_rgb(jnp.concatenate([jnp.clip(restored_l, 0, 1), target_l], axis=0))
+  feats = vgg_features(both)
+  n = restored_l.shape[0]
+  target = {k: jax.lax.stop_gradient(v[n:]) for k, v in feats.items()}
+  return perceptual_loss({k: v[:n] for k, v in feats.items()}, target)
+
+
+def discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray,
+                       kind: str = 'nonsaturating') -> jnp.ndarray:
+  """Loss that D minimises: real patches -> 1, fake patches -> 0 (eq. 9 for 'nonsaturating')."""
+  real_logits = real_logits.astype(jnp.float32)
+  fake_logits = fake_logits.astype(jnp.float32)
+  if kind == 'nonsaturating':
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+  if kind == 'lsgan':
+    return 0.5 * (jnp.mean(jnp.square(real_logits - 1.0)) + jnp.mean(jnp.square(fake_logits)))
+  if kind == 'hinge':
+    return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+  raise ValueError(f'loss.adversarial={kind!r}: use one of {ADVERSARIAL_LOSSES}')
+
+
+def generator_adversarial_loss(fake_logits: jnp.ndarray, kind: str = 'nonsaturating'
+                               ) -> jnp.ndarray:
+  """Loss that G minimises to make D call its patches real."""
+  fake_logits = fake_logits.astype(jnp.float32)
+  if kind == 'nonsaturating':
+    return jnp.mean(jax.nn.softplus(-fake_logits))
+  if kind == 'lsgan':
+    return 0.5 * jnp.mean(jnp.square(fake_logits - 1.0))
+  if kind == 'hinge':
+    return -jnp.mean(fake_logits)
+  raise ValueError(f'loss.adversarial={kind!r}: use one of {ADVERSARIAL_LOSSES}')
+
+
+def generator_losses(outputs: Mapping[str, jnp.ndarray], target_lab: jnp.ndarray,
+                     fake_logits: jnp.ndarray,
+                     vgg_features: Callable[[jnp.ndarray], Mapping[str, jnp.ndarray]],
+                     config: ml_collections.ConfigDict) -> dict[str, jnp.ndarray]:
+  """Every term of the objective and their weighted sum ('total').
+
+  Args:
+    outputs: the generator's outputs (`PikFix.__call__`).
+    target_lab: ground truth, normalised Lab (B, H, W, 3).
+    fake_logits: D's logits on the generator's output.
+    vgg_features: frozen VGG-19 returning the perceptual layers.
+    config: the `loss` section of the config.
+  """
+  target_l, target_ab = target_lab[..., :1], target_lab[..., 1:]
+  terms = {
+      'l1_luminance': l1(outputs['restored_l'], target_l),
+      'perceptual': (luminance_perceptual_loss(vgg_features, outputs['restored_l'], target_l)
+                     if config.beta else jnp.zeros(())),
+      'emd': histogram.emd_loss(outputs['output_hist'], outputs['reference_hist']),
+      'l1_chroma': l1(outputs['ab'], target_ab),
+      'adversarial': generator_adversarial_loss(fake_logits, config.adversarial),
+  }
+  terms['total'] = (config.alpha * terms['l1_luminance'] + config.beta * terms['perceptual']
+                    + config.lambda_emd * terms['emd'] + config.gamma * terms['l1_chroma']
+                    + config.eta * terms['adversarial'])
+  return terms

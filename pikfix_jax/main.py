@@ -1,0 +1,71 @@
+"""Train Pik-Fix: `python -m pikfix_jax.main --config=configs/div2k.py --workdir=DIR`.
+
+Any config field can be overridden with `--config.section.field=value`. Rerunning with the
+same workdir resumes from its latest checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from pikfix_jax import distributed
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
+                               'events, the resolved config and validation grids.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config (configs/*.py).',
+                                          lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-checkpoint INFO chatter out of the training log (warnings still show)."""
+  def keep(record) -> bool:
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  logging.get_absl_handler().addFilter(keep)
+
+
+def enable_compilation_cache() -> None:
+  """Persists compiled XLA programs so a resumed or repeated run skips most compile time.
+
+  Location: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla.
+  """
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.join(os.path.expanduser('~'), '.cache', 'pikfix_jax', 'xla'))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet_library_logs()
+  enable_compilation_cache()
+  distributed.maybe_initialize()
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # CPU only: tf.data must not grab accelerator memory.
+  tf.config.set_visible_devices([], 'GPU')
+  from pikfix_jax import train  # after the distributed runtime is up
+
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  logging.info('JAX process %d/%d, %d local / %d global devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (train.NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,476 @@
+"""Training: train state, the jitted data-parallel step, evaluation and the training loop.
+
+One jitted step updates the PatchGAN discriminator and the generator. The generator's
+forward pass runs once (`jax.vjp`): D is updated on its (stop-gradient) output, then the
+generator's loss is differentiated w.r.t. that output - with D before or after its update
+(`config.train.d_first`) - and pulled back through the generator.
+Data parallelism: the global batch is sharded over a 1-D `jax.sharding.Mesh` ('data' axis),
+the state is replicated; XLA inserts the gradient all-reduce.
+"""
+
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics
+from clu import periodic_actions
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import dm_pix
+
+from pikfix_jax import image_io
+from pikfix_jax import losses
+from pikfix_jax import weights
+from pikfix_jax.data import input_pipeline
+from pikfix_jax.models import backbones
+from pikfix_jax.models import pikfix
+from pikfix_jax.ops import color
+
+FROZEN_BACKBONE = 'resnet34'
+LOSS_TERMS = ('total', 'l1_luminance', 'perceptual', 'emd', 'l1_chroma', 'adversarial')
+SCALARS = LOSS_TERMS + ('d_loss', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm',
+                        'd_grad_norm', 'learning_rate')
+
+TrainMetrics = metrics.Collection.create(
+    **{name: metrics.Average.from_output(name) for name in SCALARS})
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training (and is checkpointed)."""
+  step: jnp.ndarray
+  g_params: Any  # Trainable generator parameters.
+  g_frozen: Any  # Frozen generator parameters (the ResNet-34 unless model.similarity.train_backbone).
+  g_batch_stats: Any  # BatchNorm statistics of the backbones (inference mode, never updated).
+  d_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  rng: jnp.ndarray
+
+
+# ----------------------------------------------------------------------------- parameters
+
+def split_frozen(params: dict, train_backbone: bool) -> tuple[dict, dict]:
+  """Splits generator params into (trainable, frozen); frozen holds the ResNet-34 subtree."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  is_frozen = lambda path: (not train_backbone) and FROZEN_BACKBONE in path
+  trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
+  frozen = {k: v for k, v in flat.items() if is_frozen(k)}
+  return (flax.traverse_util.unflatten_dict(trainable),
+          flax.traverse_util.unflatten_dict(frozen))
+
+
+def merge_params(trainable: dict, frozen: dict) -> dict:
+  flat = flax.traverse_util.flatten_dict(trainable)
+  flat.update(flax.traverse_util.flatten_dict(frozen))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def generator_variables(state: TrainState) -> dict:
+  """The generator's full variable dict (what `export` writes and `restore` applies)."""
+  return {'params': merge_params(state.g_params, state.g_frozen),
+          'batch_stats': state.g_batch_stats}
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+                   ) -> optax.GradientTransformation:
+  """Adam (paper betas by default), lr decayed x decay_rate at the end of every epoch."""
+  o = config.optim
+  schedule = optax.exponential_decay(o.learning_rate, transition_steps=steps_per_epoch,
+                                     decay_rate=o.decay_rate, staircase=True)
+  adam = optax.adam(schedule, b1=o.b1, b2=o.b2)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip), adam) if o.grad_clip else adam
+
+
+def learning_rate(config: ml_collections.ConfigDict, step, steps_per_epoch: int):
+  return config.optim.learning_rate * config.optim.decay_rate ** (step // steps_per_epoch)
+
+
+class Trainer:
+  """Builds the models and the jitted, sharded step functions for one config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int,
+               mesh: Optional[jax.sharding.Mesh] = None):
+    self.config = config
+    self.steps_per_epoch = steps_per_epoch
+    self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
+    self.generator = pikfix.build_generator(config.model)
+    self.discriminator = pikfix.build_discriminator(config.model)
+    self.g_tx = make_optimizer(config, steps_per_epoch)
+    self.d_tx = make_optimizer(config, steps_per_epoch)
+    self.vgg = backbones.VGG(depth=19, outputs=tuple(config.loss.perceptual_layers),
+                             dtype=pikfix.dtype_from_name(config.model.dtype))
+    self.vgg_variables = None
+    self._train_step = jax.jit(self._step, donate_argnums=(0,),
+                               out_shardings=(self.replicated, self.replicated))
+    self._eval_step = jax.jit(self._evaluate)
+
+  # --------------------------------------------------------------------------- state
+  def init_state(self, seed: int) -> TrainState:
+    """Random initial state, with pretrained backbones loaded when the config names them."""
+    c = self.config
+    size = c.data.image_size
+    l = jnp.zeros((1, size, size, 1), jnp.float32)
+    rgb = jnp.zeros((1, size, size, 3), jnp.float32)
+    g_key, d_key, vgg_key, rng = jax.random.split(jax.random.PRNGKey(seed), 4)
+
+    def init(g_key, d_key):
+      g_vars = self.generator.init(g_key, l, rgb)
+      k = c.model.histogram.num_bins
+      condition = (jnp.zeros((1, 2 * k), jnp.float32)
+                   if c.model.discriminator.condition_on_reference else None)
+      d_vars = self.discriminator.init(d_key, l, jnp.zeros((1, size, size, 2)), condition)
+      return g_vars, d_vars
+
+    g_vars, d_vars = jax.jit(init, out_shardings=self.replicated)(g_key, d_key)
+    g_vars = flax.core.unfreeze(g_vars)
+    if 'similarity_net' in g_vars['params']:
+      resnet = {'params': g_vars['params']['similarity_net']['resnet34'],
+                'batch_stats': g_vars['batch_stats']['similarity_net']['resnet34']}
+      resnet = weights.maybe_load_backbone(c.backbones.resnet34, 'resnet34', resnet)
+      g_vars['params']['similarity_net']['resnet34'] = resnet['params']
+      g_vars['batch_stats']['similarity_net']['resnet34'] = resnet['batch_stats']
+    g_params, g_frozen = split_frozen(g_vars['params'], c.model.similarity.train_backbone)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
+        g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
+        g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_vars['params']),
+        rng=rng)
+    self.vgg_variables = self.load_vgg(vgg_key)
+    return jax.device_put(state, self.replicated)
+
+  def load_vgg(self, key: jnp.ndarray) -> dict:
+    """Frozen VGG-19 of the perceptual loss (deterministic random init when no weights)."""
+    size = self.config.data.image_size
+    init = jax.jit(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
+    variables = weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
+    return jax.device_put(variables, self.replicated)
+
+  # ----------------------------------------------------------------------------- step
+  def _condition(self, outputs: dict) -> Optional[jnp.ndarray]:
+    if not self.config.model.discriminator.condition_on_reference:
+      return None
+    hist = outputs['reference_hist']
+    return jax.lax.stop_gradient(hist.reshape(hist.shape[0], -1))
+
+  def _step(self, state: TrainState, batch: dict, vgg_variables: dict
+            ) -> tuple[TrainState, Any]:
+    c = self.config
+    vgg_features = functools.partial(self.vgg.apply, vgg_variables)
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    target_l = batch['target_lab'][..., :1]
+    target_ab = batch['target_lab'][..., 1:]
+
+    def forward(g_params):
+      variables = {'params': merge_params(g_params, state.g_frozen),
+                   'batch_stats': state.g_batch_stats}
+      return self.generator.apply(variables, batch['input_l'], batch['reference_rgb'],
+                                  train=True, rngs={'dropout': step_rng})
+
+    outputs, pullback = jax.vjp(forward, state.g_params)
+    condition = self._condition(outputs)
+    fake_ab = jax.lax.stop_gradient(outputs['ab'])
+
+    def d_loss_fn(d_params):
+      # D judges chroma: real and fake ab are both shown with the ground-truth luminance.
+      real = self.discriminator.apply({'params': d_params}, target_l, target_ab, condition)
+      fake = self.discriminator.apply({'params': d_params}, target_l, fake_ab, condition)
+      return losses.discriminator_loss(real, fake, c.loss.adversarial), (real, fake)
+
+    def d_update(carry, _):
+      d_params, d_opt_state = carry
+      (d_loss, (real, fake)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+      updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
+      aux = {'d_loss': d_loss, 'd_real': jnp.mean(jax.nn.sigmoid(real)),
+             'd_fake': jnp.mean(jax.nn.sigmoid(fake)), 'd_grad_norm': optax.global_norm(grads)}
+      return (optax.apply_updates(d_params, updates), d_opt_state), aux
+
+    def d_updates(d_params, d_opt_state):
+      (d_params, d_opt_state), aux = jax.lax.scan(
+          d_update, (d_params, d_opt_state), None, length=c.train.d_steps)
+      return d_params, d_opt_state, jax.tree_util.tree_map(lambda x: x[-1], aux)
+
+    d_params, d_opt_state = state.d_params, state.d_opt_state
+    if c.train.d_first:
+      d_params, d_opt_state, d_aux = d_updates(d_params, d_opt_state)
+
+    def g_loss_fn(outs):
+      fake_logits = self.discriminator.apply(
+          {'params': d_params}, target_l, outs['ab'], condition)
+      terms = losses.generator_losses(outs, batch['target_lab'], fake_logits,
+                                      vgg_features, c.loss)
+      return terms['total'], terms
+
+    (_, terms), cotangent = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
+    (g_grads,) = pullback(cotangent)
+    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, g_updates)
+    if not c.train.d_first:
+      d_params, d_opt_state, d_aux = d_updates(d_params, d_opt_state)
+
+    target_rgb = color.lab_normalized_to_rgb(target_l, target_ab)
+    scalars = dict(terms, **d_aux)
+    scalars['psnr'] = jnp.mean(dm_pix.psnr(outputs['rgb'], target_rgb))
+    scalars['ssim'] = jnp.mean(dm_pix.ssim(outputs['rgb'], target_rgb))
+    scalars['g_grad_norm'] = optax.global_norm(g_grads)
+    scalars['learning_rate'] = learning_rate(c, state.step, self.steps_per_epoch)
+    new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
+                              g_opt_state=g_opt_state, d_opt_state=d_opt_state)
+    return new_state, scalars
+
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One optimisation step on a global batch (host-local numpy arrays per process)."""
+    return self._train_step(state, self.shard(batch), self.vgg_variables)
+
+  def shard(self, batch: dict) -> dict:
+    """Host-local batch -> global arrays sharded along the 'data' mesh axis."""
+    arrays = {k: v for k, v in batch.items() if k != 'id'}
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
+            for k, v in arrays.items()}
+
+  # ------------------------------------------------------------------------- evaluate
+  def _evaluate(self, state: TrainState, batch: dict) -> dict:
+    outputs = self.generator.apply(generator_variables(state), batch['input_l'],
+                                   batch['reference_rgb'])
+    target_rgb = color.lab_normalized_to_rgb(batch['target_lab'][..., :1],
+                                             batch['target_lab'][..., 1:])
+    mask = batch['mask']
+    return {'psnr_sum': jnp.sum(dm_pix.psnr(outputs['rgb'], target_rgb) * mask),
+            'ssim_sum': jnp.sum(dm_pix.ssim(outputs['rgb'], target_rgb) * mask),
+            'count': jnp.sum(mask), 'rgb': outputs['rgb'], 'restored_l': outputs['restored_l'],
+            'target_rgb': target_rgb}
+
+  def evaluate(self, state: TrainState, batches) -> tuple[dict[str, float], Optional[np.ndarray]]:
+    """Validation PSNR/SSIM (sRGB, [0, 1] range) over `batches`, and an image grid."""
+    totals = {'psnr_sum': 0.0, 'ssim_sum': 0.0, 'count': 0.0}
+    grid = None
+    for batch in batches:
+      sharded = self.shard(batch)
+      out = self._eval_step(state, sharded)
+      for k in totals:
+        totals[k] += float(out[k])
+      if grid is None:
+        grid = image_grid(jax.device_get(sharded), jax.device_get(out))
+    count = max(totals['count'], 1.0)
+    return {'val_psnr': totals['psnr_sum'] / count,
+            'val_ssim': totals['ssim_sum'] / count}, grid
+
+
+def image_grid(batch: dict, outputs: dict, max_rows: int = 4) -> np.ndarray:
+  """Rows of [degraded input | reference | restored L | output | ground truth], (H', W', 3)."""
+  def grey(l):
+    return np.repeat(np.clip(l, 0, 1), 3, axis=-1)
+
+  rows = []
+  n = min(max_rows, int(np.sum(batch['mask'])) if 'mask' in batch else batch['input_l'].shape[0])
+  for i in range(max(n, 1)):
+    h, w = batch['input_l'].shape[1:3]
+    ref = np.asarray(jax.image.resize(batch['reference_rgb'][i], (h, w, 3), 'bilinear'))
+    rows.append(np.concatenate([grey(batch['input_l'][i]), np.clip(ref, 0, 1),
+                                grey(outputs['restored_l'][i]), outputs['rgb'][i],
+                                outputs['target_rgb'][i]], axis=1))
+  return np.concatenate(rows, axis=0)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term became NaN or Inf."""
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """Optimisation steps per epoch: config.train.steps_per_epoch, else what the input pipeline
+  yields per process for one pass (every process yields the same count)."""
+  process_count = jax.process_count()
+  available = input_pipeline.train_steps_per_epoch(
+      config, batch_size=config.train.batch_size // process_count, process_count=process_count)
+  if config.train.steps_per_epoch > 0:
+    if config.train.steps_per_epoch > available:
+      raise ValueError(f'train.steps_per_epoch={config.train.steps_per_epoch} exceeds the '
+                       f'{available} batches one epoch of {config.dataset} yields; raise '
+                       'data.train_repeats or lower it.')
+    return config.train.steps_per_epoch
+  if available == 0:
+    raise ValueError(f'{config.dataset}: one epoch holds fewer training examples than '
+                     f'train.batch_size={config.train.batch_size}; raise data.train_repeats.')
+  return available
+
+
+def total_steps(config: ml_collections.ConfigDict, spe: int) -> int:
+  if config.train.num_train_steps > 0:
+    return config.train.num_train_steps
+  return config.train.num_epochs * spe
+
+
+def checkpoint_managers(workdir: str, config: ml_collections.ConfigDict
+                        ) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+  """(latest k checkpoints, best checkpoint by validation PSNR)."""
+  latest = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           create=True, enable_async_checkpointing=True))
+  best = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'best'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['val_psnr'],
+                                           best_mode='max', create=True))
+  return latest, best
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                  step: Optional[int] = None) -> TrainState:
+  step = manager.latest_step() if step is None else step
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+class _Terminate:
+  """Remembers a SIGTERM so the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: writing a checkpoint and exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, scalars: dict, workdir: str, last_saved: Optional[int]) -> None:
+  values = jax.device_get({k: scalars[k] for k in LOSS_TERMS + ('d_loss',)})
+  bad = [k for k, v in values.items() if not np.isfinite(v)]
+  if bad:
+    kept = f'step {last_saved}' if last_saved is not None else 'none written yet'
+    raise NonFiniteLossError(
+        f'Non-finite loss at step {step}: {", ".join(f"{k}={values[k]}" for k in bad)}. '
+        f'Training stopped; the last good checkpoint in {workdir}/checkpoints ({kept}) is kept.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       nan_at_step: Optional[int] = None) -> TrainState:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates periodically.
+
+  `nan_at_step` injects a NaN into the batch of that step (used by tests of the NaN guard).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  if config.train.batch_size % jax.device_count():
+    raise ValueError(f'train.batch_size={config.train.batch_size} must be divisible by the '
+                     f'{jax.device_count()} devices.')
+  per_process_batch = config.train.batch_size // process_count
+  spe = steps_per_epoch(config)
+  num_steps = total_steps(config, spe)
+  trainer = Trainer(config, spe)
+  state = trainer.init_state(config.seed)
+  latest, best = checkpoint_managers(workdir, config)
+  last_saved = latest.latest_step()
+  if last_saved is not None:
+    logging.info('Resuming from %s/checkpoints step %d.', workdir, last_saved)
+    state = restore_state(latest, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
+  eval_batch = config.train.eval_batch_size // process_count
+
+  def run_eval(step: int) -> dict:
+    batches = input_pipeline.eval_dataset(config, batch_size=eval_batch,
+                                          process_index=process_index,
+                                          process_count=process_count)
+    if config.train.num_eval_batches > 0:
+      batches = batches.take(config.train.num_eval_batches)
+    results, grid = trainer.evaluate(state, batches.as_numpy_iterator())
+    writer.write_scalars(step, results)
+    if grid is not None:
+      writer.write_images(step, {'validation': grid[None]})
+      if process_index == 0:
+        image_io.write_image(os.path.join(workdir, 'validation_grid.png'), grid)
+    logging.info('step %d: val_psnr %.3f val_ssim %.4f', step, results['val_psnr'],
+                 results['val_ssim'])
+    return results
+
+  def save(step: int) -> None:
+    nonlocal last_saved
+    latest.save(step, args=ocp.args.StandardSave(state))
+    last_saved = step
+
+  train_metrics = None
+  pending = None  # (step, scalars) checked one step late so the device never idles
+  step = start_step
+  with _Terminate() as terminate:
+    while step < num_steps:
+      epoch = step // spe
+      ds = input_pipeline.train_dataset(config, epoch=epoch, batch_size=per_process_batch,
+                                        process_index=process_index,
+                                        process_count=process_count)
+      ds = ds.take(spe).skip(step - epoch * spe)
+      for batch in ds.as_numpy_iterator():
+        if nan_at_step is not None and step + 1 == nan_at_step:
+          batch = dict(batch, input_l=np.full_like(batch['input_l'], np.nan))
+        state, scalars = trainer.train_step(state, batch)
+        step += 1
+        if pending is not None:
+          _check_finite(*pending, workdir, last_saved)
+        pending = (step, scalars)
+        update = TrainMetrics.single_from_model_output(**scalars)
+        train_metrics = update if train_metrics is None else train_metrics.merge(update)
+        for hook in hooks:
+          hook(step)
+        is_last = step == num_steps
+        if step % config.train.log_every == 0 or is_last:
+          _check_finite(*pending, workdir, last_saved)
+          writer.write_scalars(step, {f'train/{k}': v for k, v in
+                                      train_metrics.compute().items()})
+          train_metrics = None
+        if step % config.train.image_every == 0:
+          _check_finite(*pending, workdir, last_saved)
+          sample = trainer.shard(batch)
+          outs = trainer._eval_step(state, dict(sample, mask=jnp.ones(sample['input_l'].shape[0])))
+          writer.write_images(step, {'train': image_grid(jax.device_get(sample),
+                                                         jax.device_get(outs))[None]})
+        if step % config.train.eval_every == 0 or is_last:
+          _check_finite(*pending, workdir, last_saved)
+          best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step))
+        if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
+          _check_finite(*pending, workdir, last_saved)
+          save(step)
+        if terminate.requested or is_last:
+          break
+      if terminate.requested:
+        break
+  if pending is not None:
+    _check_finite(*pending, workdir, last_saved)
+  latest.wait_until_finished()
+  best.wait_until_finished()
+  writer.flush()
+  if terminate.requested:
+    logging.warning('Stopped by SIGTERM at step %d; checkpoint written. Rerun to resume.', step)
+  return state
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}

@@ -1,0 +1,222 @@
+"""torchvision / lpips state dicts -> Flax variables, and the converted-file format.
+
+Key mapping (one-to-one, both directions): a torchvision key is the Flax path with each
+'_<index>' turned back into '.<index>' and the leaf renamed — kernel|scale -> weight, bias ->
+bias, mean -> running_mean, var -> running_var. Conv kernels go OIHW -> HWIO. Classifier
+heads ('fc.', 'classifier.', timm's 'pre_logits.'/'head.') and BatchNorm
+'num_batches_tracked' are ignored; any other extra key, a missing key or a wrong shape is a
+ValueError naming the key and the file. Converted variables are stored as Flax msgpack.
+"""
+
+import functools
+import hashlib
+import os
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import flax
+import flax.linen
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pikfix_jax.models import backbones
+from pikfix_jax.models import lpips
+
+ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg')
+_IGNORED_PREFIXES = ('fc.', 'classifier.', 'pre_logits.', 'head.')
+_LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                  'mean': 'running_mean', 'var': 'running_var'}
+_WARNED: set = set()
+
+
+def build_model(arch: str) -> flax.linen.Module:
+  """The Flax module whose variables `arch` files hold (every layer of the architecture)."""
+  if arch == 'resnet34':
+    return backbones.ResNet34()
+  if arch in ('vgg19', 'vgg16'):
+    depth = int(arch[3:])
+    return backbones.VGG(depth=depth, outputs=(backbones.vgg_layer_names(depth)[-1],))
+  if arch == 'lpips_vgg':
+    return lpips.LPIPS()
+  raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
+
+
+def _init_args(arch: str, x) -> tuple:
+  return (x, x) if arch == 'lpips_vgg' else (x,)
+
+
+def random_variables(arch: str, seed: int = 0) -> dict:
+  """Random (torchvision-style) initialisation of the full `arch`, as numpy arrays."""
+  args = _init_args(arch, jnp.zeros((1, 32, 32, 3), jnp.float32))
+  variables = _jitted_init(arch)(jax.random.PRNGKey(seed), *args)
+  return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(arch: str):
+  return jax.jit(build_model(arch).init)
+
+
+def variable_shapes(arch: str) -> dict:
+  """{'params': ..., 'batch_stats': ...} of `jax.ShapeDtypeStruct` for `arch` (no compute)."""
+  args = _init_args(arch, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  return flax.core.unfreeze(jax.eval_shape(build_model(arch).init, jax.random.PRNGKey(0), *args))
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+  """Flax path inside a collection -> torchvision key.
+
+  ('layer1_0', 'bn1', 'var') -> 'layer1.0.bn1.running_var'; ('features_0', 'kernel') ->
+  'features.0.weight'. params and batch_stats leaves have distinct names, so the collection
+  is not needed.
+  """
+  *modules, leaf = path
+  return '.'.join([m.replace('_', '.') for m in modules] + [_LEAF_TO_TORCH[leaf]])
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A .pth (torch.load, weights_only) or .safetensors file -> {key: numpy array}."""
+  if path.endswith('.safetensors'):
+    from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+    return dict(st_numpy.load_file(path))
+  if path.endswith(('.pth', '.pt', '.bin')):
+    import torch  # pylint: disable=g-import-not-at-top
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(state, Mapping):
+      raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
+    for key, value in state.items():
+      if not isinstance(value, torch.Tensor):
+        raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor '
+                         '(expected a flat torchvision state dict)')
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  raise ValueError(f'{path}: unknown weight file type (expected .pth, .pt, .bin or .safetensors)')
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], shapes: dict,
+                       source: str = '<state dict>') -> dict:
+  """Maps a torchvision-layout state dict onto the Flax variable tree `shapes` (strict)."""
+  flat = flax.traverse_util.flatten_dict(shapes)
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flat.items():
+    expected[torch_key(tuple(path))] = ((collection, *path), leaf.shape)
+    if collection == 'batch_stats':
+      bn_modules.add(torch_key(tuple(path)).rsplit('.', 1)[0])
+  for key in state_dict:
+    ignored = key.startswith(_IGNORED_PREFIXES) or (
+        key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules)
+    if key not in expected and not ignored:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif value.ndim == 2:
+      value = value.T  # (out, in) -> (in, out)
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
+                       f'expected {_torch_shape(shape)}')
+    out[flax_path] = value
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  if len(flax_shape) == 4:
+    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+  return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
+
+
+def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
+  """Reads torchvision weights (and, for lpips_vgg, the lpips heads file) into Flax variables."""
+  shapes = variable_shapes(arch)
+  if arch != 'lpips_vgg':
+    return convert_state_dict(read_state_dict(path), shapes, path)
+  if not lpips_heads:
+    raise ValueError('lpips_vgg needs the VGG-16 file and the lpips heads file (vgg.pth)')
+  params = shapes['params']
+  net = convert_state_dict(read_state_dict(path), {'params': params['net']}, path)
+  heads_shapes = {'params': {k: v for k, v in params.items() if k != 'net'}}
+  heads = convert_state_dict(read_state_dict(lpips_heads), heads_shapes, lpips_heads)
+  for key, kernel in flax.traverse_util.flatten_dict(heads['params']).items():
+    if np.any(kernel < 0):
+      raise ValueError(f'{lpips_heads}: key {torch_key(key)!r} has negative '
+                       'weights; LPIPS heads are non-negative')
+  return {'params': {'net': net['params'], **heads['params']}}
+
+
+def save_variables(path: str, variables: Mapping[str, Any]) -> None:
+  """Writes a variable tree as Flax msgpack (atomically)."""
+  tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
+                                flax.core.unfreeze(variables))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(tree))
+  os.replace(path + '.tmp', path)
+
+
+def load_variables(path: str, arch: Optional[str] = None) -> dict:
+  """Reads a msgpack written by `save_variables`; with `arch`, checks every path and shape."""
+  with open(path, 'rb') as f:
+    tree = flax.serialization.msgpack_restore(f.read())
+  if arch is not None:
+    check_tree(tree, variable_shapes(arch), f'{path} ({arch})')
+  return tree
+
+
+def check_tree(tree: Mapping[str, Any], shapes: Mapping[str, Any], source: str) -> None:
+  """ValueError naming the first Flax path that is missing, extra or of the wrong shape."""
+  got = flax.traverse_util.flatten_dict(dict(tree), sep='/')
+  want = flax.traverse_util.flatten_dict(dict(shapes), sep='/')
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  if missing or extra:
+    what, key = ('missing', missing[0]) if missing else ('unexpected', extra[0])
+    raise ValueError(f'{source}: {what} variable {key!r}')
+  for key, leaf in want.items():
+    if tuple(np.shape(got[key])) != tuple(leaf.shape):
+      raise ValueError(f'{source}: variable {key!r} has shape {np.shape(got[key])}, '
+                       f'expected {tuple(leaf.shape)}')
+
+
+def fingerprint(variables: Mapping[str, Any]) -> str:
+  """A short hash of a variable tree (paths and values), to tie indexes to weights."""
+  h = hashlib.sha256()
+  for key, value in sorted(flax.traverse_util.flatten_dict(dict(variables), sep='/').items()):
+    h.update(key.encode())
+    h.update(np.ascontiguousarray(np.asarray(value, np.float32)).tobytes())
+  return h.hexdigest()[:16]
+
+
+def maybe_load_backbone(path: str, arch: str, init_variables: Mapping[str, Any]) -> dict:
+  """Pretrained variables for a backbone, or `init_variables` (with one warning) if path is ''.
+
+  `path` is a converted msgpack (data_prep.convert_weights) or, for resnet34/vgg19/vgg16, a
+  torchvision .pth/.safetensors converted on the fly. The result has exactly the structure of
+  `init_variables` (arrays or `jax.ShapeDtypeStruct`s; e.g. a VGG built only up to relu5_2
+  gets only those layers), with its dtypes.
+  """
+  if not path:
+    if arch not in _WARNED:
+      _WARNED.add(arch)
+      logging.warning(
+          'No pretrained %s weights given (config.backbones): the %s uses UNTRAINED random '
+          'features. See docs/WEIGHTS.md to download and convert ImageNet weights.', arch,
+          {'resnet34': 'similarity sub-net', 'vgg19': 'perceptual loss / reference retrieval',
+           'vgg16': 'VGG-16 feature extractor', 'lpips_vgg': 'LPIPS metric'}.get(arch, arch))
+    return init_variables
+  if path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
+    full = convert_files(arch, path)
+  else:
+    full = load_variables(path, arch)
+  flat_full = flax.traverse_util.flatten_dict(dict(full), sep='/')
+  flat_init = flax.traverse_util.flatten_dict(flax.core.unfreeze(init_variables), sep='/')
+  out = {}
+  for key, init in flat_init.items():  # arrays or jax.ShapeDtypeStruct
+    if key not in flat_full or np.shape(flat_full[key]) != tuple(init.shape):
+      raise ValueError(f'{path} ({arch}) does not fit the model: variable {key!r}')
+    out[key] = jnp.asarray(flat_full[key], init.dtype)
+  logging.info('Loaded pretrained %s weights from %s', arch, path)
+  return flax.traverse_util.unflatten_dict(out, sep='/')

@@ -1,0 +1,401 @@
+"""Tests for pikfix_jax/data: TF Lab, datasets, determinism, references, odd files, errors."""
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import skimage.color
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import default
+from pikfix_jax.data import color_tf
+from pikfix_jax.data import input_pipeline as ip
+from pikfix_jax.data import references
+from pikfix_jax.data import sources
+from pikfix_jax.ops import color as jax_color
+
+SIZE = 32
+
+
+def _config(dataset='demo', **data):
+  c = default.get_config()
+  c.dataset = dataset
+  c.data.image_size = SIZE
+  c.data.eval_image_size = SIZE
+  c.data.degradation.num_textures = 2  # Small, fast texture bank.
+  c.data.degradation.texture_size = 64
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def _batches(ds):
+  return [{k: v for k, v in b.items()} for b in ds.as_numpy_iterator()]
+
+
+def _check_train_batch(b, batch_size, size=SIZE):
+  assert b['input_l'].shape == (batch_size, size, size, 1) and b['input_l'].dtype == np.float32
+  assert b['target_lab'].shape == (batch_size, size, size, 3)
+  assert b['reference_rgb'].shape == (batch_size, size, size, 3)
+  assert b['id'].shape == (batch_size,) and b['id'].dtype == object
+  for k in ('input_l', 'target_lab', 'reference_rgb'):
+    assert np.isfinite(b[k]).all(), k
+  assert 0 <= b['input_l'].min() and b['input_l'].max() <= 1
+  assert 0 <= b['reference_rgb'].min() and b['reference_rgb'].max() <= 1
+  assert -1 <= b['target_lab'][..., 1:].min() and b['target_lab'][..., 1:].max() <= 1
+
+
+def _write_folder(root, colors, size=(40, 44)):
+  """Solid-colour + noise PNGs, one per colour, named im{k}.png."""
+  rng = np.random.default_rng(0)
+  for k, c in enumerate(colors):
+    arr = np.clip(np.array(c, np.float32)[None, None] + rng.integers(-3, 4, size + (3,)), 0, 255)
+    Image.fromarray(arr.astype(np.uint8)).save(root / f'im{k}.png')
+  return root
+
+
+# -------------------------------------------------------------------------------- colour
+def test_tf_lab_matches_skimage_and_jax():
+  rng = np.random.default_rng(0)
+  rgb = np.concatenate([rng.random((500, 3)), np.eye(3), [[0, 0, 0], [1, 1, 1], [0.01, 0.02, 0.03]]])
+  rgb = rgb.astype(np.float32)
+  lab = color_tf.rgb_to_lab(tf.constant(rgb)).numpy()
+  np.testing.assert_allclose(lab, skimage.color.rgb2lab(rgb[None])[0], atol=2e-3)
+  np.testing.assert_allclose(color_tf.lab_to_rgb(tf.constant(lab)).numpy(), rgb, atol=1e-4)
+  np.testing.assert_allclose(color_tf.lab_to_rgb(tf.constant(lab)).numpy(),
+                             skimage.color.lab2rgb(lab[None].astype(np.float64))[0], atol=1e-4)
+  norm = color_tf.rgb_to_lab_normalized(tf.constant(rgb)).numpy()
+  l, ab = jax_color.rgb_to_lab_normalized(jnp.asarray(rgb))
+  np.testing.assert_allclose(norm, np.concatenate([l, ab], -1), atol=2e-5)
+
+
+def test_luminance_gray_roundtrip_and_neutral():
+  l = tf.constant(np.linspace(0, 1, 101, dtype=np.float32)[:, None])
+  gray = color_tf.luminance_to_gray(l)
+  np.testing.assert_allclose(color_tf.gray_to_luminance(gray), l, atol=1e-5)
+  rgb = tf.tile(gray, [1, 3])  # The grey of lightness L has L* = L and a = b = 0.
+  lab = color_tf.rgb_to_lab_normalized(rgb).numpy()
+  np.testing.assert_allclose(lab[:, 0], l[:, 0], atol=1e-4)
+  np.testing.assert_allclose(lab[:, 1:], 0.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------- demo
+def test_demo_train_and_eval_batches():
+  c = _config('demo', train_repeats=2, degrade=True)
+  assert ip.num_examples(c, 'train') == 7 and ip.num_examples(c, 'validation') == 2
+  batches = _batches(ip.train_dataset(c, epoch=0, batch_size=4))
+  assert len(batches) == 3  # 14 examples // 4.
+  _check_train_batch(batches[0], 4)
+  ids = {i.decode() for b in batches for i in b['id']}
+  assert ids <= {n.split('.')[0] for n in sources.DEMO_TRAIN}
+  assert 'mask' not in batches[0]
+  # Degradation changes the input luminance away from the clean target's.
+  assert np.abs(batches[0]['input_l'] - batches[0]['target_lab'][..., :1]).mean() > 0.01
+  evals = _batches(ip.eval_dataset(c, batch_size=3))
+  assert len(evals) == 1
+  np.testing.assert_array_equal(evals[0]['mask'], [1, 1, 0])
+  assert [i.decode() for i in evals[0]['id']] == ['chelsea', 'coffee', '']
+  assert evals[0]['input_l'].shape == (3, SIZE, SIZE, 1)
+  np.testing.assert_array_equal(evals[0]['input_l'][2], 0)
+
+
+def test_same_seed_same_batches_different_seed_or_epoch_different():
+  c = _config('demo', train_repeats=1, degrade=True, reference_strategies=(1,))
+  first = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+  again = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+  for a, b in zip(first, again):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  other_epoch = _batches(ip.train_dataset(c, epoch=1, batch_size=2))
+  c.seed = 1
+  other_seed = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+  for other in (other_epoch, other_seed):
+    assert not np.array_equal(first[0]['input_l'], other[0]['input_l'])
+
+
+def test_eval_is_deterministic_and_independent_of_training_seed():
+  c = _config('demo', degrade=True)
+  a = _batches(ip.eval_dataset(c, batch_size=2))
+  c.seed = 5
+  b = _batches(ip.eval_dataset(c, batch_size=2))
+  np.testing.assert_array_equal(a[0]['input_l'], b[0]['input_l'])
+  assert np.abs(a[0]['input_l'] - a[0]['target_lab'][..., :1]).mean() > 0.01  # Degraded.
+
+
+def test_full_size_eval_needs_batch_one():
+  c = _config('demo', eval_image_size=0)
+  with pytest.raises(ValueError, match='batch_size 1'):
+    ip.eval_dataset(c, batch_size=2)
+  batches = _batches(ip.eval_dataset(c, batch_size=1))
+  assert [b['target_lab'].shape for b in batches] == [(1, 300, 451, 3), (1, 400, 600, 3)]
+  assert batches[0]['reference_rgb'].shape == (1, SIZE, SIZE, 3)
+
+
+# --------------------------------------------------------------------- image_folder etc.
+def test_process_shards_are_disjoint_and_equal(tmp_path):
+  root = _write_folder(tmp_path, [(20 * k, 100, 200 - 20 * k) for k in range(10)])
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.2)
+  assert ip.num_examples(c, 'train') == 8 and ip.num_examples(c, 'validation') == 2
+  shards = [_batches(ip.train_dataset(c, epoch=3, batch_size=2, process_index=p, process_count=3))
+            for p in range(3)]
+  assert [len(s) for s in shards] == [1, 1, 1]  # 8 // 3 = 2 examples each.
+  ids = [i for s in shards for b in s for i in b['id']]
+  assert len(ids) == len(set(ids)) == 6
+  evals = [_batches(ip.eval_dataset(c, batch_size=2, process_index=p, process_count=3))
+           for p in range(3)]
+  assert [len(e) for e in evals] == [1, 1, 1]
+  real = [i for e in evals for b in e for i, m in zip(b['id'], b['mask']) if m]
+  assert sorted(real) == sorted(set(real)) and len(real) == 2
+
+
+def test_split_is_seeded_and_disjoint(tmp_path):
+  root = _write_folder(tmp_path, [(10 * k, 50, 50) for k in range(10)])
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.3)
+  train = set(sources.get_split(c, 'train').ids)
+  val = set(sources.get_split(c, 'validation').ids)
+  assert len(val) == 3 and not train & val and len(train | val) == 10
+  c.data.split_seed = 1
+  assert set(sources.get_split(c, 'validation').ids) != val
+
+
+def test_strategy1_offset_never_the_input_location():
+  seen = set()
+  for k in range(300):
+    y, x = 1, 2
+    ry, rx = references.other_crop_offset(tf.constant([k, 0]), 34, 35, 32, y, x)
+    seen.add((int(ry), int(rx)))
+  assert (1, 2) not in seen and len(seen) == 3 * 4 - 1  # Every other position is reachable.
+
+
+def test_strategy1_reference_is_another_crop_of_the_same_image(tmp_path):
+  rng = np.random.default_rng(1)
+  for k in range(2):
+    Image.fromarray((rng.random((SIZE + 1, SIZE + 2, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / f'n{k}.png')
+  c = _config('image_folder', image_folder=str(tmp_path), val_fraction=0.0,
+              reference_strategies=(1,), train_repeats=8)
+  for k in ('jitter_brightness', 'jitter_contrast', 'jitter_saturation', 'jitter_hue',
+            'affine_max_rotation', 'affine_max_scale', 'affine_max_shear'):
+    c.data[k] = 0.0
+  images = {i.decode(): tf.image.convert_image_dtype(im, tf.float32).numpy()
+            for im, i in ((e['image'], e['id']) for e in ip.images(c, 'train').as_numpy_iterator())}
+  for b in _batches(ip.train_dataset(c, epoch=0, batch_size=4)):
+    for l, ref, name in zip(b['target_lab'][..., 0], b['reference_rgb'], b['id']):
+      image = images[name.decode()]
+      crops = {(y, x): image[y:y + SIZE, x:x + SIZE] for y in range(2) for x in range(3)}
+      own = [p for p, crop in crops.items()
+             if np.abs(color_tf.rgb_to_lab_normalized(crop).numpy()[..., 0] - l).max() < 1e-5]
+      ref_at = [p for p, crop in crops.items() if np.abs(crop - ref).max() < 1e-5]
+      assert len(own) == 1 and len(ref_at) == 1 and own != ref_at
+
+
+def _own_and_reference_colors(batches):
+  out = []
+  for b in batches:
+    for target, ref in zip(b['target_lab'], b['reference_rgb']):
+      out.append((target[..., 0].mean(), color_tf.rgb_to_lab_normalized(ref).numpy()[..., 0].mean()))
+  return out
+
+
+def test_strategy2_never_the_image_itself(tmp_path):
+  # Eight images of clearly different lightness: the reference's lightness names its source.
+  root = _write_folder(tmp_path, [(30 * k, 30 * k, 30 * k) for k in range(8)])
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.0,
+              reference_strategies=(2,), train_repeats=4)
+  pairs = _own_and_reference_colors(_batches(ip.train_dataset(c, epoch=0, batch_size=8)))
+  assert len(pairs) == 32
+  assert all(abs(own - ref) > 0.05 for own, ref in pairs)
+  assert len({round(ref, 1) for _, ref in pairs}) >= 6  # Random others, not a fixed one.
+
+
+def _save_index(path, paths, neighbors):
+  """A file in the format of pikfix_jax.retrieval.build_index (only the arrays we read)."""
+  np.savez(path, paths=np.array([str(p) for p in paths]), neighbors=np.asarray(neighbors))
+
+
+def test_strategy2_uses_retrieval_neighbors_but_never_self(tmp_path):
+  root = tmp_path / 'photos'
+  root.mkdir()
+  _write_folder(root, [(30 * k, 30 * k, 30 * k) for k in range(6)])
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.0,
+              reference_strategies=(2,), retrieval_top_k=2, train_repeats=2)
+  ids = sources.get_split(c, 'train').ids
+  n = len(ids)
+  # Index rows in reverse order; row r lists itself first (must be skipped), then the row of
+  # the next training image, then padding.
+  paths = [root / i for i in ids[::-1]]
+  row = {i: n - 1 - k for k, i in enumerate(ids)}
+  neighbors = [[row[ids[k]], row[ids[(k + 1) % n]], -1] for k in range(n)][::-1]
+  _save_index(tmp_path / 'index.npz', paths, neighbors)
+  c.data.retrieval_index = str(tmp_path / 'index.npz')
+  lightness = {}
+  for e in ip.images(c, 'train').as_numpy_iterator():
+    lightness[e['id'].decode()] = color_tf.rgb_to_lab_normalized(
+        tf.image.convert_image_dtype(e['image'], tf.float32)).numpy()[..., 0].mean()
+  order = [lightness[i] for i in ids]
+  pairs = _own_and_reference_colors(_batches(ip.train_dataset(c, epoch=1, batch_size=4)))
+  assert len(pairs) == 12
+  for own, ref in pairs:
+    k = int(np.argmin(np.abs(np.array(order) - own)))
+    assert abs(ref - order[(k + 1) % n]) < 0.02
+  _save_index(tmp_path / 'other.npz', [tmp_path / 'elsewhere' / i for i in ('x.png', 'y.png')],
+              [[1], [0]])
+  c.data.retrieval_index = str(tmp_path / 'other.npz')
+  with pytest.raises(ValueError, match='none of the 6 images'):
+    ip.train_dataset(c, epoch=1, batch_size=4)
+
+
+def test_eval_reference_from_retrieval_index(tmp_path):
+  root = tmp_path / 'p'
+  root.mkdir()
+  _write_folder(root, [(40 * k, 40 * k, 40 * k) for k in range(6)])
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.5)
+  train_ids = sources.get_split(c, 'train').ids
+  val_ids = sources.get_split(c, 'validation').ids
+  # Index over train + the first two val images; their neighbours: another val image (not a
+  # training image: skipped), then training image 1. The third val image is not indexed.
+  paths = [root / i for i in train_ids + val_ids[:2]]
+  n = len(train_ids)
+  neighbors = [[0, 1]] * n + [[n + 1, 1], [n, 1]]
+  _save_index(tmp_path / 'index.npz', paths, neighbors)
+  c.data.retrieval_index = str(tmp_path / 'index.npz')
+  train_pool = ip.reference_pool(c, 'train', SIZE).numpy()
+  (b,) = _batches(ip.eval_dataset(c, batch_size=3))
+  for k in range(2):
+    np.testing.assert_allclose(b['reference_rgb'][k], train_pool[1] / 255.0, atol=1e-6)
+  assert np.abs(b['reference_rgb'][2] - train_pool[1] / 255.0).max() > 0.05  # Another val image.
+  c.data.eval_reference = 'self'
+  (b,) = _batches(ip.eval_dataset(c, batch_size=3))
+  np.testing.assert_allclose(color_tf.rgb_to_lab_normalized(b['reference_rgb']).numpy(),
+                             b['target_lab'], atol=2e-3)
+
+
+def test_odd_files_are_decoded_or_skipped_with_one_warning_each(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  rgb = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'rgb.png')
+  Image.fromarray(rgb[..., 0]).save(tmp_path / 'gray.jpg')
+  Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(tmp_path / 'deep16.png')
+  rgba = np.dstack([rgb, np.zeros((40, 48), np.uint8)])  # Fully transparent -> white.
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'rgba.png')
+  Image.new('CMYK', (40, 40), (0, 255, 255, 0)).save(tmp_path / 'cmyk.jpg')
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(rgb).save(tmp_path / 'rotated.jpg', exif=exif.tobytes())
+  Image.fromarray(rgb[:20, :20]).save(tmp_path / 'small.png')  # Smaller than the crop.
+  Image.fromarray(rgb).save(tmp_path / 'full.jpg')
+  data = (tmp_path / 'full.jpg').read_bytes()
+  (tmp_path / 'full.jpg').unlink()
+  (tmp_path / 'truncated.jpg').write_bytes(data[:len(data) // 2])
+  (tmp_path / 'notes.txt').write_text('not an image')
+  png = (tmp_path / 'rgb.png').read_bytes()
+  (tmp_path / 'cut.png').write_bytes(png[:len(png) // 2])
+  good = {'rgb.png', 'gray.jpg', 'deep16.png', 'rgba.png', 'cmyk.jpg', 'rotated.jpg', 'small.png'}
+
+  c = _config('image_folder', image_folder=str(tmp_path), val_fraction=0.0, train_repeats=2,
+              degrade=True)
+  with caplog.at_level(logging.WARNING):
+    got = {e['id'].decode(): e['image'] for e in ip.images(c, 'train').as_numpy_iterator()}
+  assert set(got) == good
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  for bad in ('truncated.jpg', 'notes.txt', 'cut.png'):
+    assert sum(bad in m for m in warned) == 1, (bad, warned)
+  assert len(warned) == 3
+  np.testing.assert_array_equal(got['rgb.png'], rgb)
+  assert got['rotated.jpg'].shape == (48, 40, 3)
+  np.testing.assert_array_equal(got['deep16.png'], round(40000 / 65535 * 255))
+  np.testing.assert_array_equal(got['rgba.png'], 255)
+  assert np.abs(got['cmyk.jpg'][20, 20].astype(int) - [255, 0, 0]).max() < 15
+  np.testing.assert_array_equal(got['gray.jpg'][..., 0], got['gray.jpg'][..., 2])
+  # A whole epoch over them: no crash, no NaN, the small image is resized up.
+  for b in _batches(ip.train_dataset(c, epoch=0, batch_size=2)) + _batches(
+      ip.train_dataset(c, epoch=1, batch_size=2)):
+    _check_train_batch(b, 2)
+
+
+# ------------------------------------------------------------------------- tfds datasets
+def test_div2k_pipeline_with_mock_data(tmp_path):
+  c = _config('div2k', data_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=5):
+    assert ip.num_examples(c, 'train') == 5
+    train = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+    again = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+    other = _batches(ip.train_dataset(c, epoch=1, batch_size=2))
+    shards = [_batches(ip.train_dataset(c, epoch=0, batch_size=1, process_index=p,
+                                        process_count=2)) for p in range(2)]
+    evals = _batches(ip.eval_dataset(c, batch_size=2))
+  assert len(train) == 2
+  _check_train_batch(train[0], 2)
+  np.testing.assert_array_equal(train[1]['input_l'], again[1]['input_l'])
+  assert not np.array_equal(train[0]['reference_rgb'], other[0]['reference_rgb'])
+  ids = [set(i for b in s for i in b['id']) for s in shards]
+  assert len(shards[0]) == len(shards[1]) == 2 and not ids[0] & ids[1]
+  assert len(evals) == 3 and evals[-1]['mask'].tolist() == [1, 0]
+  assert all(i.startswith(b'div2k-') for i in train[0]['id'])
+  c.data.cache = True  # Decoded once into memory: random access, exact permutation.
+  with tfds.testing.mock_data(num_examples=5):
+    assert sources.get_split(c, 'train').lookup is not None
+    cached = _batches(ip.train_dataset(c, epoch=0, batch_size=2))
+  cached_ids = [i for b in cached for i in b['id']]
+  assert len(set(cached_ids)) == 4 and all(i.startswith(b'div2k-') for i in cached_ids)
+
+
+def test_voc_subset_with_mock_data(tmp_path):
+  c = _config('voc', data_dir=str(tmp_path), voc_num_train=4, voc_num_test=2, degrade=True)
+  with tfds.testing.mock_data(num_examples=7):
+    assert ip.num_examples(c, 'train') == 4 and ip.num_examples(c, 'test') == 2
+    train_ids = {e['id'] for e in ip.images(c, 'train').as_numpy_iterator()}
+    test_ids = {e['id'] for e in ip.images(c, 'test').as_numpy_iterator()}
+    batches = _batches(ip.train_dataset(c, epoch=1, batch_size=2))
+    c.data.voc_num_train = 6
+    with pytest.raises(ValueError, match='exceeds'):
+      ip.num_examples(c, 'train')
+  assert len(train_ids) == 4 and len(test_ids) == 2 and not train_ids & test_ids
+  assert len(batches) == 2
+  _check_train_batch(batches[0], 2)
+
+
+def test_realold_from_manual_dir(tmp_path):
+  manual = tmp_path / 'manual'
+  rng = np.random.default_rng(0)
+  for name, size in (('a', (40, 50)), ('b', (36, 36)), ('c', (40, 40))):
+    restored = (rng.random(size + (3,)) * 255).astype(np.uint8)
+    (manual / 'old').mkdir(parents=True, exist_ok=True)
+    Image.fromarray(restored.mean(-1).astype(np.uint8)).save(manual / 'old' / f'{name}.jpg')
+    if name != 'c':  # c has no restored partner: skipped.
+      (manual / 'restored').mkdir(exist_ok=True)
+      Image.fromarray(restored[::2, ::2] if name == 'b' else restored).save(
+          manual / 'restored' / f'{name}.png')
+  (manual / 'reference').mkdir()
+  Image.new('RGB', (20, 30), (0, 0, 255)).save(manual / 'reference' / 'a.png')
+  c = _config('realold', data_dir=str(tmp_path / 'tfds'), manual_dir=str(manual))
+  with pytest.raises(ValueError, match='test only'):
+    ip.num_examples(c, 'train')
+  assert ip.num_examples(c, 'test') == 2
+  (b,) = _batches(ip.eval_dataset(c, batch_size=2))
+  assert [i.decode() for i in b['id']] == ['a', 'b']
+  np.testing.assert_allclose(b['reference_rgb'][0], np.broadcast_to([0, 0, 1], (SIZE, SIZE, 3)),
+                             atol=1e-6)  # a's own reference.
+  assert np.abs(b['reference_rgb'][1] - [0, 0, 1]).max() > 0.1  # b: another photo instead.
+  # The input is the old photo, not the restored one: grey, but a different image.
+  assert np.abs(b['input_l'] - b['target_lab'][..., :1]).mean() > 0.01
+
+
+def test_missing_data_errors_say_where_and_how(tmp_path):
+  with pytest.raises(sources.DataNotFoundError, match=r'tfds build div2k --data_dir='):
+    ip.num_examples(_config('div2k', data_dir=str(tmp_path)), 'train')
+  with pytest.raises(sources.DataNotFoundError, match=r'tfds build voc/2012'):
+    ip.num_examples(_config('voc', data_dir=str(tmp_path)), 'train')
+  with pytest.raises(sources.DataNotFoundError, match=r'DIR/old/<name>'):
+    ip.num_examples(_config('realold', data_dir=str(tmp_path)), 'test')
+  with pytest.raises(sources.DataNotFoundError, match='image_folder'):
+    ip.num_examples(_config('image_folder', image_folder=str(tmp_path / 'nope')), 'train')
+
+
+def test_tiny_dataset_error_names_the_fix():
+  c = _config('demo')
+  with pytest.raises(ValueError, match='train_repeats'):
+    ip.train_dataset(c, epoch=0, batch_size=8)

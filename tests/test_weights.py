@@ -1,0 +1,144 @@
+"""Weight conversion: strict key/shape checks, the msgpack format, LPIPS parity, the CLI."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+
+from pikfix_jax import weights
+from pikfix_jax.models import backbones
+from pikfix_jax.models import lpips
+import torch_reference as ref
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def vgg16_torch():
+  return ref.randomize(ref.VGG(16), seed=3)
+
+
+@pytest.fixture(scope='module')
+def resnet_state():
+  return {k: v.numpy() for k, v in ref.randomize(ref.ResNet34(), seed=1).state_dict().items()}
+
+
+def _write_safetensors(state, path):
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+  return str(path)
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda s: s.pop('layer3.2.bn2.running_var'), "missing key 'layer3.2.bn2.running_var'"),
+    (lambda s: s.update({'layer5.0.conv1.weight': np.zeros((1,), np.float32)}),
+     "unexpected key 'layer5.0.conv1.weight'"),
+    (lambda s: s.update({'layer1.0.conv1.weight': np.zeros((64, 64, 1, 3), np.float32)}),
+     "key 'layer1.0.conv1.weight' has shape"),
+])
+def test_bad_files_fail_naming_key_and_file(tmp_path, resnet_state, edit, message):
+  state = dict(resnet_state)
+  edit(state)
+  path = _write_safetensors(state, tmp_path / 'bad.safetensors')
+  with pytest.raises(ValueError, match=message) as info:
+    weights.convert_files('resnet34', path)
+  assert path in str(info.value)
+
+
+def test_pth_errors_name_the_file_too(tmp_path, resnet_state):
+  state = {k: torch.from_numpy(v) for k, v in resnet_state.items() if k != 'bn1.weight'}
+  path = str(tmp_path / 'r.pth')
+  torch.save(state, path)
+  with pytest.raises(ValueError, match=f"{path}: missing key 'bn1.weight'"):
+    weights.convert_files('resnet34', path)
+
+
+def test_classifier_and_batch_counters_are_ignored(resnet_state):
+  assert 'fc.weight' in resnet_state and 'bn1.num_batches_tracked' in resnet_state
+  variables = weights.convert_state_dict(resnet_state, weights.variable_shapes('resnet34'))
+  np.testing.assert_array_equal(variables['batch_stats']['layer4_0']['downsample_1']['mean'],
+                                resnet_state['layer4.0.downsample.1.running_mean'])
+  np.testing.assert_array_equal(variables['params']['layer1_0']['conv1']['kernel'],
+                                resnet_state['layer1.0.conv1.weight'].transpose(2, 3, 1, 0))
+
+
+def test_save_load_round_trip_and_validation(tmp_path, resnet_state):
+  variables = weights.convert_state_dict(resnet_state, weights.variable_shapes('resnet34'))
+  path = str(tmp_path / 'resnet34.msgpack')
+  weights.save_variables(path, variables)
+  loaded = weights.load_variables(path, 'resnet34')
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+  with pytest.raises(ValueError, match='vgg19'):
+    weights.load_variables(path, 'vgg19')
+  del variables['params']['layer2_1']['bn2']['scale']
+  weights.save_variables(path, variables)
+  with pytest.raises(ValueError, match="missing variable 'params/layer2_1/bn2/scale'"):
+    weights.load_variables(path, 'resnet34')
+
+
+def test_maybe_load_backbone(tmp_path, vgg16_torch, caplog):
+  model = backbones.VGG(16, ('relu2_2',))
+  x = np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype(np.float32)
+  init = model.init(jax.random.PRNGKey(0), x)
+  weights._WARNED.discard('vgg16')  # pylint: disable=protected-access
+  with caplog.at_level(logging.WARNING):
+    assert weights.maybe_load_backbone('', 'vgg16', init) is init
+    assert weights.maybe_load_backbone('', 'vgg16', init) is init
+  assert sum('UNTRAINED' in r.getMessage() for r in caplog.records) == 1
+  pth, _ = ref.save_both(vgg16_torch.state_dict(), tmp_path, 'vgg16')
+  msgpack = str(tmp_path / 'vgg16.msgpack')
+  weights.save_variables(msgpack, weights.convert_files('vgg16', pth))
+  for path in (pth, msgpack):
+    loaded = weights.maybe_load_backbone(path, 'vgg16', init)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(init)
+    # The converted weights change the features, and match torch.
+    got = model.apply(loaded, x)['relu2_2']
+    assert np.abs(np.asarray(got) - np.asarray(model.apply(init, x)['relu2_2'])).max() > 0.1
+    with torch.no_grad():
+      want = ref.to_nhwc(vgg16_torch(ref.to_nchw(x))['relu2_2'])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_lpips_matches_torch(tmp_path, vgg16_torch):
+  torch_lpips = ref.LPIPS(vgg16_torch).eval()
+  with torch.no_grad():
+    for l in range(5):  # trained heads are non-negative
+      getattr(torch_lpips, f'lin{l}').model[1].weight.uniform_(0.0, 1.0)
+  vgg_path, _ = ref.save_both(vgg16_torch.state_dict(), tmp_path, 'vgg16')
+  heads_path = str(tmp_path / 'vgg.pth')
+  torch.save(torch_lpips.heads_state_dict(), heads_path)
+  assert sorted(torch_lpips.heads_state_dict())[0] == 'lin0.model.1.weight'
+  variables = weights.convert_files('lpips_vgg', vgg_path, heads_path)
+  weights.check_tree(variables, weights.variable_shapes('lpips_vgg'), 'converted')
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(-1, 1, size=(2, 35, 33, 3)).astype(np.float32)
+  x1 = np.clip(x0 + rng.normal(0, 0.3, size=x0.shape), -1, 1).astype(np.float32)
+  got = jax.jit(lpips.LPIPS().apply)(variables, x0, x1)
+  with torch.no_grad():
+    want = torch_lpips(ref.to_nchw(x0), ref.to_nchw(x1)).numpy()
+  assert got.shape == (2,)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose((1 + np.array(lpips.SHIFT)) / 2, backbones.IMAGENET_MEAN, atol=1e-7)
+  np.testing.assert_allclose(np.array(lpips.SCALE) / 2, backbones.IMAGENET_STD, atol=1e-7)
+  # Negative head weights are rejected.
+  with torch.no_grad():
+    torch_lpips.lin3.model[1].weight[0, 5] = -1.0
+  torch.save(torch_lpips.heads_state_dict(), heads_path)
+  with pytest.raises(ValueError, match="lin3.model.1.weight"):
+    weights.convert_files('lpips_vgg', vgg_path, heads_path)
+
+
+def test_convert_weights_cli(tmp_path, resnet_state):
+  path = _write_safetensors(resnet_state, tmp_path / 'resnet34.safetensors')
+  out = str(tmp_path / 'out' / 'resnet34.msgpack')
+  subprocess.run([sys.executable, '-m', 'data_prep.convert_weights', '--arch=resnet34',
+                  f'--input={path}', f'--output={out}'], cwd=_ROOT, check=True,
+                 env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  loaded = weights.load_variables(out, 'resnet34')
+  np.testing.assert_array_equal(loaded['params']['conv1']['kernel'],
+                                resnet_state['conv1.weight'].transpose(2, 3, 1, 0))
