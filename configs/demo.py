@@ -12,7 +12,10 @@ def get_config():
   c = default.get_config()
   c.dataset = 'demo'
   c.data.image_size = 64
-  c.data.eval_image_size = 64
+  # Validation: 128 px centre crops of chelsea and coffee, each coloured from its own colour
+  # version (the oracle reference; an unrelated reference from 7 training photos says little).
+  c.data.eval_image_size = 128
+  c.data.eval_reference = 'self'
   c.data.train_repeats = 8
   c.data.degrade = True
   m = c.model
@@ -37,7 +40,7 @@ def get_config():
   c.train.num_train_steps = 300
   c.train.log_every = 20
   c.train.image_every = 100
-  c.train.eval_every = 100
+  c.train.eval_every = 50
   c.train.checkpoint_every = 100
-  c.train.eval_batch_size = 4
+  c.train.eval_batch_size = 2
   return c
