@@ -98,11 +98,171 @@ def bench_retrieval(config) -> None:
 
 
 def bench_train(config) -> None:
-  raise NotImplementedError('train benchmark: training issue')
+  """One optimisation step (G forward once + D update + G update, every loss term) of
+  `train.Trainer` on random batches of --batch_size (global, over all local devices) x
+  --image_size, data already on device (the input pipeline is measured by --what=input).
+
+  Reports compile time (XLA, the persistent cache is not used), mean time of >= --steps steps
+  after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the accelerator's
+  peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
+  (XLA cost analysis of the step lowered without remat and without the warp's query chunking,
+  whose lax.map loop XLA's analysis counts only once); xla_flops_per_image is the analysis of
+  the program that runs (counts remat recomputation, undercounts the chunked warp).
+  """
+  import resource  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+
+  jax.config.update('jax_enable_compilation_cache', False)  # cold compile, every time
+  batch_size, size = config.train.batch_size, config.data.image_size
+  devices = jax.devices()
+  if batch_size % len(devices):
+    raise ValueError(f'--batch_size={batch_size} must be divisible by the {len(devices)} devices.')
+  trainer = train.Trainer(config, steps_per_epoch=1000)
+  state = trainer.init_state(config.seed)
+  rng = np.random.default_rng(config.seed)
+  batches = [trainer.shard(_random_train_batch(rng, batch_size, size)) for _ in range(2)]
+
+  start = time.perf_counter()
+  lowered = trainer._train_step.lower(state, batches[0], trainer.vgg_variables)  # pylint: disable=protected-access
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  xla_flops = _flops(compiled.cost_analysis()) * len(devices)  # per-device SPMD program
+  model_flops = _model_flops(config, state, batches[0], trainer.vgg_variables)
+
+  warmup = 2
+  for i in range(warmup):
+    state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
+  jax.block_until_ready((state, scalars))
+  steps = max(_STEPS.value, 1)
+  start = time.perf_counter()
+  for i in range(steps):
+    state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
+  jax.block_until_ready((state, scalars))
+  step_s = (time.perf_counter() - start) / steps
+  if not np.isfinite(float(scalars['total'])):
+    raise FloatingPointError(f'non-finite loss in the benchmark: {float(scalars["total"])}')
+
+  kind = devices[0].device_kind
+  peak = _peak_tflops(kind, config.model.dtype)
+  achieved = model_flops / step_s / 1e12 if model_flops else None
+  memory = compiled.memory_analysis()
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if all(stats):
+    peak_memory, memory_source = max(s['peak_bytes_in_use'] for s in stats), 'device'
+  else:
+    peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    memory_source = 'host_rss'
+  count = lambda tree: int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+  emit({
+      'what': 'train', 'platform': devices[0].platform, 'device_kind': kind,
+      'devices': len(devices), 'processes': jax.process_count(),
+      'dtype': config.model.dtype, 'remat': bool(config.model.remat),
+      'batch_size': batch_size, 'image_size': size,
+      'g_params_m': round((count(state.g_params) + count(state.g_frozen)) / 1e6, 2),
+      'g_trainable_params_m': round(count(state.g_params) / 1e6, 2),
+      'd_params_m': round(count(state.d_params) / 1e6, 2),
+      'lower_s': round(lower_s, 1), 'compile_s': round(compile_s, 1),
+      'steps': steps, 'ms_per_step': round(step_s * 1e3, 1),
+      'images_per_s': round(batch_size / step_s, 3),
+      'model_gflops_per_image': round(model_flops / batch_size / 1e9, 1) if model_flops else None,
+      'xla_gflops_per_image': round(xla_flops / batch_size / 1e9, 1) if xla_flops else None,
+      'achieved_tflops': round(achieved, 3) if achieved else None,
+      'peak_tflops_per_device': peak,
+      'mfu': round(achieved / (peak * len(devices)), 4) if achieved and peak else None,
+      'peak_memory_gib': round(peak_memory / 2**30, 2), 'peak_memory_source': memory_source,
+      'xla_temp_gib_per_device': round(memory.temp_size_in_bytes / 2**30, 2) if memory else None,
+      'loss': round(float(scalars['total']), 4)})
+
+
+# Dense peak TFLOP/s per device by device_kind substring (first match): bfloat16, and float32
+# as JAX runs it on tensor cores by default (TF32). Unknown devices (CPU): no MFU.
+_PEAK_TFLOPS = (
+    ('H200', {'bfloat16': 989.0, 'float32': 494.0}),
+    ('H100 PCIe', {'bfloat16': 756.0, 'float32': 378.0}),
+    ('H100', {'bfloat16': 989.0, 'float32': 494.0}),  # SXM ("NVIDIA H100 80GB HBM3")
+    ('A100', {'bfloat16': 312.0, 'float32': 156.0}),
+)
+
+
+def _peak_tflops(device_kind: str, dtype: str):
+  for pattern, peaks in _PEAK_TFLOPS:
+    if pattern in device_kind:
+      return peaks[dtype]
+  return None
+
+
+def _flops(cost) -> float:
+  """'flops' of an XLA cost analysis (a dict, or a list of per-module dicts)."""
+  if isinstance(cost, (list, tuple)):
+    return float(sum(c.get('flops', 0.0) for c in cost))
+  return float((cost or {}).get('flops', 0.0))
+
+
+def _model_flops(config, state, batch, vgg_variables) -> float:
+  """FLOPs of one global step counted once: the step lowered (not compiled) without remat and
+  with the whole warp in one block, analysed by XLA."""
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  flops_config = config.copy_and_resolve_references()
+  flops_config.model.remat = False
+  flops_config.model.similarity.query_chunk = config.data.image_size ** 2
+  trainer = train.Trainer(flops_config, steps_per_epoch=1000)
+  return _flops(trainer._train_step.lower(state, batch, vgg_variables).cost_analysis())  # pylint: disable=protected-access
+
+
+def _random_train_batch(rng, batch_size: int, size: int) -> dict:
+  """A training batch in the contract's format with random content (valid value ranges)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.ops import color  # pylint: disable=g-import-not-at-top
+  rgb = rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32)
+  l, ab = color.rgb_to_lab_normalized(rgb)
+  return {'input_l': np.asarray(l), 'target_lab': np.concatenate([l, ab], axis=-1),
+          'reference_rgb': rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32)}
 
 
 def bench_restore(config) -> None:
-  raise NotImplementedError('restore benchmark: restore issue')
+  """Full-resolution restore of one image_size^2 photo with randomly initialised config.model
+  (no checkpoint): `pikfix_jax.restore.Restorer`, as the restore command runs it (default
+  tiling, 512 px reference). Reports the first call (compile + run), the median of --steps
+  further calls and the process's peak RSS (ru_maxrss, including start-up and compilation).
+  The persistent compilation cache is not enabled, so compile times are cold."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.models import pikfix  # pylint: disable=g-import-not-at-top
+
+  size = config.data.image_size
+  model = pikfix.build_generator(config.model)
+  start = time.perf_counter()
+  tiny = jnp.zeros((1, pikfix.MULTIPLE, pikfix.MULTIPLE, 1), jnp.float32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed), tiny,
+                                  jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
+  init_s = time.perf_counter() - start
+  restorer = restore.Restorer(model, variables)
+  image = restore.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
+  reference = skimage.data.coffee() / np.float32(255)
+  start = time.perf_counter()
+  restorer(image, reference)
+  first_s = time.perf_counter() - start
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    restorer(image, reference)
+    times.append(time.perf_counter() - start)
+  info = restorer.last_info
+  emit({'what': 'restore', 'image_size': size, 'dtype': config.model.dtype,
+        'reference': list(info['reference']), 'tile_size': restorer.tile_size,
+        'halo': restorer.halo, 'windows': info['windows'], 'window': list(info['window']),
+        'color_resolution': list(info['color']), 'init_s': round(init_s, 1),
+        'first_call_s': round(first_s, 1),
+        'run_s': round(float(np.median(times)), 1) if times else None, 'runs': len(times),
+        'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
 
 
 def main(argv):

@@ -32,5 +32,10 @@ def maybe_initialize() -> None:
     if os.environ.get('JAX_LOCAL_DEVICE_IDS'):
       kwargs['local_device_ids'] = [int(i) for i in os.environ['JAX_LOCAL_DEVICE_IDS'].split(',')]
   jax.distributed.initialize(**kwargs)
+  if jax.default_backend() == 'cpu':
+    # CPU collectives (gloo) set up their communicator at the first collective and give up
+    # if a peer is 30 s late (e.g. still compiling): create it now, while all are in step.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('pikfix_jax.distributed: start')
   logging.info('jax.distributed initialised: process %d of %d.', jax.process_index(),
                jax.process_count())

@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pikfix_jax import cli
 from pikfix_jax import distributed
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
@@ -22,28 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config (conf
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def quiet_library_logs() -> None:
-  """Keeps orbax's per-checkpoint INFO chatter out of the training log (warnings still show)."""
-  def keep(record) -> bool:
-    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
-  logging.get_absl_handler().addFilter(keep)
-
-
-def enable_compilation_cache() -> None:
-  """Persists compiled XLA programs so a resumed or repeated run skips most compile time.
-
-  Location: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla.
-  """
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.join(os.path.expanduser('~'), '.cache', 'pikfix_jax', 'xla'))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  quiet_library_logs()
-  enable_compilation_cache()
+  cli.setup()
   distributed.maybe_initialize()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # CPU only: tf.data must not grab accelerator memory.

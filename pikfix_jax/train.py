@@ -261,10 +261,25 @@ class Trainer:
       for k in totals:
         totals[k] += float(out[k])
       if grid is None:
-        grid = image_grid(jax.device_get(sharded), jax.device_get(out))
+        grid = image_grid(host_local(sharded), host_local(out))
     count = max(totals['count'], 1.0)
     return {'val_psnr': totals['psnr_sum'] / count,
             'val_ssim': totals['ssim_sum'] / count}, grid
+
+
+def host_local(tree):
+  """numpy values of this process's rows of batch-sharded arrays (multi-host safe: a global
+  array spanning other processes' devices cannot be fetched whole); replicated arrays whole."""
+  def local(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    rows = {}
+    for shard in x.addressable_shards:
+      rows.setdefault(shard.index[0].start or 0, shard.data)
+    return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)], axis=0)
+  return jax.tree_util.tree_map(local, tree)
 
 
 def image_grid(batch: dict, outputs: dict, max_rows: int = 4) -> np.ndarray:
@@ -316,14 +331,20 @@ def total_steps(config: ml_collections.ConfigDict, spe: int) -> int:
 def checkpoint_managers(workdir: str, config: ml_collections.ConfigDict
                         ) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
   """(latest k checkpoints, best checkpoint by validation PSNR)."""
+  # Both managers may save the same step; multi-host barrier names must not collide.
   latest = ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
-                                           create=True, enable_async_checkpointing=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.train.keep_checkpoints, create=True,
+          enable_async_checkpointing=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix='latest')))
   best = ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'best'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['val_psnr'],
-                                           best_mode='max', create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda m: m['val_psnr'], best_mode='max', create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix='best')))
   return latest, best
 
 
@@ -447,10 +468,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           train_metrics = None
         if step % config.train.image_every == 0:
           _check_finite(*pending, workdir, last_saved)
-          sample = trainer.shard(batch)
-          outs = trainer._eval_step(state, dict(sample, mask=jnp.ones(sample['input_l'].shape[0])))
-          writer.write_images(step, {'train': image_grid(jax.device_get(sample),
-                                                         jax.device_get(outs))[None]})
+          sample = trainer.shard(dict(batch, mask=np.ones(len(batch['input_l']), np.float32)))
+          outs = trainer._eval_step(state, sample)
+          writer.write_images(step, {'train': image_grid(host_local(sample),
+                                                         host_local(outs))[None]})
         if step % config.train.eval_every == 0 or is_last:
           _check_finite(*pending, workdir, last_saved)
           best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step))

@@ -1,0 +1,409 @@
+"""Evaluate a trained Pik-Fix on a test split: `python -m pikfix_jax.evaluate`.
+
+  python -m pikfix_jax.evaluate --config=configs/div2k.py --workdir=runs/div2k \
+      [--use_best] [--reference_rank=1..10 | --reference_rank=1,2,...,10] [--output_dir=DIR]
+
+Runs `input_pipeline.eval_dataset(config)` (the dataset, crops, degradations and references
+of --config; the model architecture and weights of --workdir) and writes into --output_dir
+(default WORKDIR/eval):
+
+  metrics.csv     one row: dataset, images, mean PSNR / SSIM / LPIPS, checkpoint, conventions
+  per_image.csv   one row per test image
+  table.md        the paper's Table 1 layout, with the paper's numbers beside ours
+  grid.png        input | reference | output | ground truth for the first --grid_rows images
+
+--reference_rank=k replaces every image's reference by its k-th most similar *training* image
+(paper Fig. 5; needs config.data.retrieval_index built over the training and test images) and
+writes per_image_rank{k}.csv, grid_rank{k}.png and one row per rank in
+reference_sensitivity.csv / .md (rows of other ranks already there are kept).
+
+Metrics follow `pikfix_jax.metrics` (8-bit sRGB; scikit-image's PSNR and SSIM conventions;
+LPIPS VGG v0.1 only with converted weights in config.backbones.lpips, otherwise reported as
+unavailable, never computed from random features).
+"""
+
+import csv
+import datetime
+import functools
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pikfix_jax import image_io
+from pikfix_jax import metrics
+from pikfix_jax import cli
+from pikfix_jax import restore
+from pikfix_jax.models import pikfix
+from pikfix_jax.ops import color
+
+# Paper numbers (PSNR, SSIM, LPIPS) by (dataset, degraded): Table 1, and Table 2 for RealOld.
+PAPER = {
+    ('div2k', False): ('Table 1, DIV2K (w/o degradation)', (23.95, 0.925, 0.120)),
+    ('voc', False): ('Table 1, Pascal VOC (w/o degradation)', (24.01, 0.940, 0.100)),
+    ('voc', True): ('Table 1, Pascal VOC (w/ degradation)', (22.22, 0.828, 0.186)),
+    ('realold', False): ('Table 2, RealOld', (17.20, 0.758, 0.258)),
+}
+# Fig. 5 (DIV2K): only the end points are given in the text.
+PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
+CONVENTIONS = ('sRGB, 8-bit [0, 255] quantised output and ground truth; PSNR per image '
+               '(skimage peak_signal_noise_ratio, data_range 255), averaged over images; SSIM '
+               'per image as skimage structural_similarity(channel_axis=-1, data_range=255): '
+               '7x7 uniform window, sample covariance, K1 0.01, K2 0.03, mean over channels; '
+               'LPIPS VGG v0.1 on x/127.5-1, spatial mean')
+SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'images', 'psnr', 'ssim', 'lpips',
+                  'reference', 'eval_image_size', 'checkpoint', 'step', 'date', 'conventions',
+                  'lpips_note')
+
+
+def condition_label(config: ml_collections.ConfigDict) -> str:
+  degraded = 'w/ degradation' if config.data.degrade else 'w/o degradation'
+  return f'{config.dataset} ({degraded})'
+
+
+def check_model_config(config: ml_collections.ConfigDict,
+                       trained: ml_collections.ConfigDict) -> None:
+  """Warns when --config's model section differs from the checkpoint's (which is used)."""
+  a = flax.traverse_util.flatten_dict(_plain(config.model.to_dict()), sep='.')
+  b = flax.traverse_util.flatten_dict(_plain(trained.model.to_dict()), sep='.')
+  diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  if diff:
+    logging.warning('--config model differs from the checkpoint\'s in %s; using the '
+                    'checkpoint\'s (its config.json).', ', '.join(diff[:8]))
+
+
+def _plain(tree):
+  if isinstance(tree, dict):
+    return {k: _plain(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return tuple(_plain(v) for v in tree)
+  return tree
+
+
+def rank_references(config: ml_collections.ConfigDict, rank: int
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """The `rank`-th most similar training image of every evaluation image (paper Fig. 5).
+
+  Returns (index into the training pool per evaluation example, -1 when the index has fewer
+  neighbours; uint8 pool (N_train, R, R, 3); training ids).
+  """
+  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.data import references  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.data import sources  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if not d.retrieval_index:
+    raise ValueError('--reference_rank needs config.data.retrieval_index: an index built over '
+                     'the training and evaluation images (docs/DATA.md, docs/REPRODUCE.md).')
+  if rank < 1:
+    raise ValueError(f'--reference_rank={rank}: ranks start at 1')
+  eval_ids = input_pipeline.split_ids(sources.get_split(config, 'validation'))
+  train_ids = input_pipeline.split_ids(sources.get_split(config, 'train'))
+  neighbors = references.load_neighbors(d.retrieval_index, eval_ids, train_ids, rank,
+                                        exclude_self=False)
+  chosen = neighbors[:, rank - 1]
+  if (chosen < 0).any():
+    logging.warning('Retrieval index %s gives no rank-%d training image for %d of %d '
+                    'evaluation images; they keep the default reference.', d.retrieval_index,
+                    rank, int((chosen < 0).sum()), len(chosen))
+  size = d.eval_image_size or d.image_size
+  pool = np.asarray(input_pipeline.reference_pool(config, 'train', size).numpy())
+  return chosen, pool, train_ids
+
+
+def _grey(l: np.ndarray) -> np.ndarray:
+  return np.repeat(np.clip(l, 0.0, 1.0), 3, axis=-1)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], height: int = 256) -> np.ndarray:
+  """Rows of panels (float RGB) resized to `height`, padded white to the widest row."""
+  out = []
+  for panels in rows:
+    resized = [restore.resize_float(np.clip(p, 0, 1), height,
+                                    max(1, round(p.shape[1] * height / p.shape[0])))
+               for p in panels]
+    gap = np.ones((height, 4, 3), np.float32)
+    row = resized[0]
+    for p in resized[1:]:
+      row = np.concatenate([row, gap, p], axis=1)
+    out.append(row)
+  width = max(r.shape[1] for r in out)
+  out = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in out]
+  return np.concatenate(out, axis=0)
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return ''
+  return f'{value:.{digits}f}'
+
+
+def _write_csv(path: str, fields: Sequence[str], rows: Sequence[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(fields))
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: row.get(k, '') for k in fields})
+
+
+def _read_csv(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str) -> str:
+  """Our numbers in the layout of the paper's Table 1, beside the paper's."""
+  key = (config.dataset, bool(config.data.degrade))
+  source, paper = PAPER.get(key, ('', None))
+  label = condition_label(config)
+  lpips_ours = _fmt(summary['lpips'], 3) if summary['lpips'] is not None else 'n/a ¹'
+  lines = [f'# Evaluation: {label}', '',
+           f'| Method | {label}: PSNR ↑ | SSIM ↑ | LPIPS ↓ |', '| --- | --- | --- | --- |']
+  if paper:
+    lines.append(f'| Pik-Fix (paper, {source}) | {paper[0]:.2f} | {paper[1]:.3f} | '
+                 f'{paper[2]:.3f} |')
+  lines.append(f'| pikfix_jax (this run) | {_fmt(summary["psnr"], 2)} | '
+               f'{_fmt(summary["ssim"], 3)} | {lpips_ours} |')
+  lines += ['', f'{summary["images"]} images of the `{summary["split"]}` split; reference: '
+            f'{summary["reference"]}; checkpoint {summary["checkpoint"]} (step '
+            f'{summary["step"]}); eval_image_size {summary["eval_image_size"]}.', '',
+            f'Conventions: {CONVENTIONS}.']
+  if summary['lpips'] is None:
+    lines += ['', f'¹ LPIPS not computed: {lpips_note}']
+  if not paper:
+    lines += ['', f'The paper reports no numbers for {label}.']
+  return '\n'.join(lines) + '\n'
+
+
+def sensitivity_markdown(rows: Sequence[dict]) -> str:
+  lines = ['# Sensitivity to the reference (paper Fig. 5): k-th most similar training image',
+           '', '| rank | PSNR ↑ | SSIM ↑ | LPIPS ↓ | paper PSNR | paper SSIM | paper LPIPS '
+           '| images |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for row in sorted(rows, key=lambda r: int(r['rank'])):
+    paper = PAPER_SENSITIVITY.get(int(row['rank']))
+    p = [f'{paper[0]:.2f}', f'{paper[1]:.3f}', f'{paper[2]:.2f}'] if paper else ['', '', '']
+    lines.append(f'| {row["rank"]} | {_fmt(_float(row["psnr"]), 2)} | '
+                 f'{_fmt(_float(row["ssim"]), 3)} | {_fmt(_float(row["lpips"]), 3) or "n/a"} | '
+                 f'{" | ".join(p)} | {row["images"]} |')
+  lines += ['', 'Paper: DIV2K, rank 1 -> rank 10 (only the end points are given in the text).',
+            f'Conventions: {CONVENTIONS}.']
+  return '\n'.join(lines) + '\n'
+
+
+def _float(value) -> Optional[float]:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _forward(model: pikfix.PikFix):
+  """Jitted (variables, L, reference) -> sRGB; inputs padded to multiples of 32 and cropped
+  back. One per model, so evaluating several reference ranks compiles once."""
+  def forward(v, l, r):
+    l, hw = pikfix.pad_to_multiple(l)
+    r, _ = pikfix.pad_to_multiple(r)
+    return pikfix.crop_to(model.apply(v, l, r)['rgb'], hw)
+  return jax.jit(forward)
+
+
+@jax.jit
+def _lab_to_rgb(lab: jnp.ndarray) -> jnp.ndarray:
+  return color.lab_normalized_to_rgb(lab[..., :1], lab[..., 1:])
+
+
+def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables: dict,
+             output_dir: str, *, reference_rank: Optional[int] = None,
+             batch_size: Optional[int] = None, grid_rows: int = 8,
+             max_batches: Optional[int] = None, source: str = '',
+             step: Optional[int] = None) -> dict:
+  """Scores `model` on config's evaluation split and writes the files (module docstring).
+
+  Returns the summary dict (means over images; 'lpips' None when unavailable).
+  """
+  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.data import sources  # pylint: disable=g-import-not-at-top
+  os.makedirs(output_dir, exist_ok=True)
+  lpips_path = config.backbones.lpips
+  lpips_metric, lpips_note = metrics.maybe_lpips(lpips_path)
+  if lpips_metric is None:
+    logging.warning('LPIPS not computed: %s', lpips_note)
+
+  full_size = config.data.eval_image_size == 0
+  batch_size = 1 if full_size else (batch_size or config.train.eval_batch_size)
+  chosen = pool = train_ids = None
+  if reference_rank:
+    chosen, pool, train_ids = rank_references(config, reference_rank)
+
+  variables = jax.device_put(variables)
+  forward = _forward(model)
+  restorer = restore.Restorer(model, variables) if full_size else None
+
+  rows, grid = [], []
+  index = 0
+  batches = input_pipeline.eval_dataset(config, batch_size=batch_size)
+  if max_batches:
+    batches = batches.take(max_batches)
+  for batch in batches.as_numpy_iterator():
+    reference = np.array(batch['reference_rgb'])
+    names = ['default'] * len(reference)
+    for i in range(len(reference)):
+      if chosen is not None and batch['mask'][i] and index + i < len(chosen):
+        j = chosen[index + i]
+        if j >= 0:
+          reference[i] = pool[j].astype(np.float32) / 255.0
+          names[i] = f'train:{train_ids[j]}'
+    if full_size:
+      out = restorer(batch['input_l'][0], reference[0])[None]
+    else:
+      out = np.asarray(forward(variables, jnp.asarray(batch['input_l']), jnp.asarray(reference)))
+    target = np.asarray(_lab_to_rgb(jnp.asarray(batch['target_lab'])))
+    out8, target8 = metrics.quantize(out), metrics.quantize(target)
+    psnr = metrics.psnr(target8, out8)
+    ssim = metrics.ssim(target8, out8)
+    lp = lpips_metric(target8, out8) if lpips_metric is not None else [None] * len(out8)
+    for i in range(len(out8)):
+      if not batch['mask'][i]:
+        continue
+      rows.append({'index': index, 'id': batch['id'][i].decode(), 'psnr': float(psnr[i]),
+                   'ssim': float(ssim[i]), 'lpips': None if lp[i] is None else float(lp[i]),
+                   'reference': names[i]})
+      if len(grid) < grid_rows:
+        grid.append([_grey(batch['input_l'][i]), reference[i], out8[i] / 255.0,
+                     target8[i] / 255.0])
+      index += 1
+  if not rows:
+    raise ValueError(f'{config.dataset}: the evaluation split is empty')
+
+  summary = {
+      'dataset': config.dataset, 'split': sources.EVAL_SPLIT.get(config.dataset, 'validation'),
+      'degraded': bool(config.data.degrade),
+      'images': len(rows), 'psnr': metrics.mean(r['psnr'] for r in rows),
+      'ssim': metrics.mean(r['ssim'] for r in rows),
+      'lpips': metrics.mean(r['lpips'] for r in rows) if lpips_metric is not None else None,
+      'reference': (f'rank {reference_rank} training image' if reference_rank
+                    else f'data.eval_reference={config.data.eval_reference}'),
+      'eval_image_size': config.data.eval_image_size, 'checkpoint': source, 'step': step,
+      'date': datetime.date.today().isoformat(), 'conventions': CONVENTIONS,
+      'lpips_note': lpips_note,
+  }
+  per_image_fields = ('index', 'id', 'psnr', 'ssim', 'lpips', 'reference')
+  printable = lambda r: {k: ('' if v is None else (f'{v:.6f}' if isinstance(v, float) else v))
+                         for k, v in r.items()}
+  suffix = f'_rank{reference_rank}' if reference_rank else ''
+  _write_csv(os.path.join(output_dir, f'per_image{suffix}.csv'), per_image_fields,
+             [printable(r) for r in rows])
+  image_io.write_image(os.path.join(output_dir, f'grid{suffix}.png'), image_grid(grid))
+  if reference_rank:
+    path = os.path.join(output_dir, 'reference_sensitivity.csv')
+    kept = [r for r in _read_csv(path) if int(r['rank']) != reference_rank]
+    kept.append(printable({'rank': reference_rank, 'psnr': summary['psnr'],
+                           'ssim': summary['ssim'], 'lpips': summary['lpips'],
+                           'images': len(rows), 'checkpoint': source, 'step': step}))
+    fields = ('rank', 'psnr', 'ssim', 'lpips', 'images', 'checkpoint', 'step')
+    kept.sort(key=lambda r: int(r['rank']))
+    _write_csv(path, fields, kept)
+    with open(os.path.join(output_dir, 'reference_sensitivity.md'), 'w') as f:
+      f.write(sensitivity_markdown(kept))
+  else:
+    _write_csv(os.path.join(output_dir, 'metrics.csv'), SUMMARY_FIELDS, [printable(summary)])
+    with open(os.path.join(output_dir, 'table.md'), 'w') as f:
+      f.write(table_markdown(config, summary, lpips_note))
+  return summary
+
+
+def parse_ranks(text: str) -> list[Optional[int]]:
+  """'' -> [None]; '3' -> [3]; '1,2,5' -> [1, 2, 5]; '1-10' or '1..10' -> [1, ..., 10]."""
+  text = text.strip()
+  if not text:
+    return [None]
+  ranks = []
+  for part in text.split(','):
+    part = part.strip().replace('..', '-')
+    if '-' in part:
+      lo, hi = (int(p) for p in part.split('-', 1))
+      ranks += list(range(lo, hi + 1))
+    else:
+      ranks.append(int(part))
+  if any(r < 1 for r in ranks):
+    raise ValueError(f'--reference_rank={text}: ranks start at 1')
+  return ranks
+
+
+def define_flags() -> dict:
+  """The command-line flags (defined only when run as a program)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  return {
+      'config': config_flags.DEFINE_config_file(
+          'config', None, 'Config (configs/*.py): dataset, crops, degradation, references.'),
+      'workdir': flags.DEFINE_string('workdir', '', 'Training workdir (config.json + '
+                                     'checkpoints/).'),
+      'checkpoint': flags.DEFINE_string('checkpoint', '', 'Exported model instead of --workdir '
+                                        '(python -m pikfix_jax.export).'),
+      'use_best': flags.DEFINE_bool('use_best', False, 'The best checkpoint by validation PSNR '
+                                    'instead of the latest.'),
+      'reference_rank': flags.DEFINE_string(
+          'reference_rank', '', 'k (1..10), a list (1,3,10) or a range (1-10): use each '
+          'image\'s k-th most similar training image as reference (paper Fig. 5).'),
+      'output_dir': flags.DEFINE_string('output_dir', '', 'Where to write (default: '
+                                        'WORKDIR/eval, or CHECKPOINT/eval).'),
+      'batch_size': flags.DEFINE_integer('batch_size', None, 'Evaluation batch size (default: '
+                                         'config.train.eval_batch_size).'),
+      'grid_rows': flags.DEFINE_integer('grid_rows', 8, 'Images in grid.png.'),
+      'max_batches': flags.DEFINE_integer('max_batches', None, 'Stop after this many batches '
+                                          '(quick checks; the numbers are then partial).'),
+  }
+
+
+_FLAGS: dict = {}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup()
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  f = {k: v.value for k, v in _FLAGS.items()}
+  if f['config'] is None:
+    print('error: --config is required', file=sys.stderr)
+    sys.exit(2)
+  try:
+    ranks = parse_ranks(f['reference_rank'])
+    model, variables, trained, info = restore.load_generator_info(
+        f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
+    config = f['config']
+    check_model_config(config, trained)
+    if not config.backbones.lpips and trained.backbones.lpips:
+      config.backbones.lpips = trained.backbones.lpips
+    output_dir = f['output_dir'] or os.path.join(f['workdir'] or f['checkpoint'], 'eval')
+    for rank in ranks:
+      summary = evaluate(config, model, variables, output_dir, reference_rank=rank,
+                         batch_size=f['batch_size'], grid_rows=f['grid_rows'],
+                         max_batches=f['max_batches'], source=info['source'],
+                         step=info['step'])
+      lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
+      label = f'rank {rank}: ' if rank else ''
+      print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '
+            f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
+  except (restore.RestoreError, ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  _FLAGS.update(define_flags())
+  app.run(main)

@@ -1,0 +1,746 @@
+"""Restore and colorize old photos with a trained Pik-Fix (docs/RESTORE.md).
+
+  python -m pikfix_jax.restore --workdir=DIR | --checkpoint=PATH \
+      --input=FILE_OR_DIR --output=FILE_OR_DIR \
+      [--reference=IMG | --reference_dir=DIR [--index=PATH] [--top_k=K]] \
+      [--compare] [--reference_size=512] [--use_best]
+
+The input (grey or colour, any size from 8x8 up; EXIF orientation applied; 16-bit, RGBA,
+JPEG, TIFF, ... via `image_io.read_image`) is reduced to its CIE lightness L, padded to a
+multiple of 32 (`pikfix.pad_to_multiple`), restored and colorized, and cropped back. The
+reference is resized so that its longer side is min(--reference_size, the padded input's
+longer side), aspect kept, sides multiples of 32: that bounds the number of keys of the
+similarity warp (which is chunked over queries).
+
+Memory (docs/RESTORE.md, docs/BENCHMARKS.md): inference runs in two jitted stages.
+1. The restoration sub-net runs on overlapping windows of at most --tile_size^2 pixels whose
+   overlap (`restoration_halo`) exceeds the sub-net's receptive field, so the stitched result
+   equals the untiled one (the x8 RDN level sees ~120 px around each pixel).
+2. Similarity, SPHist warp and colorization run on the whole image. Above
+   --color_max_pixels (default 2048^2) they run on the restored L resized to that many pixels,
+   and the ab channels are upsampled to full resolution (colour is low-frequency; the
+   restored luminance stays full resolution).
+Every distinct padded shape compiles once (jit caches per shape).
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+import tqdm
+
+from pikfix_jax import cli
+from pikfix_jax import image_io
+from pikfix_jax.models import pikfix
+from pikfix_jax.models.restoration_net import RestorationNet
+from pikfix_jax.ops import color
+
+MIN_SIDE = 8  # Smallest input side accepted (px).
+DEFAULT_REFERENCE_SIZE = 512
+DEFAULT_TILE_SIZE = 1536
+DEFAULT_COLOR_MAX_PIXELS = 2048 * 2048
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.gif')
+ALPHA_FORMATS = ('.png', '.tif', '.tiff', '.webp')
+WRITE_EXTENSIONS = tuple(image_io._WRITE_FORMATS)  # pylint: disable=protected-access
+COMPARE_MAX_HEIGHT = 1024  # Panels of the --compare image are at most this high.
+EXPORT_VARIABLES = 'variables'  # Sub-directory of an exported checkpoint (orbax).
+CONFIG_FILE = 'config.json'
+EXPORT_META = 'export.json'  # Where an exported checkpoint came from (informational).
+
+
+class RestoreError(ValueError):
+  """A problem the user can fix; the message is one line."""
+
+
+class InputTooSmallError(RestoreError):
+  """The input photo is smaller than MIN_SIDE on a side."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """A config written with `to_json_best_effort` -> ConfigDict (JSON lists back to tuples)."""
+  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  with open(path) as f:
+    return config_from_json(f.read())
+
+
+def _abstract_variables(model: pikfix.PikFix) -> dict:
+  """Shapes of the generator's variables (no compute)."""
+  l = jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32)
+  rgb = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return flax.core.unfreeze(jax.eval_shape(model.init, jax.random.PRNGKey(0), l, rgb))
+
+
+def _restore_args(tree):
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(lambda _: ocp_module().ArrayRestoreArgs(sharding=sharding), tree)
+
+
+def ocp_module():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp
+
+
+def is_export(path: str) -> bool:
+  return (os.path.isdir(os.path.join(path, EXPORT_VARIABLES)) and
+          os.path.exists(os.path.join(path, CONFIG_FILE)))
+
+
+def is_workdir(path: str) -> bool:
+  return (os.path.exists(os.path.join(path, CONFIG_FILE)) and
+          (os.path.isdir(os.path.join(path, 'checkpoints')) or
+           os.path.isdir(os.path.join(path, 'best'))))
+
+
+def load_generator(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
+                   use_best: bool = False, step: Optional[int] = None
+                   ) -> tuple[pikfix.PikFix, dict, ml_collections.ConfigDict]:
+  """(model, variables, config) from a training workdir or an exported checkpoint.
+
+  See `load_generator_info`, which also says where the variables came from.
+  """
+  return load_generator_info(workdir, checkpoint, use_best, step)[:3]
+
+
+def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
+                        use_best: bool = False, step: Optional[int] = None
+                        ) -> tuple[pikfix.PikFix, dict, ml_collections.ConfigDict, dict]:
+  """(model, variables, config, info) from a training workdir or an exported checkpoint.
+
+  workdir: a training directory (config.json + checkpoints/ + best/): its latest checkpoint,
+    or with `use_best` the best one by validation PSNR (or `step`). Only the generator's
+    variables are read (no optimiser state, no discriminator).
+  checkpoint: a directory written by `python -m pikfix_jax.export` (config.json +
+    variables/). A training workdir is accepted here too.
+  Returns the generator module, {'params': ..., 'batch_stats': ...}, the config it was
+  trained with (config.json) and info {'source': path, 'step': training step or None}.
+  """
+  ocp = ocp_module()
+  if bool(workdir) == bool(checkpoint):
+    raise RestoreError('give exactly one of --workdir (a training directory) or --checkpoint '
+                       '(an exported model)')
+  path = os.path.abspath(workdir or checkpoint)
+  if not os.path.isdir(path):
+    raise RestoreError(f'{path}: no such directory')
+  if checkpoint and not is_export(path):
+    if is_workdir(path):
+      workdir = path
+    else:
+      raise RestoreError(f'{path}: not an exported checkpoint (expected {CONFIG_FILE} and '
+                         f'{EXPORT_VARIABLES}/ written by python -m pikfix_jax.export)')
+  config_path = os.path.join(path, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise RestoreError(f'{path}: no {CONFIG_FILE} (the training run writes it; it names the '
+                       'model architecture)')
+  config = read_config(config_path)
+  model = pikfix.build_generator(config.model)
+  shapes = _abstract_variables(model)
+  if not workdir:  # exported
+    target = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                       sharding=jax.sharding.SingleDeviceSharding(
+                                           jax.local_devices()[0])), shapes)
+    variables = ocp.StandardCheckpointer().restore(os.path.join(path, EXPORT_VARIABLES), target)
+    info = {'source': path, 'step': None}
+    meta_path = os.path.join(path, EXPORT_META)
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        info['step'] = json.load(f).get('step')
+    return model, flax.core.unfreeze(variables), config, info
+
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  sub = 'best' if use_best else 'checkpoints'
+  directory = os.path.join(path, sub)
+  if not os.path.isdir(directory):
+    raise RestoreError(f'{path}: no {sub}/ directory (has training written a checkpoint?)')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  if step is None:
+    step = manager.latest_step()
+  if step is None:
+    raise RestoreError(f'{directory}: no checkpoint yet')
+  g_params, g_frozen = train.split_frozen(shapes['params'], config.model.similarity.train_backbone)
+  item = {'g_params': g_params, 'g_frozen': g_frozen,
+          'g_batch_stats': shapes.get('batch_stats', {})}
+  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=_restore_args(item), partial_restore=True))
+  variables = {'params': train.merge_params(restored['g_params'], restored['g_frozen'])}
+  if restored.get('g_batch_stats'):
+    variables['batch_stats'] = restored['g_batch_stats']
+  logging.info('Loaded the generator of %s step %d.', directory, step)
+  return model, flax.core.unfreeze(variables), config, {'source': directory, 'step': int(step)}
+
+
+# ------------------------------------------------------------------------------ tiling
+
+def restoration_halo(model_config: ml_collections.ConfigDict) -> int:
+  """Overlap (px) between restoration windows that makes tiling exact.
+
+  Level f of the RDN (avg-pooled by f; windows start at multiples of 32, so the pools align)
+  applies 2 + num_blocks * num_units 3x3 convs. Zero padding at a window edge corrupts one more
+  low-resolution pixel per conv, bilinear upsampling reads one pixel further, and two
+  full-resolution 3x3 convs follow: f * (convs + 1) + 2 px, rounded up to a multiple of 32
+  (paper config: 8 * 15 + 2 = 122 -> 128; checked empirically: 120 px is already exact).
+  """
+  r = model_config.restoration
+  convs = 2 + r.num_blocks * r.num_units
+  reach = max(f * (convs + 1) for f in r.levels) + 2
+  return int(math.ceil(reach / pikfix.MULTIPLE) * pikfix.MULTIPLE)
+
+
+def window_starts(size: int, window: int, halo: int) -> list[int]:
+  """Starts of windows of `window` px covering [0, size) whose cores (window minus `halo` on
+  inner sides) tile it. Multiples of 32 when the inputs are."""
+  if window >= size:
+    return [0]
+  if window <= 2 * halo:
+    raise ValueError(f'tile size {window} must exceed twice the halo ({halo})')
+  starts = [0]
+  while starts[-1] + window < size:
+    starts.append(min(starts[-1] + window - 2 * halo, size - window))
+  return starts
+
+
+def _cores(starts: list[int], window: int, halo: int, size: int) -> list[tuple[int, int]]:
+  """[begin, end) of the pixels each window contributes."""
+  bounds = [0] + [s + halo for s in starts[1:]] + [size]
+  return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
+
+
+def _window_size(size: int, tile: int, halo: int) -> int:
+  """Smallest multiple of 32 <= tile that needs as few windows as `tile` does."""
+  if size <= tile:
+    return size
+  n = len(window_starts(size, tile, halo))
+  need = math.ceil((size - 2 * halo) / n) + 2 * halo
+  return min(tile, int(math.ceil(need / pikfix.MULTIPLE) * pikfix.MULTIPLE))
+
+
+# ---------------------------------------------------------------------------- restorer
+
+def _restoration(module: pikfix.PikFix, l: jnp.ndarray) -> jnp.ndarray:
+  return module.restoration_net(l)
+
+
+def _skip_restoration(next_fun, args, kwargs, context):
+  """Interceptor: the restoration sub-net returns its input (already restored)."""
+  if isinstance(context.module, RestorationNet) and context.method_name == '__call__':
+    return args[0]
+  return next_fun(*args, **kwargs)
+
+
+def reference_shape(height: int, width: int, reference_size: int, input_hw: Sequence[int]
+                    ) -> tuple[int, int]:
+  """(H, W) the reference is resized to: longer side min(reference_size, padded input's
+  longer side), aspect kept, both multiples of 32."""
+  m = pikfix.MULTIPLE
+  longest = min(reference_size, max(int(math.ceil(s / m) * m) for s in input_hw))
+  longest = max(m, longest // m * m)
+  short = max(m, int(round(longest * min(height, width) / max(height, width) / m)) * m)
+  return (longest, short) if height >= width else (short, longest)
+
+
+def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Float (H, W, C) -> (height, width, C), PIL bilinear (antialiased when shrinking)."""
+  if image.shape[:2] == (height, width):
+    return np.asarray(image, np.float32)
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32))
+                              .resize((width, height), Image.Resampling.BILINEAR))
+                   for c in range(image.shape[-1])], axis=-1)
+
+
+class Restorer:
+  """Applies a Pik-Fix generator to photos of any size (module docstring)."""
+
+  def __init__(self, model: pikfix.PikFix, variables: dict,
+               reference_size: int = DEFAULT_REFERENCE_SIZE, tile_size: int = DEFAULT_TILE_SIZE,
+               color_max_pixels: int = DEFAULT_COLOR_MAX_PIXELS, dtype: Optional[str] = None,
+               query_chunk: Optional[int] = None):
+    m = pikfix.MULTIPLE
+    if reference_size < m or reference_size % m:
+      raise RestoreError(f'--reference_size={reference_size} must be a positive multiple of {m}')
+    if tile_size and tile_size % m:
+      raise RestoreError(f'--tile_size={tile_size} must be a multiple of {m} (0: no tiling)')
+    model_config = (model.config.as_configdict()
+                    if isinstance(model.config, ml_collections.FrozenConfigDict)
+                    else ml_collections.ConfigDict(model.config))
+    if dtype:
+      model_config.dtype = dtype
+    if query_chunk:
+      model_config.similarity.query_chunk = query_chunk
+    self.model = pikfix.build_generator(model_config)
+    self.model_config = model_config
+    self.variables = jax.device_put(variables)
+    self.reference_size = reference_size
+    self.halo = restoration_halo(model_config)
+    self.tile_size = max(tile_size, 2 * self.halo + m) if tile_size else 0
+    if tile_size and tile_size != self.tile_size:
+      logging.warning('--tile_size=%d is below twice the exact overlap (%d px): using %d.',
+                      tile_size, self.halo, self.tile_size)
+    self.color_max_pixels = color_max_pixels
+    model_ = self.model
+    self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
+    self._restore_l = jax.jit(lambda v, l: model_.apply(v, l, method=_restoration))
+
+    def colorize(v, restored, reference):
+      with nn.intercept_methods(_skip_restoration):
+        return model_.apply(v, restored, reference)['ab']
+    self._colorize = jax.jit(colorize)
+    self._shrink = jax.jit(lambda x, hw: jax.image.resize(
+        x, (x.shape[0],) + hw + (x.shape[3],), 'linear', antialias=True), static_argnums=1)
+    self._compose = jax.jit(self._compose_fn)
+    self.last_info: dict = {}
+
+  @staticmethod
+  def _compose_fn(restored: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
+    if ab.shape[1:3] != restored.shape[1:3]:
+      ab = jax.image.resize(ab, restored.shape[:3] + (2,), 'linear')
+    return color.lab_normalized_to_rgb(jnp.clip(restored, 0.0, 1.0), ab)
+
+  def prepare_reference(self, reference_rgb: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
+    """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`)."""
+    hw = reference_shape(reference_rgb.shape[0], reference_rgb.shape[1], self.reference_size,
+                         input_hw)
+    return resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
+
+  def restore_luminance(self, l: jnp.ndarray) -> jnp.ndarray:
+    """Padded L (1, H, W, 1) -> restored L, window by window when larger than tile_size."""
+    _, h, w, _ = l.shape
+    tile = self.tile_size or max(h, w)
+    wh, ww = _window_size(h, tile, self.halo), _window_size(w, tile, self.halo)
+    ys, xs = window_starts(h, wh, self.halo), window_starts(w, ww, self.halo)
+    self.last_info['windows'] = len(ys) * len(xs)
+    self.last_info['window'] = (wh, ww)
+    if len(ys) == 1 and len(xs) == 1:
+      return self._restore_l(self.variables, l)
+    out = np.zeros(l.shape, np.float32)
+    for y, (y0, y1) in zip(ys, _cores(ys, wh, self.halo, h)):
+      for x, (x0, x1) in zip(xs, _cores(xs, ww, self.halo, w)):
+        window = self._restore_l(self.variables, l[:, y:y + wh, x:x + ww])
+        out[:, y0:y1, x0:x1] = np.asarray(window[:, y0 - y:y1 - y, x0 - x:x1 - x])
+    return jnp.asarray(out)
+
+  def color_shape(self, h: int, w: int) -> tuple[int, int]:
+    """Resolution of the colorization stage for a padded (h, w) input."""
+    if not self.color_max_pixels or h * w <= self.color_max_pixels:
+      return h, w
+    m = pikfix.MULTIPLE
+    scale = math.sqrt(self.color_max_pixels / (h * w))
+    return max(m, int(h * scale) // m * m), max(m, int(w * scale) // m * m)
+
+  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray) -> np.ndarray:
+    """Restores one photo.
+
+    Args:
+      image: sRGB (H, W, 3) in [0, 1] (grey photos have equal channels) or L/100 (H, W[, 1]).
+      reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size.
+    Returns:
+      sRGB (H, W, 3) float32 in [0, 1].
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+      image = image[..., None]
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+      raise InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
+                               f'{MIN_SIDE}x{MIN_SIDE}')
+    start = time.perf_counter()
+    padded, hw = pikfix.pad_to_multiple(jnp.asarray(image[None]))
+    l = self._to_l(padded) if padded.shape[-1] == 3 else padded
+    reference = self.prepare_reference(reference_rgb, padded.shape[1:3])
+    restored = self.restore_luminance(l)
+    ch, cw = self.color_shape(*restored.shape[1:3])
+    small = restored if (ch, cw) == restored.shape[1:3] else self._shrink(restored, (ch, cw))
+    ab = self._colorize(self.variables, small, jnp.asarray(reference))
+    rgb = self._compose(restored, ab)
+    out = np.asarray(pikfix.crop_to(rgb, hw)[0])
+    self.last_info.update(padded=tuple(padded.shape[1:3]), color=(ch, cw),
+                          reference=tuple(reference.shape[1:3]),
+                          seconds=time.perf_counter() - start)
+    return out
+
+
+# ------------------------------------------------------------------------------ references
+
+def list_images(directory: str, exclude: Optional[str] = None) -> list[str]:
+  """Image files under `directory` (recursive, by extension, hidden names skipped), sorted."""
+  out = []
+  exclude = os.path.abspath(exclude) if exclude else None
+  for root, dirs, names in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.') and
+                     (exclude is None or os.path.abspath(os.path.join(root, d)) != exclude))
+    for name in names:
+      if not name.startswith('.') and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        out.append(os.path.join(root, name))
+  return sorted(out)
+
+
+def default_index_path(reference_dir: str, image_size: int) -> str:
+  """Cache file of the index built on the fly for a corpus folder."""
+  root = os.environ.get('PIKFIX_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                            'pikfix_jax')
+  key = hashlib.sha1(f'{os.path.abspath(reference_dir)}|{image_size}'.encode()).hexdigest()[:16]
+  name = os.path.basename(os.path.abspath(reference_dir).rstrip('/')) or 'corpus'
+  return os.path.join(root, 'reference_index', f'{name}-{key}.npz')
+
+
+class ReferencePicker:
+  """The reference of each photo: a fixed file, or the best match in a corpus (sec. 3.5)."""
+
+  def __init__(self, reference: str = '', reference_dir: str = '', index: str = '',
+               top_k: int = 1, vgg19: str = '', index_image_size: int = 0):
+    self.fixed = None
+    self.top_k = max(1, top_k)
+    self.reference_dir = reference_dir
+    self.index = None
+    if reference:
+      self.fixed_path = reference
+      self.fixed = image_io.read_image(reference)
+      return
+    from pikfix_jax import retrieval  # pylint: disable=g-import-not-at-top
+    from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
+    vgg = None
+    if vgg19:
+      vgg = weights.maybe_load_backbone(vgg19, 'vgg19', weights.variable_shapes('vgg19'))
+    image_size = index_image_size or retrieval.DEFAULT_IMAGE_SIZE
+    if index and os.path.exists(index):
+      self.index = retrieval.ReferenceIndex.load(index, vgg)
+      if self.index.meta.get('pretrained') and vgg is None:
+        raise RestoreError(f'--index={index} was built with pretrained VGG-19 weights; pass '
+                           'the same file as --vgg19=FILE')
+      if reference_dir:
+        corpus = list_images(reference_dir)
+        missing = set(map(os.path.abspath, corpus)) - set(map(os.path.abspath, self.index.paths))
+        if missing:
+          logging.warning('%d images of %s are not in the index %s; rebuild it to use them.',
+                          len(missing), reference_dir, index)
+      return
+    if not reference_dir:
+      raise RestoreError(f'--index={index}: no such file (and no --reference_dir to build it '
+                         'from)')
+    corpus = [os.path.abspath(p) for p in list_images(reference_dir)]
+    if not corpus:
+      raise RestoreError(f'--reference_dir={reference_dir}: no images found')
+    path = index or default_index_path(reference_dir, image_size)
+    logging.info('Building the reference index of %s (%d images) -> %s', reference_dir,
+                 len(corpus), path)
+    self.index = retrieval.build_index(corpus, path, vgg_variables=vgg, image_size=image_size,
+                                       neighbors_k=0, batch_size=min(16, len(corpus)))
+    if not self.index.paths:
+      raise RestoreError(f'--reference_dir={reference_dir}: none of its images is readable')
+
+  def _resolve(self, path: str) -> str:
+    if os.path.exists(path) or not self.reference_dir:
+      return path
+    for candidate in (os.path.join(self.reference_dir, path),
+                      os.path.join(self.reference_dir, os.path.basename(path))):
+      if os.path.exists(candidate):
+        return candidate
+    return path
+
+  def pick(self, image: np.ndarray, input_path: str = ''
+           ) -> tuple[str, np.ndarray, list[tuple[str, float]]]:
+    """(path, sRGB image, ranked candidates [(path, score)]) of the reference for `image`."""
+    if self.fixed is not None:
+      return self.fixed_path, self.fixed, []
+    ranked = self.index.query(image, top_k=self.top_k + 1)
+    if input_path:  # Never the photo itself, when it is part of the corpus.
+      me = os.path.abspath(input_path)
+      ranked = [(p, s) for p, s in ranked if os.path.abspath(self._resolve(p)) != me]
+    ranked = ranked[:self.top_k]
+    if not ranked:
+      raise RestoreError('the reference corpus holds no image other than this photo')
+    path = self._resolve(ranked[0][0])
+    return path, image_io.read_image(path), ranked
+
+
+# ---------------------------------------------------------------------------------- files
+
+def read_alpha(path: str) -> Optional[np.ndarray]:
+  """The alpha channel (H, W) in [0, 1] (EXIF orientation applied), or None when opaque."""
+  with Image.open(path) as im:
+    if im.mode not in ('RGBA', 'LA', 'PA', 'RGBa', 'La') and 'transparency' not in im.info:
+      return None
+    im = ImageOps.exif_transpose(im)
+    alpha = np.asarray(im.convert('RGBA'), np.float32)[..., 3] / 255.0
+  return None if alpha.min() >= 1.0 else alpha
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+  h, w = image.shape[:2]
+  width = max(1, int(round(w * height / h)))
+  return resize_float(image, height, width)
+
+
+def compare_image(image: np.ndarray, reference: np.ndarray, output: np.ndarray) -> np.ndarray:
+  """input | reference | output side by side (same height, at most COMPARE_MAX_HEIGHT)."""
+  height = min(output.shape[0], COMPARE_MAX_HEIGHT)
+  gap = np.ones((height, max(2, height // 64), 3), np.float32)
+  panels = [_fit_height(np.clip(p[..., :3], 0, 1), height) for p in (image, reference, output)]
+  return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+
+
+def compare_path(output_path: str) -> str:
+  return os.path.splitext(output_path)[0] + '_compare.png'
+
+
+@dataclasses.dataclass
+class Options:
+  """What the command line sets (see the flags)."""
+  input: str
+  output: str
+  workdir: str = ''
+  checkpoint: str = ''
+  use_best: bool = False
+  reference: str = ''
+  reference_dir: str = ''
+  index: str = ''
+  top_k: int = 1
+  compare: bool = False
+  reference_size: int = DEFAULT_REFERENCE_SIZE
+  keep_alpha: bool = True
+  format: str = ''
+  tile_size: int = DEFAULT_TILE_SIZE
+  color_max_pixels: int = DEFAULT_COLOR_MAX_PIXELS
+  dtype: str = ''
+  query_chunk: int = 0
+  vgg19: Optional[str] = None  # None: the model config's backbones.vgg19 when that file exists.
+  index_image_size: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+  input: str
+  output: str = ''
+  reference: str = ''
+  error: str = ''
+  seconds: float = 0.0
+
+
+def plan(options: Options) -> list[tuple[str, str]]:
+  """(input file, output file) pairs; RestoreError for unusable paths."""
+  src, dst = options.input, options.output
+  fmt = options.format.lower().lstrip('.')
+  if fmt and '.' + fmt not in WRITE_EXTENSIONS:
+    raise RestoreError(f'--format={options.format}: use one of '
+                       f'{sorted(e[1:] for e in WRITE_EXTENSIONS)}')
+  if os.path.isdir(src):
+    if os.path.exists(dst) and not os.path.isdir(dst):
+      raise RestoreError(f'--input is a folder, so --output must be a folder; {dst} is a file')
+    files = list_images(src, exclude=dst)
+    if not files:
+      raise RestoreError(f'--input={src}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
+    pairs = []
+    for f in files:
+      stem, ext = os.path.splitext(os.path.relpath(f, src))
+      ext = '.' + fmt if fmt else ext.lower()
+      if ext not in WRITE_EXTENSIONS:
+        ext = '.png'
+      pairs.append((f, os.path.join(dst, stem + ext)))
+    return pairs
+  if not os.path.exists(src):
+    raise RestoreError(f'--input={src}: no such file or folder')
+  if os.path.isdir(dst) or dst.endswith(os.sep):
+    stem = os.path.splitext(os.path.basename(src))[0]
+    dst = os.path.join(dst, stem + ('.' + fmt if fmt else '.png'))
+  ext = os.path.splitext(dst)[1].lower()
+  if ext not in WRITE_EXTENSIONS:
+    raise RestoreError(f'--output={dst}: unknown image extension {ext!r}; use one of '
+                       f'{sorted(WRITE_EXTENSIONS)}')
+  return [(src, dst)]
+
+
+def restore_file(restorer: Restorer, picker: ReferencePicker, src: str, dst: str,
+                 options: Options, notice: Callable[[str], None]) -> Result:
+  """Restores one file (raises on failure)."""
+  image = image_io.read_image(src)
+  alpha = read_alpha(src)
+  if min(image.shape[:2]) < MIN_SIDE:
+    h, w = image.shape[:2]
+    raise InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
+                             f'{MIN_SIDE}x{MIN_SIDE}')
+  ref_path, reference, ranked = picker.pick(image, src)
+  if len(ranked) > 1:
+    others = ', '.join(f'{os.path.basename(p)} ({s:.3f})' for p, s in ranked[1:])
+    notice(f'{os.path.basename(src)}: reference {os.path.basename(ref_path)} '
+           f'(score {ranked[0][1]:.3f}); next best: {others}')
+  out = restorer(image, reference)
+  ext = os.path.splitext(dst)[1].lower()
+  if alpha is not None:
+    if options.keep_alpha and ext in ALPHA_FORMATS:
+      out = np.concatenate([out, alpha[..., None]], axis=-1)
+    else:
+      why = 'the output format has no alpha' if options.keep_alpha else '--nokeep_alpha'
+      notice(f'{os.path.basename(src)}: transparency dropped ({why}); transparent areas were '
+             'restored as white paper')
+  image_io.write_image(dst, out)
+  if options.compare:
+    image_io.write_image(compare_path(dst), compare_image(image, reference, out[..., :3]))
+  return Result(src, dst, ref_path, seconds=restorer.last_info.get('seconds', 0.0))
+
+
+def check_reference_source(options: Options) -> None:
+  if not (options.reference or options.reference_dir or options.index):
+    raise RestoreError('a colour reference is needed: pass --reference=IMAGE, or '
+                       '--reference_dir=DIR (a corpus of colour photos to retrieve the most '
+                       'similar one from)')
+  if options.reference and (options.reference_dir or options.index):
+    raise RestoreError('give either --reference or --reference_dir/--index, not both')
+  if options.reference_dir and not os.path.isdir(options.reference_dir):
+    raise RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
+  if options.reference and not os.path.exists(options.reference):
+    raise RestoreError(f'--reference={options.reference}: no such file')
+
+
+def run(options: Options, restorer: Optional[Restorer] = None,
+        out=None) -> tuple[int, list[Result]]:
+  """Restores every input; returns (exit code, results). Messages go to `out` (stderr).
+
+  Exit code 0 when every photo was written, 1 when any failed (each failure is named in the
+  summary), 2 for a usage error (nothing processed).
+  """
+  out = out or sys.stderr
+  say = lambda msg: tqdm.tqdm.write(msg, file=out)
+  try:
+    check_reference_source(options)
+    pairs = plan(options)
+    if restorer is None:
+      model, variables, config = load_generator(options.workdir or None,
+                                                options.checkpoint or None, options.use_best)
+      restorer = Restorer(model, variables, options.reference_size, options.tile_size,
+                          options.color_max_pixels, options.dtype or None,
+                          options.query_chunk or None)
+    else:
+      config = None
+    vgg19 = options.vgg19
+    if vgg19 is None:
+      vgg19 = config.backbones.vgg19 if config is not None else ''
+      if vgg19 and not os.path.exists(vgg19):
+        vgg19 = ''
+    picker = ReferencePicker(options.reference, options.reference_dir, options.index,
+                             options.top_k, vgg19, options.index_image_size)
+  except (RestoreError, image_io.ImageReadError, ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=out)
+    return 2, []
+
+  results = []
+  start = time.perf_counter()
+  bar = tqdm.tqdm(pairs, unit='photo', desc='restore', disable=len(pairs) == 1, file=out)
+  for src, dst in bar:
+    try:
+      results.append(restore_file(restorer, picker, src, dst, options, say))
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e).replace('\n', ' ') or type(e).__name__
+      if isinstance(e, image_io.ImageReadError) and reason.startswith(src):
+        reason = reason[len(src):].lstrip(': ')
+      results.append(Result(src, error=f'{type(e).__name__}: {reason}'))
+      say(f'failed: {src}: {reason}')
+  bar.close()
+  failed = [r for r in results if r.error]
+  done = len(results) - len(failed)
+  seconds = time.perf_counter() - start
+  if len(results) == 1 and not failed:
+    say(f'wrote {results[0].output} (reference {results[0].reference}, {seconds:.1f} s)')
+  else:
+    say(f'restored {done} of {len(results)} photos in {seconds:.1f} s -> {options.output}')
+  if failed:
+    say(f'{len(failed)} failed:')
+    for r in failed:
+      say(f'  {r.input}: {r.error}')
+  return (1 if failed else 0), results
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+def define_flags() -> dict:
+  """Defines the command-line flags; only when run as a program (other modules import this
+  one, and an absl flag can be defined once). Returns {Options field: flag holder}."""
+  d = {}
+  d['workdir'] = flags.DEFINE_string('workdir', '', 'Training workdir (config.json, checkpoints/).')
+  d['checkpoint'] = flags.DEFINE_string('checkpoint', '', 'Exported model directory '
+                                        '(python -m pikfix_jax.export).')
+  d['use_best'] = flags.DEFINE_bool('use_best', False, 'With --workdir: the best checkpoint by '
+                                    'validation PSNR instead of the latest.')
+  d['input'] = flags.DEFINE_string('input', None, 'Photo file, or a folder of photos (recursive).')
+  d['output'] = flags.DEFINE_string('output', None, 'Output file (format from its extension), '
+                                    'or a folder.')
+  d['reference'] = flags.DEFINE_string('reference', '', 'Colour reference image.')
+  d['reference_dir'] = flags.DEFINE_string(
+      'reference_dir', '', 'Folder of colour photos: the most similar one (paper sec. 3.5) '
+      'becomes each photo\'s reference.')
+  d['index'] = flags.DEFINE_string(
+      'index', '', 'Reference index of --reference_dir (data_prep.build_reference_index); '
+      'default: built on the fly, cached under ~/.cache/pikfix_jax/reference_index.')
+  d['top_k'] = flags.DEFINE_integer('top_k', 1, 'Report this many best matches (rank 1 is used).')
+  d['compare'] = flags.DEFINE_bool('compare', False, 'Also write <output>_compare.png: input | '
+                                   'reference | output.')
+  d['reference_size'] = flags.DEFINE_integer(
+      'reference_size', DEFAULT_REFERENCE_SIZE, 'Longer side of the resized reference '
+      '(multiple of 32; at most the padded input\'s longer side).')
+  d['keep_alpha'] = flags.DEFINE_bool('keep_alpha', True, 'Copy the input\'s transparency to '
+                                      'PNG/TIFF/WebP outputs.')
+  d['format'] = flags.DEFINE_string('format', '', 'Output format for folders (png, jpg, tif, '
+                                    '...); default: the input\'s.')
+  d['tile_size'] = flags.DEFINE_integer(
+      'tile_size', DEFAULT_TILE_SIZE, 'Largest restoration window side (px, multiple of 32; '
+      '0: whole image at once). Tiling is exact.')
+  d['color_max_pixels'] = flags.DEFINE_integer(
+      'color_max_pixels', DEFAULT_COLOR_MAX_PIXELS, 'Larger images are colorized at this many '
+      'pixels and the colour upsampled (0: always at full resolution).')
+  d['dtype'] = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
+                                 'Compute dtype override (default: the model config\'s).')
+  d['query_chunk'] = flags.DEFINE_integer('query_chunk', 0, 'Similarity warp chunk override '
+                                          '(query positions per block).')
+  d['vgg19'] = flags.DEFINE_string('vgg19', None, 'VGG-19 weights for retrieval (default: the '
+                                   'model config\'s backbones.vgg19 when that file exists).')
+  d['index_image_size'] = flags.DEFINE_integer('index_image_size', 0, 'Image size of an index '
+                                               'built on the fly (default 224).')
+  return d
+
+
+_FLAGS: dict = {}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  f = {k: v.value for k, v in _FLAGS.items()}
+  cli.setup()
+  if not f['input'] or not f['output']:
+    print('error: --input and --output are required', file=sys.stderr)
+    sys.exit(2)
+  options = Options(**{field.name: f[field.name] for field in dataclasses.fields(Options)})
+  code, _ = run(options)
+  sys.exit(code)
+
+
+if __name__ == '__main__':
+  _FLAGS.update(define_flags())
+  app.run(main)

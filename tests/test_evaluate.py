@@ -1,0 +1,144 @@
+"""Evaluation: CSVs, the Table-1 Markdown, the grid, LPIPS on/off, reference ranks, the CLI."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tiny_train_config
+from pikfix_jax import evaluate
+from pikfix_jax import restore
+from pikfix_jax import train
+from pikfix_jax import weights
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_TRAIN = ('astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hubble_deep_field',
+              'ihc', 'retina')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('workdir'))
+  config = tiny_train_config()
+  config.train.num_train_steps = 2
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  train.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def generator(workdir):
+  return restore.load_generator_info(workdir=workdir)
+
+
+def _rows(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
+  model, variables, _, info = generator
+  config = tiny_train_config()
+  out = str(tmp_path / 'eval')
+  summary = evaluate.evaluate(config, model, variables, out, source=info['source'],
+                              step=info['step'])
+  assert sorted(os.listdir(out)) == ['grid.png', 'metrics.csv', 'per_image.csv', 'table.md']
+  per_image = _rows(os.path.join(out, 'per_image.csv'))
+  assert [r['id'] for r in per_image] == ['chelsea', 'coffee']  # the demo test split, in order
+  psnr = [float(r['psnr']) for r in per_image]
+  assert all(5 < p < 50 for p in psnr) and all(r['lpips'] == '' for r in per_image)
+  (row,) = _rows(os.path.join(out, 'metrics.csv'))
+  assert row['images'] == '2' and row['step'] == '2' and row['lpips'] == ''
+  assert float(row['psnr']) == pytest.approx(np.mean(psnr), abs=1e-5)
+  assert float(row['ssim']) == pytest.approx(summary['ssim'], abs=1e-5)
+  table = open(os.path.join(out, 'table.md')).read()
+  ours = f'| pikfix_jax (this run) | {summary["psnr"]:.2f} | {summary["ssim"]:.3f} | n/a ¹ |'
+  assert ours in table
+  assert 'LPIPS not computed' in table and '7x7 uniform window' in table
+  assert summary['lpips'] is None
+
+  # The paper's row appears for the paper's datasets (layout only: no data needed).
+  config.dataset, config.data.degrade = 'voc', True
+  table = evaluate.table_markdown(config, dict(summary, lpips=0.2), '')
+  paper = '| Pik-Fix (paper, Table 1, Pascal VOC (w/ degradation)) | 22.22 | 0.828 | 0.186 |'
+  assert paper in table
+  assert '| pikfix_jax (this run) |' in table and '0.200 |' in table
+
+
+def test_lpips_is_reported_with_weights(tmp_path, generator):
+  model, variables, _, _ = generator
+  path = str(tmp_path / 'lpips_vgg.msgpack')
+  weights.save_variables(path, weights.random_variables('lpips_vgg', seed=1))
+  config = tiny_train_config()
+  config.backbones.lpips = path
+  summary = evaluate.evaluate(config, model, variables, str(tmp_path / 'eval'))
+  per_image = _rows(str(tmp_path / 'eval' / 'per_image.csv'))
+  values = [float(r['lpips']) for r in per_image]
+  assert all(v > 0 for v in values)
+  assert summary['lpips'] == pytest.approx(np.mean(values), abs=1e-5)
+  assert 'n/a' not in open(tmp_path / 'eval' / 'table.md').read()
+
+
+def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
+  model, variables, _, _ = generator
+  config = tiny_train_config()
+  with pytest.raises(ValueError, match='retrieval_index'):
+    evaluate.evaluate(config, model, variables, str(tmp_path / 'none'), reference_rank=2)
+
+  # A hand-made index over the demo train + test images (paths match ids by suffix).
+  paths = [f'/photos/{n}.png' for n in DEMO_TRAIN + ('chelsea', 'coffee')]
+  neighbors = np.full((len(paths), 4), -1, np.int64)
+  neighbors[7] = [5, 1, 6, 0]  # chelsea: ihc, rocket, retina, astronaut
+  neighbors[8] = [2, 4, 3, 1]  # coffee: motorcycle_left, hubble, motorcycle_right, rocket
+  index = str(tmp_path / 'index.npz')
+  np.savez(index, paths=np.array(paths), neighbors=neighbors)
+  config.data.retrieval_index = index
+  out = str(tmp_path / 'eval')
+  results = {}
+  for rank in (3, 1):
+    results[rank] = evaluate.evaluate(config, model, variables, out, reference_rank=rank)
+    per_image = _rows(os.path.join(out, f'per_image_rank{rank}.csv'))
+    want = {1: ['ihc', 'motorcycle_left'], 3: ['retina', 'motorcycle_right']}[rank]
+    assert [r['reference'] for r in per_image] == [f'train:{n}' for n in want]
+  sensitivity = _rows(os.path.join(out, 'reference_sensitivity.csv'))
+  assert [r['rank'] for r in sensitivity] == ['1', '3']  # one row per rank, sorted
+  assert float(sensitivity[1]['psnr']) == pytest.approx(results[3]['psnr'], abs=1e-5)
+  assert results[1]['psnr'] != results[3]['psnr']  # another reference, another result
+  md = open(os.path.join(out, 'reference_sensitivity.md')).read()
+  assert '| 1 |' in md and '23.95' in md and '| 3 |' in md
+  assert not os.path.exists(os.path.join(out, 'metrics.csv'))
+  assert evaluate.parse_ranks('1-3,10') == [1, 2, 3, 10] and evaluate.parse_ranks('') == [None]
+
+
+def test_cli(tmp_path, workdir):
+  out = str(tmp_path / 'cli')
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
+       f'--workdir={workdir}', f'--output_dir={out}', '--config.data.eval_image_size=32',
+       '--config.train.eval_batch_size=2', '--config.data.degrade=False'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '2 images: PSNR' in result.stdout
+  assert "using the checkpoint's" in result.stderr  # demo.py's model differs from the tiny one
+  assert os.path.exists(os.path.join(out, 'table.md'))
+
+
+@pytest.mark.parametrize('name', [
+    'table4_input_ab_fusion', 'table4_multiscale_ab_fusion', 'table4_single_scale_histogram',
+    'table4_multiscale_histogram', 'table5_no_similarity', 'table5_single_similarity',
+    'table5_multiscale_similarity', 'table6_single_level_rdn', 'table6_multi_level_rdn'])
+def test_ablation_configs_build_their_model(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.ablations.{name}').get_config()
+  table = name.split('_')[0]
+  assert config.dataset == ('voc' if table == 'table6' else 'div2k')
+  assert bool(config.data.degrade) == (table == 'table6')
+  model = restore.pikfix.build_generator(config.model)
+  params = restore._abstract_variables(model)['params']  # pylint: disable=protected-access
+  assert ('similarity_net' in params) == (config.model.similarity.mode != 'none')
+  levels = [k for k in params['restoration_net'] if k.startswith('level_x')]
+  assert len(levels) == len(config.model.restoration.levels)

@@ -1,0 +1,93 @@
+"""Metrics: PSNR/SSIM equal scikit-image's; LPIPS equals the lpips package's network.
+
+The `lpips` pip package is not installed here (it needs torchvision), so LPIPS parity is
+checked against tests/torch_reference.py's plain-torch copy of the package's LPIPS(net='vgg',
+version='0.1'), with the same random VGG-16 and random non-negative heads converted to Flax.
+"""
+
+import numpy as np
+import pytest
+import skimage.data
+import skimage.metrics
+import torch
+
+from pikfix_jax import metrics
+from pikfix_jax import weights
+import torch_reference as ref
+
+
+def _pairs():
+  """(ground truth, test) uint8 pairs: photos with realistic errors, noise, odd sizes."""
+  rng = np.random.default_rng(0)
+  photo = skimage.data.astronaut()[100:165, 200:283]  # 65 x 83
+  noisy = np.clip(photo + rng.normal(0, 12, photo.shape), 0, 255).astype(np.uint8)
+  shifted = np.clip(photo.astype(int) + 9, 0, 255).astype(np.uint8)
+  coffee = skimage.data.coffee()[:40, :57]
+  tinted = np.clip(coffee * np.array([1.1, 0.9, 0.8]), 0, 255).astype(np.uint8)
+  a = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+  b = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+  flat = np.full((16, 16, 3), 128, np.uint8)
+  return [(photo, noisy), (photo, shifted), (coffee, tinted), (a, b), (flat, flat.copy() + 1)]
+
+
+@pytest.mark.parametrize('case', range(5))
+def test_psnr_and_ssim_match_skimage(case):
+  gt, out = _pairs()[case]
+  want_psnr = skimage.metrics.peak_signal_noise_ratio(gt, out, data_range=255)
+  assert abs(metrics.psnr(gt, out) - want_psnr) < 1e-3
+  want = skimage.metrics.structural_similarity(gt, out, channel_axis=-1, data_range=255)
+  assert abs(metrics.ssim(gt, out) - want) < 1e-4
+  if min(gt.shape[:2]) >= 11:
+    want_g = skimage.metrics.structural_similarity(
+        gt, out, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False)
+    assert abs(metrics.ssim(gt, out, gaussian=True) - want_g) < 1e-4
+    if case == 0:
+      assert abs(want_g - want) > 1e-3  # the two conventions really differ
+
+
+def test_batched_metrics_and_quantisation():
+  gt, out = _pairs()[0]
+  batch_gt, batch_out = np.stack([gt, gt]), np.stack([out, gt])
+  np.testing.assert_allclose(metrics.psnr(batch_gt, batch_out)[0], metrics.psnr(gt, out))
+  assert np.isinf(metrics.psnr(batch_gt, batch_out)[1])
+  np.testing.assert_allclose(metrics.ssim(batch_gt, batch_out), [metrics.ssim(gt, out), 1.0])
+  # Floats are quantised exactly like image_io writes 8-bit files (round half up).
+  np.testing.assert_array_equal(metrics.quantize(np.array([0.0, 0.5 / 255, 0.998, 1.2, -1])),
+                                [0, 1, 254, 255, 0])
+  with pytest.raises(ValueError, match='at least 7x7'):
+    metrics.ssim(gt[:5, :5], out[:5, :5])
+
+
+def test_lpips_matches_torch_reference(tmp_path):
+  vgg16 = ref.randomize(ref.VGG(16), seed=3)
+  torch_lpips = ref.LPIPS(vgg16).eval()
+  with torch.no_grad():
+    for l in range(5):  # trained heads are non-negative
+      getattr(torch_lpips, f'lin{l}').model[1].weight.uniform_(0.0, 1.0)
+  vgg_path, _ = ref.save_both(vgg16.state_dict(), tmp_path, 'vgg16')
+  heads_path = str(tmp_path / 'vgg.pth')
+  torch.save(torch_lpips.heads_state_dict(), heads_path)
+  converted = str(tmp_path / 'lpips_vgg.msgpack')
+  weights.save_variables(converted, weights.convert_files('lpips_vgg', vgg_path, heads_path))
+
+  metric = metrics.LPIPSMetric.load(converted)
+  gt = np.stack([p[0][:32, :40] for p in _pairs()[:3]])
+  out = np.stack([p[1][:32, :40] for p in _pairs()[:3]])
+  got = metric(gt, out)
+  with torch.no_grad():
+    to_input = lambda x: ref.to_nchw(x.astype(np.float32) / 127.5 - 1.0)
+    want = torch_lpips(to_input(gt), to_input(out)).numpy()
+  assert got.shape == (3,) and np.all(got > 0)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert abs(metric(gt[0], out[0]) - want[0]) < 1e-4
+  assert metric(gt[:1], gt[:1])[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lpips_refused_without_weights(tmp_path):
+  with pytest.raises(metrics.LPIPSUnavailableError, match='config.backbones.lpips'):
+    metrics.LPIPSMetric.load('')
+  with pytest.raises(metrics.LPIPSUnavailableError, match='not found'):
+    metrics.LPIPSMetric.load(str(tmp_path / 'missing.msgpack'))
+  metric, note = metrics.maybe_lpips('')
+  assert metric is None and 'LPIPS' in note
