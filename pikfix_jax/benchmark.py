@@ -267,6 +267,8 @@ def bench_restore(config) -> None:
 
 def main(argv):
   del argv
+  from pikfix_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.set_cpu_xla_flags()  # as main/restore do: the same XLA:CPU programs are timed
   config = _CONFIG.value
   if _BATCH_SIZE.value:
     config.train.batch_size = _BATCH_SIZE.value

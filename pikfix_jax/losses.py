@@ -32,12 +32,11 @@ def perceptual_loss(features_a: Mapping[str, jnp.ndarray],
 def luminance_perceptual_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str, jnp.ndarray]],
                               restored_l: jnp.ndarray, target_l: jnp.ndarray) -> jnp.ndarray:
   """Perceptual loss on restored vs ground-truth L, each shown to VGG-19 as a grey RGB image
-  (the backbone applies the ImageNet normalisation). One VGG pass on the stacked pair."""
-  both = color.gray_to_rgb(jnp.concatenate([jnp.clip(restored_l, 0, 1), target_l], axis=0))
-  feats = vgg_features(both)
-  n = restored_l.shape[0]
-  target = {k: jax.lax.stop_gradient(v[n:]) for k, v in feats.items()}
-  return perceptual_loss({k: v[:n] for k, v in feats.items()}, target)
+  (the backbone applies the ImageNet normalisation). Two VGG passes, not one on the stacked
+  pair: the target's pass needs no backward, which a stacked pass would compute for the whole
+  batch (the target half with a zero cotangent; ~2x the VGG backward, docs/BENCHMARKS.md)."""
+  target = jax.lax.stop_gradient(vgg_features(color.gray_to_rgb(target_l)))
+  return perceptual_loss(vgg_features(color.gray_to_rgb(jnp.clip(restored_l, 0, 1))), target)
 
 
 def discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray,

@@ -197,9 +197,12 @@ class Trainer:
       return (optax.apply_updates(d_params, updates), d_opt_state), aux
 
     def d_updates(d_params, d_opt_state):
-      (d_params, d_opt_state), aux = jax.lax.scan(
-          d_update, (d_params, d_opt_state), None, length=c.train.d_steps)
-      return d_params, d_opt_state, jax.tree_util.tree_map(lambda x: x[-1], aux)
+      # Unrolled, not lax.scan: inside a loop body XLA:CPU lowers D's weight-gradient
+      # convolutions to a naive kernel (~20x slower; docs/BENCHMARKS.md, "Training step").
+      carry, aux = (d_params, d_opt_state), None
+      for _ in range(c.train.d_steps):
+        carry, aux = d_update(carry, None)
+      return carry[0], carry[1], aux
 
     d_params, d_opt_state = state.d_params, state.d_opt_state
     if c.train.d_first:

@@ -66,7 +66,9 @@ def _local(workdir, steps: int, cwd: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PIKFIX_CPU_DEVICES='2',
              JAX_COMPILATION_CACHE_DIR=os.environ.get('PIKFIX_TEST_CACHE',
                                                       '/tmp/pikfix_jax_test_xla_cache'))
-  env.pop('XLA_FLAGS', None)
+  # conftest's XLA options (not a device count: local.sh sets that from PIKFIX_CPU_DEVICES).
+  env['XLA_FLAGS'] = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                              if 'device_count' not in f)
   return subprocess.run(
       [os.path.join(REPO, 'launch', 'local.sh'), f'--config={REPO}/configs/demo.py',
        f'--workdir={workdir}', f'--config.train.num_train_steps={steps}', *TINY],

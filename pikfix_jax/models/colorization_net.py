@@ -77,7 +77,7 @@ class ColorizationNet(nn.Module):
       skips.append(x)
       if scale < len(self.block_units):
         x = _norm_relu_conv(x, x.shape[-1] // 2, 1, self.dtype, f'transition{scale}')
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = layers.downsample(x, 2)
 
     for i in reversed(range(len(self.block_units) - 1)):
       skip = skips[i]

@@ -21,7 +21,13 @@ def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   """Average-pools an NHWC tensor by an integer factor (exact box filter)."""
   if factor == 1:
     return x
-  return nn.avg_pool(x, (factor, factor), strides=(factor, factor))
+  b, h, w, c = x.shape
+  if h % factor or w % factor:
+    return nn.avg_pool(x, (factor, factor), strides=(factor, factor))
+  # A reshape-mean, not avg_pool: same values, but its gradient is a broadcast, where
+  # avg_pool's is a strided reduce_window that costs seconds on the 64-channel full-resolution
+  # SPHist on CPU (docs/BENCHMARKS.md, "Training step").
+  return jnp.mean(x.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
 
 
 class DenseUnit(nn.Module):

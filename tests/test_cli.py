@@ -1,0 +1,33 @@
+"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from pikfix_jax import cli
+
+
+def test_cpu_xla_flags_are_appended_once_and_a_user_setting_wins(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  cli.set_cpu_xla_flags()
+  cli.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=2 '
+                                     '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
+  mine = '--xla_cpu_experimental_ynn_fusion_type=individual_convolution'
+  monkeypatch.setenv('XLA_FLAGS', mine)
+  cli.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == mine
+  monkeypatch.delenv('XLA_FLAGS')
+  cli.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
+
+
+def test_convolutions_do_not_go_to_ynnpack():
+  # conftest.py set the flags before the first compilation of this process.
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  x, w = jnp.ones((2, 64, 64, 64)), jnp.ones((3, 3, 64, 64))
+  hlo = conv.lower(x, w).compile().as_text()
+  assert 'ynn_fusion' not in hlo
+  assert float(conv(x, w)[0, 5, 5, 0]) == 9 * 64  # and still a correct convolution
