@@ -14,16 +14,19 @@ import jax
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=individual_dot',)
 
 
-def set_cpu_xla_flags() -> None:
-  """Appends CPU_XLA_FLAGS to $XLA_FLAGS, except options the user already set there.
+def add_xla_flags(*flags: str) -> None:
+  """Appends `--option=value` flags to $XLA_FLAGS, except options already set there (a user's
+  own setting wins). XLA reads $XLA_FLAGS when it first compiles: call before any jitted work."""
+  current = os.environ.get('XLA_FLAGS', '')
+  for flag in flags:
+    if flag.split('=')[0] not in current:
+      current = f'{current} {flag}'.strip()
+  os.environ['XLA_FLAGS'] = current
 
-  XLA reads $XLA_FLAGS when it first compiles, so call this before any jitted work.
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  for flag in CPU_XLA_FLAGS:
-    if flag.split('=')[0] not in flags:
-      flags = f'{flags} {flag}'.strip()
-  os.environ['XLA_FLAGS'] = flags
+
+def set_cpu_xla_flags() -> None:
+  """Adds CPU_XLA_FLAGS (add_xla_flags)."""
+  add_xla_flags(*CPU_XLA_FLAGS)
 
 
 def setup(compilation_cache: bool = True) -> None:

@@ -188,21 +188,19 @@ class Trainer:
       fake = self.discriminator.apply({'params': d_params}, target_l, fake_ab, condition)
       return losses.discriminator_loss(real, fake, c.loss.adversarial), (real, fake)
 
-    def d_update(carry, _):
-      d_params, d_opt_state = carry
+    def d_update(d_params, d_opt_state):
       (d_loss, (real, fake)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
       updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
       aux = {'d_loss': d_loss, 'd_real': jnp.mean(jax.nn.sigmoid(real)),
              'd_fake': jnp.mean(jax.nn.sigmoid(fake)), 'd_grad_norm': optax.global_norm(grads)}
-      return (optax.apply_updates(d_params, updates), d_opt_state), aux
+      return optax.apply_updates(d_params, updates), d_opt_state, aux
 
     def d_updates(d_params, d_opt_state):
       # Unrolled, not lax.scan: inside a loop body XLA:CPU lowers D's weight-gradient
       # convolutions to a naive kernel (~20x slower; docs/BENCHMARKS.md, "Training step").
-      carry, aux = (d_params, d_opt_state), None
       for _ in range(c.train.d_steps):
-        carry, aux = d_update(carry, None)
-      return carry[0], carry[1], aux
+        d_params, d_opt_state, aux = d_update(d_params, d_opt_state)
+      return d_params, d_opt_state, aux
 
     d_params, d_opt_state = state.d_params, state.d_opt_state
     if c.train.d_first:

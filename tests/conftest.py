@@ -22,10 +22,8 @@ cli.set_cpu_xla_flags()  # tests compile what `python -m pikfix_jax.main` compil
 # ...but without LLVM's optimisation passes: the suite's time is XLA compilation of tiny
 # programs (the same HLO either way), and this halves it (30 s -> 14 s for the tiny model's
 # init). PIKFIX_TEST_OPTIMIZED=1 compiles tests as the command line tools do.
-if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1' and 'xla_backend_optimization_level' not in (
-    os.environ.get('XLA_FLAGS', '')):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_backend_optimization_level=0').strip()
+if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
+  cli.add_xla_flags('--xla_backend_optimization_level=0')
 
 
 def tiny_config(**model_overrides):

@@ -67,8 +67,9 @@ sys.path.insert(0, os.path.dirname(TESTS))
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from pikfix_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
-cli.set_cpu_xla_flags()  # the XLA:CPU options of `python -m pikfix_jax.main`
+# Before anything compiles (the distributed start-up runs a collective): conftest sets the
+# XLA:CPU flags of the command-line tools and the compilation cache.
+from conftest import tiny_config, tiny_train_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax import distributed  # noqa: E402  pylint: disable=g-import-not-at-top
 
 if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
@@ -84,7 +85,6 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 import optax  # noqa: E402  pylint: disable=g-import-not-at-top
 import orbax.checkpoint as ocp  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from conftest import tiny_config, tiny_train_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax import train  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax.ops import color  # noqa: E402  pylint: disable=g-import-not-at-top
 
