@@ -8,6 +8,7 @@ Data parallelism: the global batch is sharded over a 1-D `jax.sharding.Mesh` ('d
 the state is replicated; XLA inserts the gradient all-reduce.
 """
 
+import contextlib
 import functools
 import os
 import signal
@@ -442,46 +443,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_metrics = None
   pending = None  # (step, scalars) checked one step late so the device never idles
   step = start_step
-  with _Terminate() as terminate:
-    while step < num_steps:
-      epoch = step // spe
-      ds = input_pipeline.train_dataset(config, epoch=epoch, batch_size=per_process_batch,
-                                        process_index=process_index,
-                                        process_count=process_count)
-      ds = ds.take(spe).skip(step - epoch * spe)
-      for batch in ds.as_numpy_iterator():
-        if nan_at_step is not None and step + 1 == nan_at_step:
-          batch = dict(batch, input_l=np.full_like(batch['input_l'], np.nan))
-        state, scalars = trainer.train_step(state, batch)
-        step += 1
-        if pending is not None:
-          _check_finite(*pending, workdir, last_saved)
-        pending = (step, scalars)
-        update = TrainMetrics.single_from_model_output(**scalars)
-        train_metrics = update if train_metrics is None else train_metrics.merge(update)
-        for hook in hooks:
-          hook(step)
-        is_last = step == num_steps
-        if step % config.train.log_every == 0 or is_last:
-          _check_finite(*pending, workdir, last_saved)
-          writer.write_scalars(step, {f'train/{k}': v for k, v in
-                                      train_metrics.compute().items()})
-          train_metrics = None
-        if step % config.train.image_every == 0:
-          _check_finite(*pending, workdir, last_saved)
-          sample = trainer.shard(dict(batch, mask=np.ones(len(batch['input_l']), np.float32)))
-          outs = trainer._eval_step(state, sample)
-          writer.write_images(step, {'train': image_grid(host_local(sample),
-                                                         host_local(outs))[None]})
-        if step % config.train.eval_every == 0 or is_last:
-          _check_finite(*pending, workdir, last_saved)
-          best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step))
-        if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
-          _check_finite(*pending, workdir, last_saved)
-          save(step)
-        if terminate.requested or is_last:
-          break
-      if terminate.requested:
+  batches = input_pipeline.train_batches(config, start_step=step, steps_per_epoch=spe,
+                                         batch_size=per_process_batch,
+                                         process_index=process_index,
+                                         process_count=process_count)
+  with _Terminate() as terminate, contextlib.closing(batches):
+    for batch in batches if step < num_steps else ():
+      if nan_at_step is not None and step + 1 == nan_at_step:
+        batch = dict(batch, input_l=np.full_like(batch['input_l'], np.nan))
+      state, scalars = trainer.train_step(state, batch)
+      step += 1
+      if pending is not None:
+        _check_finite(*pending, workdir, last_saved)
+      pending = (step, scalars)
+      update = TrainMetrics.single_from_model_output(**scalars)
+      train_metrics = update if train_metrics is None else train_metrics.merge(update)
+      for hook in hooks:
+        hook(step)
+      is_last = step == num_steps
+      if step % config.train.log_every == 0 or is_last:
+        _check_finite(*pending, workdir, last_saved)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in
+                                    train_metrics.compute().items()})
+        train_metrics = None
+      if step % config.train.image_every == 0:
+        _check_finite(*pending, workdir, last_saved)
+        sample = trainer.shard(dict(batch, mask=np.ones(len(batch['input_l']), np.float32)))
+        outs = trainer._eval_step(state, sample)
+        writer.write_images(step, {'train': image_grid(host_local(sample),
+                                                       host_local(outs))[None]})
+      if step % config.train.eval_every == 0 or is_last:
+        _check_finite(*pending, workdir, last_saved)
+        best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step))
+      if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
+        _check_finite(*pending, workdir, last_saved)
+        save(step)
+      if terminate.requested or is_last:
         break
   if pending is not None:
     _check_finite(*pending, workdir, last_saved)

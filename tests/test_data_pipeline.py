@@ -116,6 +116,20 @@ def test_same_seed_same_batches_different_seed_or_epoch_different():
     assert not np.array_equal(first[0]['input_l'], other[0]['input_l'])
 
 
+def test_train_batches_continue_epoch_after_epoch_from_any_step():
+  c = _config('demo', train_repeats=1, degrade=False, reference_strategies=(1,))
+  spe = 2  # of the 3 batches of 2 the demo split has: the third batch of an epoch is never used
+  epochs = [_batches(ip.train_dataset(c, epoch=e, batch_size=2))[:spe] for e in range(3)]
+  expected = [b for epoch in epochs for b in epoch]  # global steps 0..5
+  for start_step in (0, 3):  # from the start, and resumed mid-epoch
+    batches = ip.train_batches(c, start_step=start_step, steps_per_epoch=spe, batch_size=2)
+    got = [next(batches) for _ in range(len(expected) - start_step)]
+    batches.close()
+    for a, b in zip(got, expected[start_step:], strict=True):
+      np.testing.assert_array_equal(a['input_l'], b['input_l'])
+      np.testing.assert_array_equal(a['id'], b['id'])
+
+
 def test_eval_is_deterministic_and_independent_of_training_seed():
   c = _config('demo', degrade=True)
   a = _batches(ip.eval_dataset(c, batch_size=2))
