@@ -9,9 +9,11 @@ from skimage import data as skdata
 from skimage import transform as sktransform
 
 from conftest import tiny_config
+from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 from pikfix_jax.ops import histogram
+import torch_reference as ref
 
 ABLATIONS = {
     # Table 4
@@ -33,6 +35,33 @@ def _init_apply(config, input_shape, reference_shape):
   r = jax.random.uniform(jax.random.PRNGKey(2), reference_shape)
   out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), x, r)
   return model, variables, out
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_residual_dense_block_matches_torch_concatenating_rdb(remat):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 10, 8))
+  block = layers.ResidualDenseBlock(num_units=3, growth=5, remat=remat)
+  params = block.init(jax.random.PRNGKey(1), x)['params']
+  leaves, tree = jax.tree_util.tree_flatten(params)  # non-zero biases too
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  params = jax.tree_util.tree_unflatten(tree, [0.3 * jax.random.normal(k, l.shape)
+                                               for k, l in zip(keys, leaves)])
+  upstream = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  out, vjp = jax.vjp(lambda p, x: block.apply({'params': p}, x), params, x)
+  grad_params, grad_x = vjp(upstream)
+
+  torch_block = ref.ResidualDenseBlock(8, 5, 3)
+  torch_block.load_flax(params)
+  tx = ref.to_nchw(x).requires_grad_(True)
+  want = torch_block(tx)
+  (want * ref.to_nchw(upstream)).sum().backward()
+  np.testing.assert_allclose(out, ref.to_nhwc(want.detach()), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(grad_x, ref.to_nhwc(tx.grad), rtol=1e-4, atol=1e-4)
+  for k, unit in enumerate(torch_block.units):  # the kernel slices of every unit get gradients
+    np.testing.assert_allclose(np.asarray(grad_params[f'unit{k}']['kernel']).transpose(3, 2, 0, 1),
+                               unit.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(grad_params[f'unit{k}']['bias'], unit.bias.grad.numpy(),
+                               rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize('name', sorted(ABLATIONS))

@@ -174,3 +174,29 @@ def to_nchw(x: np.ndarray) -> torch.Tensor:
 
 def to_nhwc(t: torch.Tensor) -> np.ndarray:
   return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+class ResidualDenseBlock(nn.Module):
+  """The RDB as Zhang et al. write it (each unit convolves the concatenation of all earlier
+  maps), to check the Flax block's fan-out computation."""
+
+  def __init__(self, channels, growth, num_units):
+    super().__init__()
+    self.units = nn.ModuleList(nn.Conv2d(channels + k * growth, growth, 3, padding=1)
+                               for k in range(num_units))
+    self.local_fusion = nn.Conv2d(channels + num_units * growth, channels, 1)
+
+  def forward(self, x):
+    features = [x]
+    for unit in self.units:
+      features.append(torch.relu(unit(torch.cat(features, 1))))
+    return x + self.local_fusion(torch.cat(features, 1))
+
+  def load_flax(self, params):
+    """Copies Flax parameters (HWIO kernels) into this module (OIHW)."""
+    def copy(conv, kernel, bias):
+      conv.weight.data = torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
+      conv.bias.data = torch.from_numpy(np.asarray(bias).copy())
+    for k, unit in enumerate(self.units):
+      copy(unit, params[f'unit{k}']['kernel'], params[f'unit{k}']['bias'])
+    copy(self.local_fusion, params['local_fusion']['kernel'], params['local_fusion']['bias'])
