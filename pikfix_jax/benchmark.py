@@ -102,7 +102,7 @@ def bench_train(config) -> None:
   `train.Trainer` on random batches of --batch_size (global, over all local devices) x
   --image_size, data already on device (the input pipeline is measured by --what=input).
 
-  Reports compile time (XLA, the persistent cache is not used), mean time of >= --steps steps
+  Reports compile time (cold: main() turns the persistent cache off), mean time of >= --steps steps
   after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the accelerator's
   peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
   (XLA cost analysis of the step lowered without remat and without the warp's query chunking,
@@ -114,7 +114,6 @@ def bench_train(config) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
 
-  jax.config.update('jax_enable_compilation_cache', False)  # cold compile, every time
   batch_size, size = config.train.batch_size, config.data.image_size
   devices = jax.devices()
   if batch_size % len(devices):
@@ -228,7 +227,7 @@ def bench_restore(config) -> None:
   (no checkpoint): `pikfix_jax.restore.Restorer`, as the restore command runs it (default
   tiling, 512 px reference). Reports the first call (compile + run), the median of --steps
   further calls and the process's peak RSS (ru_maxrss, including start-up and compilation).
-  The persistent compilation cache is not enabled, so compile times are cold."""
+  main() turns the persistent compilation cache off, so compile times are cold."""
   import resource  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -267,6 +266,10 @@ def bench_restore(config) -> None:
 
 def main(argv):
   del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  # Cold compiles, even with $JAX_COMPILATION_CACHE_DIR set. First thing: JAX decides whether
+  # to use the persistent cache at the first compile, which importing pikfix_jax.ops triggers.
+  jax.config.update('jax_enable_compilation_cache', False)
   from pikfix_jax import cli  # pylint: disable=g-import-not-at-top
   cli.set_cpu_xla_flags()  # as main/restore do: the same XLA:CPU programs are timed
   config = _CONFIG.value
