@@ -102,7 +102,7 @@ def bench_train(config) -> None:
   `train.Trainer` on random batches of --batch_size (global, over all local devices) x
   --image_size, data already on device (the input pipeline is measured by --what=input).
 
-  Reports compile time (cold: main() turns the persistent cache off), mean time of >= --steps steps
+  Reports compile time (cold: main() turns the persistent cache off, cli.setup), mean time of >= --steps steps
   after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the accelerator's
   peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
   (XLA cost analysis of the step lowered without remat and without the warp's query chunking,
@@ -266,12 +266,9 @@ def bench_restore(config) -> None:
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
-  # Cold compiles, even with $JAX_COMPILATION_CACHE_DIR set. First thing: JAX decides whether
-  # to use the persistent cache at the first compile, which importing pikfix_jax.ops triggers.
-  jax.config.update('jax_enable_compilation_cache', False)
   from pikfix_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.set_cpu_xla_flags()  # as main/restore do: the same XLA:CPU programs are timed
+  # As main/restore do (the same XLA:CPU programs are timed), but with cold compiles.
+  cli.setup(compilation_cache=False)
   config = _CONFIG.value
   if _BATCH_SIZE.value:
     config.train.batch_size = _BATCH_SIZE.value

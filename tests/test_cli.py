@@ -1,11 +1,16 @@
-"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets."""
+"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets, and its compilation cache."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from pikfix_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpu_xla_flags_are_appended_once_and_a_user_setting_wins(monkeypatch):
@@ -31,3 +36,18 @@ def test_convolutions_do_not_go_to_ynnpack():
   hlo = conv.lower(x, w).compile().as_text()
   assert 'ynn_fusion' not in hlo
   assert float(conv(x, w)[0, 5, 5, 0]) == 9 * 64  # and still a correct convolution
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_setup_turns_the_compilation_cache_off_even_with_the_variable_set(tmp_path, cache):
+  # A fresh process: JAX settles the cache at its first compilation, which this one is past.
+  cache_dir = tmp_path / 'xla'
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PLATFORMS='cpu')
+  code = ('from pikfix_jax import cli\n'
+          f'cli.setup(compilation_cache={cache})\n'
+          'from pikfix_jax.ops import color\n'  # compiles at import
+          'import jax, jax.numpy as jnp\n'
+          'jax.block_until_ready(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)))\n')
+  subprocess.run([sys.executable, '-c', code], env=env, check=True, cwd=REPO)
+  assert (cache_dir.exists() and any(cache_dir.iterdir())) == cache

@@ -33,7 +33,8 @@ def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
 class DenseUnit(nn.Module):
   """DenseNet unit (Huang et al.): [LN-ReLU-1x1 conv] - LN-ReLU-3x3 conv, returns `growth` maps.
 
-  With `bottleneck=0` it is the RDN unit (Zhang et al.): 3x3 conv + ReLU.
+  With `bottleneck=0`: 3x3 conv + ReLU (the RDN's unit; ResidualDenseBlock computes its
+  units fused, see there).
   """
   growth: int
   bottleneck: int = 4
@@ -104,13 +105,13 @@ class ResidualDenseBlock(nn.Module):
 
 
 class _ConvParams(nn.Module):
-  """The kernel and bias of a conv, initialised as nn.Conv initialises them."""
+  """The kernel and bias of a conv, with nn.Conv's own default initialisers."""
   shape: tuple
 
   @nn.compact
   def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
-    return (self.param('kernel', nn.initializers.lecun_normal(), self.shape),
-            self.param('bias', nn.initializers.zeros_init(), self.shape[-1:]))
+    return (self.param('kernel', nn.Conv.kernel_init, self.shape),
+            self.param('bias', nn.Conv.bias_init, self.shape[-1:]))
 
 
 def _conv_same(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
