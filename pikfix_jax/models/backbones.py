@@ -12,6 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pikfix_jax.models import layers
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,10 +48,10 @@ def vgg_layer_names(depth: int) -> tuple[str, ...]:
 
 
 def _conv(features: int, kernel: int, stride: int, padding: int, use_bias: bool,
-          dtype, name: str) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                 kernel_init=_KAIMING, dtype=dtype, param_dtype=jnp.float32, name=name)
+          dtype, name: str) -> nn.Module:
+  return layers.Conv(features, (kernel, kernel), strides=(stride, stride),
+                     padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                     kernel_init=_KAIMING, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def _bn(dtype, name: str) -> nn.BatchNorm:

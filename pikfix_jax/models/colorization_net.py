@@ -30,12 +30,12 @@ class FusionModule(nn.Module):
     y = jnp.concatenate([x, reference.astype(x.dtype)], axis=-1)
     y = layers.DenseBlock(self.num_units, self.growth, self.bottleneck, remat=self.remat,
                           dtype=self.dtype, name='dense')(y, train)
-    return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='conv')(y)
+    return layers.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='conv')(y)
 
 
 def _norm_relu_conv(x: jnp.ndarray, features: int, kernel: int, dtype: Any, name: str):
   x = nn.relu(nn.LayerNorm(dtype=dtype, name=f'{name}_norm')(x))
-  return nn.Conv(features, (kernel, kernel), dtype=dtype, name=name)(x)
+  return layers.Conv(features, (kernel, kernel), dtype=dtype, name=name)(x)
 
 
 class ColorizationNet(nn.Module):
@@ -64,7 +64,8 @@ class ColorizationNet(nn.Module):
     x = l.astype(self.dtype)
     if input_features is not None:
       x = jnp.concatenate([x, input_features.astype(self.dtype)], axis=-1)
-    stem = nn.Conv(self.stem_features, (7, 7), strides=(2, 2), dtype=self.dtype, name='stem')(x)
+    stem = layers.Conv(self.stem_features, (7, 7), strides=(2, 2), dtype=self.dtype,
+                       name='stem')(x)
     x = nn.max_pool(nn.relu(stem), (3, 3), strides=(2, 2), padding='SAME')
 
     skips = []
@@ -93,5 +94,5 @@ class ColorizationNet(nn.Module):
     x = jnp.concatenate([x, l.astype(self.dtype)], axis=-1)
     x = _norm_relu_conv(x, self.stem_features // 2, 3, self.dtype, 'decoder_full')
     x = nn.relu(x)
-    ab = nn.Conv(2, (3, 3), dtype=self.dtype, name='output')(x)
+    ab = layers.Conv(2, (3, 3), dtype=self.dtype, name='output')(x)
     return jnp.tanh(ab.astype(jnp.float32))

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pikfix_jax.models import layers
+
 
 class PatchDiscriminator(nn.Module):
   """(L (B,H,W,1), ab (B,H,W,2), optional reference histogram (B, D)) -> logits (B,h,w,1)."""
@@ -27,14 +29,14 @@ class PatchDiscriminator(nn.Module):
                               x.shape[:3] + (reference_hist.shape[-1],))
       x = jnp.concatenate([x, cond], axis=-1)
     pad = ((1, 1), (1, 1))
-    x = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad, dtype=self.dtype)(x)
+    x = layers.Conv(self.features, (4, 4), strides=(2, 2), padding=pad, dtype=self.dtype)(x)
     x = nn.leaky_relu(x, 0.2)
     for n in range(1, self.num_layers + 1):
       stride = 2 if n < self.num_layers else 1
       width = self.features * min(2 ** n, 8)
-      x = nn.Conv(width, (4, 4), strides=(stride, stride), padding=pad, use_bias=False,
-                  dtype=self.dtype)(x)
+      x = layers.Conv(width, (4, 4), strides=(stride, stride), padding=pad, use_bias=False,
+                      dtype=self.dtype)(x)
       x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)  # instance norm
       x = nn.leaky_relu(x, 0.2)
-    x = nn.Conv(1, (4, 4), padding=pad, dtype=self.dtype)(x)
+    x = layers.Conv(1, (4, 4), padding=pad, dtype=self.dtype)(x)
     return x.astype(jnp.float32)

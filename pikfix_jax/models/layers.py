@@ -1,12 +1,19 @@
 """Building blocks shared by the sub-nets: dense units/blocks, residual dense blocks, resizing."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pikfix_jax.ops import conv
+
 Dtype = Any
+
+# Every convolution of the models: nn.Conv (same parameters) computing with ops.conv, whose
+# gradients are fast on XLA:CPU (docs/BENCHMARKS.md, "Training step").
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
 
 
 def resize(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
@@ -44,11 +51,11 @@ class DenseUnit(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     if not self.bottleneck:
-      return nn.relu(nn.Conv(self.growth, (3, 3), dtype=self.dtype)(x))
+      return nn.relu(Conv(self.growth, (3, 3), dtype=self.dtype)(x))
     y = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
-    y = nn.Conv(self.bottleneck * self.growth, (1, 1), use_bias=False, dtype=self.dtype)(y)
+    y = Conv(self.bottleneck * self.growth, (1, 1), use_bias=False, dtype=self.dtype)(y)
     y = nn.relu(nn.LayerNorm(dtype=self.dtype)(y))
-    y = nn.Conv(self.growth, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = Conv(self.growth, (3, 3), use_bias=False, dtype=self.dtype)(y)
     if self.dropout:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return y
@@ -101,7 +108,7 @@ class ResidualDenseBlock(nn.Module):
       biases.append(bias.astype(self.dtype))
     dense = jax.checkpoint(_fan_out_dense_units) if self.remat else _fan_out_dense_units
     y = dense(x.astype(self.dtype), kernels, biases)
-    return x + nn.Conv(c, (1, 1), dtype=self.dtype, name='local_fusion')(y)
+    return x + Conv(c, (1, 1), dtype=self.dtype, name='local_fusion')(y)
 
 
 class _ConvParams(nn.Module):
@@ -115,8 +122,8 @@ class _ConvParams(nn.Module):
 
 
 def _conv_same(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return conv.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def _fan_out_dense_units(x: jnp.ndarray, kernels: list, biases: list) -> jnp.ndarray:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from pikfix_jax.models import backbones
+from pikfix_jax.models import layers
 
 LAYERS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')
 # The package's ScalingLayer: (x - shift) / scale on inputs in [-1, 1].
@@ -24,8 +25,8 @@ class _NetLin(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return nn.Conv(1, (1, 1), use_bias=False, kernel_init=nn.initializers.ones,
-                   param_dtype=jnp.float32, name='model_1')(x.astype(jnp.float32))
+    return layers.Conv(1, (1, 1), use_bias=False, kernel_init=nn.initializers.ones,
+                       param_dtype=jnp.float32, name='model_1')(x.astype(jnp.float32))
 
 
 class LPIPS(nn.Module):

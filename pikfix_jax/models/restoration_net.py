@@ -26,7 +26,7 @@ class RDNLevel(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    shallow = nn.Conv(self.features, (3, 3), dtype=self.dtype, name='shallow')(x)
+    shallow = layers.Conv(self.features, (3, 3), dtype=self.dtype, name='shallow')(x)
     y = shallow
     block_outputs = []
     for i in range(self.num_blocks):
@@ -34,8 +34,8 @@ class RDNLevel(nn.Module):
                                     dtype=self.dtype, name=f'rdb{i}')(y)
       block_outputs.append(y)
     y = jnp.concatenate(block_outputs, axis=-1)
-    y = nn.Conv(self.features, (1, 1), dtype=self.dtype, name='global_fusion_1x1')(y)
-    y = nn.Conv(self.features, (3, 3), dtype=self.dtype, name='global_fusion_3x3')(y)
+    y = layers.Conv(self.features, (1, 1), dtype=self.dtype, name='global_fusion_1x1')(y)
+    y = layers.Conv(self.features, (3, 3), dtype=self.dtype, name='global_fusion_3x3')(y)
     return y + shallow
 
 
@@ -60,8 +60,8 @@ class RestorationNet(nn.Module):
                    name=f'level_x{factor}')(layers.downsample(x, factor))
       level_features.append(layers.resize(y, h, w))
     y = jnp.concatenate(level_features, axis=-1)
-    y = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype, name='fusion')(y))
-    residual = nn.Conv(1, (3, 3), dtype=self.dtype, name='output',
-                       kernel_init=nn.initializers.variance_scaling(
-                           0.01, 'fan_in', 'truncated_normal'))(y)
+    y = nn.relu(layers.Conv(self.features, (3, 3), dtype=self.dtype, name='fusion')(y))
+    residual = layers.Conv(1, (3, 3), dtype=self.dtype, name='output',
+                           kernel_init=nn.initializers.variance_scaling(
+                               0.01, 'fan_in', 'truncated_normal'))(y)
     return input_l + residual.astype(jnp.float32)

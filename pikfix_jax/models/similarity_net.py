@@ -40,9 +40,9 @@ class SimilarityNet(nn.Module):
   def __call__(self, input_l: jnp.ndarray, reference_l: jnp.ndarray
                ) -> dict[int, tuple[jnp.ndarray, jnp.ndarray]]:
     backbone = ResNet34(dtype=self.dtype, name='resnet34')
-    projections = [nn.Conv(self.width, (3, 3), dtype=self.dtype, name=f'project{j + 1}')
-                   for j in range(NUM_SCALES)]
-    shared_w = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='shared_conv')
+    projections = [layers.Conv(self.width, (3, 3), dtype=self.dtype, name=f'project{j + 1}')
+                       for j in range(NUM_SCALES)]
+    shared_w = layers.Conv(self.width, (3, 3), dtype=self.dtype, name='shared_conv')
     # A_i in R^{1x4} for each target scale i (eq. 1), initialised to ones.
     coeffs = self.param('scale_coefficients', nn.initializers.ones, (NUM_SCALES, NUM_SCALES))
 

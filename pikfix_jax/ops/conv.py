@@ -1,0 +1,167 @@
+"""2-D convolution whose gradients are fast on XLA:CPU; a drop-in for
+`lax.conv_general_dilated` (every conv of the model, `nn.Conv(conv_general_dilated=...)`).
+
+Same function and same gradients as `lax.conv_general_dilated`; only how they are computed
+on CPU differs (docs/BENCHMARKS.md, "Training step", has the measurements):
+
+* Stride-1 convs, weight gradient. JAX's rule computes dW as a convolution whose "batch" is
+  the input channel and whose "features" are the images, so XLA:CPU transposes every
+  activation to (C, H, W, N); with N = 2 that transpose (fused with recomputing the
+  activation) moved ~0.3 GB/s and was ~19 % of the paper-config training step. Here:
+  1x1 kernels: dW = X^T dY, one matrix product over the N*H*W positions; k x k kernels: the
+  activation transposed as a 2-D (N*H*W, C) -> (C, N*H*W) array, padded per image and read
+  as the images stacked along the rows, (C, N*Hp, Wp, 1); dW is one "valid" convolution of
+  that with dY stacked the same way (its rows zero-padded per image so no product crosses
+  two images), read as a (C, kh, kw, O) kernel (`kernel_gradient`).
+* Strided convs, both gradients. The input gradient of a strided conv is an lhs-dilated
+  conv, which XLA:CPU runs with a slow generic kernel (~30 GFLOP/s for the colorizer's 7x7/2
+  stem). The forward stays XLA's strided conv; the backward is that of the same conv written
+  as a stride-1 conv of the space-to-depth input (`space_to_depth_conv`), so both gradients
+  take the stride-1 paths above.
+
+Dilated and grouped convolutions, and other backends (GPU/TPU, where cuDNN and XLA compute
+both gradients natively) use `lax.conv_general_dilated` unchanged.
+"""
+
+import functools
+from typing import Any, Optional, Sequence, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
+                         padding: Union[str, Sequence[tuple[int, int]]],
+                         lhs_dilation: Optional[Sequence[int]] = None,
+                         rhs_dilation: Optional[Sequence[int]] = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jnp.ndarray:
+  """`lax.conv_general_dilated`, with the CPU weight gradient above where it applies."""
+  plain = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  if lhs.ndim != 4 or jax.default_backend() != 'cpu':
+    return plain(lhs, rhs)
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if (numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      or set(lhs_dilation or (1,)) != {1}
+      or set(rhs_dilation or (1,)) != {1} or feature_group_count != 1
+      or batch_group_count != 1 or preferred_element_type is not None):
+    return plain(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+          if isinstance(padding, str) else padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if min(min(p) for p in pads) < 0:
+    return plain(lhs, rhs)
+  if strides == (1, 1):
+    return _conv_stride1(lhs, rhs, pads, precision)
+  return _conv_strided(lhs, rhs, strides, pads, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_stride1(x: jnp.ndarray, kernel: jnp.ndarray, pads: tuple, precision: Any
+                  ) -> jnp.ndarray:
+  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_stride1_fwd(x, kernel, pads, precision):
+  return _conv_stride1(x, kernel, pads, precision), (x, kernel)
+
+
+def _conv_stride1_bwd(pads, precision, residuals, dy):
+  x, kernel = residuals
+  _, input_grad = jax.vjp(
+      lambda x_: lax.conv_general_dilated(x_, kernel, (1, 1), pads, dimension_numbers=_NHWC,
+                                          precision=precision), x)
+  (dx,) = input_grad(dy)
+  return dx, kernel_gradient(x, dy, kernel.shape, pads, precision).astype(kernel.dtype)
+
+
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
+def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
+                        pads: Sequence[tuple[int, int]], precision: Any = None
+                        ) -> jnp.ndarray:
+  """The stride-(sh, sw) NHWC conv y = conv(x, W, strides, pads) as a stride-1 "valid" conv
+  of the space-to-depth input: with i = sh*a + r and j = sw*b + t,
+  y[n, p, q, o] = sum_{a, b, (r, t, c)} X2[n, p + a, q + b, (r, t, c)] W2[a, b, (r, t, c), o],
+  X2[n, P, Q, (r, t, c)] = pad(x)[n, sh*P + r, sw*Q + t, c] and W2 the kernel, zero-padded to
+  multiples of the stride, rearranged the same way. Same values (and gradients)."""
+  (sh, sw), (kh, kw, c, o) = strides, kernel.shape
+  n, h, w, _ = x.shape
+  (top, bottom), (left, right) = pads
+  out_h, out_w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+  if (kh, kw) == (1, 1):  # a 1x1 conv of the subsampled input; no zero taps
+    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return _conv_stride1(x[:, ::sh, ::sw][:, :out_h, :out_w], kernel, ((0, 0), (0, 0)),
+                         precision)
+  taps_h, taps_w = -(-kh // sh), -(-kw // sw)
+  rows, cols = sh * (out_h + taps_h - 1), sw * (out_w + taps_w - 1)
+  x = jnp.pad(x, ((0, 0), (top, max(0, rows - h - top)), (left, max(0, cols - w - left)),
+                  (0, 0)))[:, :rows, :cols]
+  x = x.reshape(n, rows // sh, sh, cols // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  kernel = jnp.pad(kernel, ((0, taps_h * sh - kh), (0, taps_w * sw - kw), (0, 0), (0, 0)))
+  kernel = kernel.reshape(taps_h, sh, taps_w, sw, c, o).transpose(0, 2, 1, 3, 4, 5)
+  return _conv_stride1(x.reshape(n, rows // sh, cols // sw, sh * sw * c),
+                       kernel.reshape(taps_h, taps_w, sh * sw * c, o), ((0, 0), (0, 0)),
+                       precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_strided(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple,
+                  precision: Any) -> jnp.ndarray:
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_strided_fwd(x, kernel, strides, pads, precision):
+  return _conv_strided(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _conv_strided_bwd(strides, pads, precision, residuals, dy):
+  # The forward stays XLA's strided conv; the backward is space_to_depth_conv's, whose input
+  # gradient is a stride-1 conv instead of XLA:CPU's slow generic kernel for the
+  # lhs-dilated conv that a strided conv's input gradient otherwise is.
+  _, pullback = jax.vjp(lambda x_, k_: space_to_depth_conv(x_, k_, strides, pads, precision),
+                        *residuals)
+  return pullback(dy)
+
+
+_conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)
+
+
+def kernel_gradient(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: Sequence[int],
+                    pads: Sequence[tuple[int, int]], precision: Any = None) -> jnp.ndarray:
+  """dL/dW (kh, kw, C, O) of the stride-1 NHWC conv y = conv(x, W, pads), given dy = dL/dy:
+  dW[i, j, c, o] = sum_{n, y, x} pad(x)[n, y + i, x + j, c] dy[n, y, x, o]."""
+  kh, kw, c, o = kernel_shape
+  n = x.shape[0]
+  (top, bottom), (left, right) = pads
+  if (kh, kw) == (1, 1) and not any((top, bottom, left, right)):
+    return lax.dot_general(x.reshape(-1, c), dy.reshape(-1, o), (((0,), (0,)), ((), ())),
+                           precision=precision).reshape(kernel_shape)
+  height, width = x.shape[1:3]
+  padded_h, padded_w = height + top + bottom, width + left + right
+  # Transposed unpadded, as a 2-D (N*H*W, C) -> (C, N*H*W) transpose, and padded after.
+  transposed = jnp.transpose(x.reshape(n * height * width, c))
+  transposed = jnp.pad(transposed.reshape(c, n, height, width),
+                       ((0, 0), (0, 0), (top, bottom), (left, right)))
+  stacked_x = transposed.reshape(c, n * padded_h, padded_w, 1)
+  # dy's rows padded to padded_h per image, then stacked: the kh - 1 zero rows after each
+  # image keep every window inside one image; the last image's are not needed.
+  extra = padded_h - dy.shape[1]
+  stacked_dy = jnp.pad(dy, ((0, 0), (0, extra), (0, 0), (0, 0))).reshape(
+      n * padded_h, dy.shape[2], 1, o)[:n * padded_h - extra]
+  dw = lax.conv_general_dilated(stacked_x, stacked_dy, (1, 1), 'VALID',
+                                dimension_numbers=_NHWC, precision=precision)  # (c, kh, kw, o)
+  return jnp.transpose(dw, (1, 2, 0, 3))

@@ -1,0 +1,105 @@
+"""ops.conv: the model's convolution equals lax.conv_general_dilated, gradients included."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from pikfix_jax.ops import conv
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _grads(fn, x, w):
+  y, pullback = jax.vjp(fn, x, w)
+  dy = jax.random.normal(jax.random.PRNGKey(3), y.shape).astype(y.dtype)
+  return (y,) + pullback(dy)
+
+
+@pytest.mark.parametrize('n,size,c,o,kernel,strides,padding', [
+    (2, 9, 5, 7, (3, 3), (1, 1), 'SAME'),          # RDN / U-Net 3x3
+    (3, 6, 8, 4, (1, 1), (1, 1), 'SAME'),          # 1x1 fusions / bottlenecks (matrix product)
+    (1, 8, 3, 2, (4, 4), (1, 1), ((1, 2), (2, 1))),  # PatchGAN's last layer, uneven padding
+    (2, 7, 3, 5, (3, 2), (1, 1), 'VALID'),
+    (2, 8, 3, 4, (4, 4), (2, 2), ((1, 1), (1, 1))),  # PatchGAN's strided layers
+    (2, 11, 4, 3, (7, 7), (2, 2), 'SAME'),         # colorizer / ResNet stem
+    (1, 9, 3, 2, (3, 3), (2, 2), 'SAME'),          # odd size: uneven SAME padding
+    (2, 8, 2, 3, (1, 1), (2, 2), 'VALID'),         # ResNet shortcut projection
+    (2, 10, 2, 3, (3, 2), (3, 1), ((0, 2), (1, 0))),  # uneven strides, kernel not a multiple
+])
+def test_conv_and_its_gradients_equal_lax(n, size, c, o, kernel, strides, padding):
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  x = jax.random.normal(keys[0], (n, size, size + 1, c))
+  w = jax.random.normal(keys[1], kernel + (c, o))
+  ours = _grads(lambda x, w: conv.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=_DN), x, w)
+  ref = _grads(lambda x, w: lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=_DN, precision='highest'), x, w)
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_kernel_gradient_matches_torch():
+  """The stacked-rows weight gradient against PyTorch's conv2d weight gradient."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 10, 12, 6)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 6, 4)).astype(np.float32)
+  dy = rng.normal(size=(2, 10, 12, 4)).astype(np.float32)
+  tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
+  ty = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)), tw, padding=1)
+  ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+  ours = conv.kernel_gradient(jnp.asarray(x), jnp.asarray(dy), w.shape, ((1, 1), (1, 1)))
+  np.testing.assert_allclose(ours, tw.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
+
+
+def test_custom_gradient_is_used_on_cpu_for_plain_convs_only():
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  jaxpr = lambda **kw: str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
+      x, w, dimension_numbers=_DN, **{'padding': ((1, 1), (1, 1)), **kw}))(x, w))
+  assert 'custom_vjp' in jaxpr(window_strides=(1, 1))
+  assert 'custom_vjp' in jaxpr(window_strides=(2, 2))
+  assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), rhs_dilation=(2, 2))
+  assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), lhs_dilation=(2, 2))
+  assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), padding=((-1, 1), (1, 1)))
+
+
+def test_space_to_depth_conv_matches_torch_strided_conv():
+  """A stride-2 7x7 conv (the stems) rewritten as a stride-1 conv, against PyTorch."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 13, 10, 3)).astype(np.float32)
+  w = rng.normal(size=(7, 7, 3, 5)).astype(np.float32)
+  expected = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)),
+                                        torch.tensor(w.transpose(3, 2, 0, 1)), stride=2,
+                                        padding=3).numpy().transpose(0, 2, 3, 1)
+  ours = conv.space_to_depth_conv(jnp.asarray(x), jnp.asarray(w), (2, 2), ((3, 3), (3, 3)))
+  assert ours.shape == expected.shape == (2, 7, 5, 5)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_gradients_keep_dtypes_and_values():
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  x = jax.random.normal(keys[0], (2, 8, 8, 4), jnp.bfloat16)
+  w = jax.random.normal(keys[1], (3, 3, 4, 8), jnp.bfloat16)
+  ours = _grads(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                       dimension_numbers=_DN), x, w)
+  ref = _grads(lambda x, w: lax.conv_general_dilated(x.astype(jnp.float32), w.astype(
+      jnp.float32), (1, 1), 'SAME', dimension_numbers=_DN), x, w)
+  for a, b in zip(ours, ref):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.05, atol=0.3)
+
+
+def test_flax_conv_takes_it_with_unchanged_parameters():
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, 3))
+  ours = nn.Conv(4, (3, 3), conv_general_dilated=conv.conv_general_dilated)
+  plain = nn.Conv(4, (3, 3))
+  params = plain.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_structure(params)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  np.testing.assert_allclose(jax.grad(loss(ours))(params)['params']['kernel'],
+                             jax.grad(loss(plain))(params)['params']['kernel'], rtol=1e-5,
+                             atol=1e-5)
