@@ -42,6 +42,11 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   config.model.dtype = 'bfloat16'
   config.optim.learning_rate = 3e-3  # as the float32 overfit test in test_model.py
   config.optim.b1 = 0.9
+  # No adversarial weight: with it a 60-step run of this tiny GAN oscillates (l1_chroma fell
+  # to 0.12 by step 15, rose to 0.25 by step 60, fell again), so where it ends says more about
+  # the game than about bf16. D is still updated and the adversarial term still computed and
+  # differentiated in bf16, with weight 0.
+  config.loss.eta = 0.0
   batch = _batch(_photos())
   config.train.batch_size = len(batch['input_l'])
   trainer = train.Trainer(config, steps_per_epoch=1000)
@@ -74,8 +79,8 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
 
   def late(key):
     return np.mean([h[key] for h in history[-5:]])
-  assert late('l1_chroma') <= 0.6 * history[0]['l1_chroma'], (history[0], history[-5:])
-  assert late('reconstruction') <= 0.6 * history[0]['reconstruction'], (history[0], history[-5:])
+  assert late('l1_chroma') <= 0.5 * history[0]['l1_chroma'], (history[0], history[-5:])
+  assert late('reconstruction') <= 0.5 * history[0]['reconstruction'], (history[0], history[-5:])
 
   for tree in (state.g_params, state.g_frozen, state.d_params, state.g_opt_state,
                state.d_opt_state, state.g_batch_stats):
