@@ -40,7 +40,7 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jnp.ndarray:
-  """`lax.conv_general_dilated`, with the CPU weight gradient above where it applies."""
+  """`lax.conv_general_dilated`, with the CPU gradients above where they apply."""
   plain = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -61,24 +61,30 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if min(min(p) for p in pads) < 0:
     return plain(lhs, rhs)
-  if strides == (1, 1):
-    return _conv_stride1(lhs, rhs, pads, precision)
-  return _conv_strided(lhs, rhs, strides, pads, precision)
+  return _conv(lhs, rhs, strides, pads, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_stride1(x: jnp.ndarray, kernel: jnp.ndarray, pads: tuple, precision: Any
-                  ) -> jnp.ndarray:
-  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple, precision: Any
+          ) -> jnp.ndarray:
+  """XLA's NHWC conv (non-negative explicit pads), differentiated by `_conv_bwd`."""
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
                                   precision=precision)
 
 
-def _conv_stride1_fwd(x, kernel, pads, precision):
-  return _conv_stride1(x, kernel, pads, precision), (x, kernel)
+def _conv_fwd(x, kernel, strides, pads, precision):
+  return _conv(x, kernel, strides, pads, precision), (x, kernel)
 
 
-def _conv_stride1_bwd(pads, precision, residuals, dy):
+def _conv_bwd(strides, pads, precision, residuals, dy):
   x, kernel = residuals
+  if strides != (1, 1):
+    # The backward of the same conv as a stride-1 conv of the space-to-depth input: its
+    # gradients take the stride-1 rules below instead of XLA:CPU's slow generic kernel for
+    # the lhs-dilated conv that a strided conv's input gradient otherwise is.
+    _, pullback = jax.vjp(
+        lambda x_, k_: space_to_depth_conv(x_, k_, strides, pads, precision), x, kernel)
+    return pullback(dy)
   _, input_grad = jax.vjp(
       lambda x_: lax.conv_general_dilated(x_, kernel, (1, 1), pads, dimension_numbers=_NHWC,
                                           precision=precision), x)
@@ -86,7 +92,7 @@ def _conv_stride1_bwd(pads, precision, residuals, dy):
   return dx, kernel_gradient(x, dy, kernel.shape, pads, precision).astype(kernel.dtype)
 
 
-_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
@@ -103,8 +109,8 @@ def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[i
   out_h, out_w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
   if (kh, kw) == (1, 1):  # a 1x1 conv of the subsampled input; no zero taps
     x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    return _conv_stride1(x[:, ::sh, ::sw][:, :out_h, :out_w], kernel, ((0, 0), (0, 0)),
-                         precision)
+    return _conv(x[:, ::sh, ::sw][:, :out_h, :out_w], kernel, (1, 1), ((0, 0), (0, 0)),
+                 precision)
   taps_h, taps_w = -(-kh // sh), -(-kw // sw)
   rows, cols = sh * (out_h + taps_h - 1), sw * (out_w + taps_w - 1)
   x = jnp.pad(x, ((0, 0), (top, max(0, rows - h - top)), (left, max(0, cols - w - left)),
@@ -112,32 +118,9 @@ def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[i
   x = x.reshape(n, rows // sh, sh, cols // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
   kernel = jnp.pad(kernel, ((0, taps_h * sh - kh), (0, taps_w * sw - kw), (0, 0), (0, 0)))
   kernel = kernel.reshape(taps_h, sh, taps_w, sw, c, o).transpose(0, 2, 1, 3, 4, 5)
-  return _conv_stride1(x.reshape(n, rows // sh, cols // sw, sh * sw * c),
-                       kernel.reshape(taps_h, taps_w, sh * sw * c, o), ((0, 0), (0, 0)),
-                       precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_strided(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple,
-                  precision: Any) -> jnp.ndarray:
-  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
-                                  precision=precision)
-
-
-def _conv_strided_fwd(x, kernel, strides, pads, precision):
-  return _conv_strided(x, kernel, strides, pads, precision), (x, kernel)
-
-
-def _conv_strided_bwd(strides, pads, precision, residuals, dy):
-  # The forward stays XLA's strided conv; the backward is space_to_depth_conv's, whose input
-  # gradient is a stride-1 conv instead of XLA:CPU's slow generic kernel for the
-  # lhs-dilated conv that a strided conv's input gradient otherwise is.
-  _, pullback = jax.vjp(lambda x_, k_: space_to_depth_conv(x_, k_, strides, pads, precision),
-                        *residuals)
-  return pullback(dy)
-
-
-_conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)
+  return _conv(x.reshape(n, rows // sh, cols // sw, sh * sw * c),
+               kernel.reshape(taps_h, taps_w, sh * sw * c, o), (1, 1), ((0, 0), (0, 0)),
+               precision)
 
 
 def kernel_gradient(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: Sequence[int],
