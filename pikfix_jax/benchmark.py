@@ -234,14 +234,15 @@ def bench_restore(config) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
   from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import models  # pylint: disable=g-import-not-at-top
   from pikfix_jax.models import pikfix  # pylint: disable=g-import-not-at-top
 
   size = config.data.image_size
   model = pikfix.build_generator(config.model)
   start = time.perf_counter()
   tiny = jnp.zeros((1, pikfix.MULTIPLE, pikfix.MULTIPLE, 1), jnp.float32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed), tiny,
-                                  jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
+  variables = models.jit_init(model.init)(jax.random.PRNGKey(config.seed), tiny,
+                                          jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
   init_s = time.perf_counter() - start
   restorer = restore.Restorer(model, variables)
   image = restore.resize_float(skimage.data.astronaut() / np.float32(255), size, size)

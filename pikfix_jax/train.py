@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import dm_pix
 
 from pikfix_jax import image_io
+from pikfix_jax import models
 from pikfix_jax import losses
 from pikfix_jax import weights
 from pikfix_jax.data import input_pipeline
@@ -134,7 +135,7 @@ class Trainer:
       d_vars = self.discriminator.init(d_key, l, jnp.zeros((1, size, size, 2)), condition)
       return g_vars, d_vars
 
-    g_vars, d_vars = jax.jit(init, out_shardings=self.replicated)(g_key, d_key)
+    g_vars, d_vars = models.jit_init(init, out_shardings=self.replicated)(g_key, d_key)
     g_vars = flax.core.unfreeze(g_vars)
     if 'similarity_net' in g_vars['params']:
       resnet = {'params': g_vars['params']['similarity_net']['resnet34'],
@@ -146,7 +147,8 @@ class Trainer:
     state = TrainState(
         step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
         g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
-        g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_vars['params']),
+        g_opt_state=models.jit_init(self.g_tx.init)(g_params),
+        d_opt_state=models.jit_init(self.d_tx.init)(d_vars['params']),
         rng=rng)
     self.vgg_variables = self.load_vgg(vgg_key)
     return jax.device_put(state, self.replicated)
@@ -154,7 +156,7 @@ class Trainer:
   def load_vgg(self, key: jnp.ndarray) -> dict:
     """Frozen VGG-19 of the perceptual loss (deterministic random init when no weights)."""
     size = self.config.data.image_size
-    init = jax.jit(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
+    init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
     variables = weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
     return jax.device_put(variables, self.replicated)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pikfix_jax import models
 from pikfix_jax.models import backbones
 from pikfix_jax.models import lpips
 
@@ -56,7 +57,7 @@ def random_variables(arch: str, seed: int = 0) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init(arch: str):
-  return jax.jit(build_model(arch).init)
+  return models.jit_init(build_model(arch).init)
 
 
 def variable_shapes(arch: str) -> dict:

@@ -6,7 +6,7 @@ global batches with `train.Trainer`, and writes the final parameters and the per
 
   python tests/parallel_worker.py --out=OUT.npz [--devices=N] [--steps=3] [--global_batch=8]
       [--process_id=I --num_processes=P --coordinator=localhost:PORT]
-      [--loop=WORKDIR | --restore_from=WORKDIR | --checkpoint_dir=DIR]
+      [--loop=WORKDIR]
       [--adam_eps=1e-6] [--set=model.similarity.temperature=0.1] [--permute]
 
 --devices sets --xla_force_host_platform_device_count (N CPU devices per process). It must be
@@ -14,9 +14,9 @@ set before jax is imported: that is why this is a script and not a test helper.
 --num_processes > 1: the process joins a jax.distributed job through JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID and `pikfix_jax.distributed.maybe_initialize` (CPU
 collectives: gloo), like a launched run, and feeds only its rows of every global batch.
---loop: runs the real training loop (`train.train_and_evaluate`) on the demo photos instead.
---restore_from: restores the latest checkpoint of WORKDIR (no training) and writes its params.
---checkpoint_dir: saves the final state with the training loop's CheckpointManager.
+--loop: runs the real training loop (`train.train_and_evaluate`) on the demo photos instead
+(global batch --global_batch, evaluation batch the same), with its summaries and checkpoints in
+WORKDIR.
 Process 0 writes the .npz.
 """
 
@@ -37,8 +37,6 @@ def _parse():
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--global_batch', type=int, default=8)
   p.add_argument('--image_size', type=int, default=32)
-  p.add_argument('--checkpoint_dir', default='')
-  p.add_argument('--restore_from', default='')
   p.add_argument('--loop', default='',
                  help='Run train.train_and_evaluate on the demo photos with this workdir '
                       '(loop_config()) instead of Trainer steps on random batches.')
@@ -83,7 +81,6 @@ if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
 import flax  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 import optax  # noqa: E402  pylint: disable=g-import-not-at-top
-import orbax.checkpoint as ocp  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from pikfix_jax import train  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax.ops import color  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -110,10 +107,10 @@ def apply_overrides(c):
 
 
 def loop_config():
-  """tiny_train_config at global batch 4: 3 steps crossing an epoch (other reference strategy,
-  lr decay), evaluation and a checkpoint at step 2 and at the end."""
+  """tiny_train_config at global batch --global_batch: 3 steps crossing an epoch (other
+  reference strategy, lr decay), evaluation and a checkpoint at step 2 and at the end."""
   c = tiny_train_config()
-  c.train.batch_size = 4
+  c.train.batch_size = ARGS.global_batch
   c.data.train_repeats = 4  # 7 demo photos: enough examples per process for 2 steps/epoch
   c.train.steps_per_epoch = 2
   c.train.num_train_steps = ARGS.steps
@@ -122,7 +119,8 @@ def loop_config():
   c.train.eval_every = 2
   c.train.checkpoint_every = 2
   c.train.num_eval_batches = 1
-  c.train.eval_batch_size = 2
+  # As the training batch: the training image grid and the evaluation share one compiled step.
+  c.train.eval_batch_size = ARGS.global_batch
   return apply_overrides(c)
 
 
@@ -163,27 +161,16 @@ def main():
     state = train.train_and_evaluate(config, ARGS.loop)
     _finish(state, result)
     return
-  config = loop_config() if ARGS.restore_from else worker_config()
+  config = worker_config()
   trainer = train.Trainer(config, steps_per_epoch=2)  # crosses an lr decay at step 2
   state = trainer.init_state(config.seed)
-  if ARGS.restore_from:
-    latest, _ = train.checkpoint_managers(ARGS.restore_from, config)
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    result['restored_step'] = np.asarray(latest.latest_step())
-    state = train.restore_state(latest, abstract)
-  else:
-    losses = []
-    for step in range(ARGS.steps):
-      batch = local_slice(global_batch(step, ARGS.image_size, ARGS.global_batch))
-      state, scalars = trainer.train_step(state, batch)
-      losses.append([float(np.asarray(scalars[k].addressable_data(0)))
-                     for k in ('total', 'd_loss', 'g_grad_norm', 'd_grad_norm')])
-    result['losses'] = np.asarray(losses)
-    if ARGS.checkpoint_dir:
-      latest, _ = train.checkpoint_managers(ARGS.checkpoint_dir, config)
-      latest.save(int(np.asarray(state.step.addressable_data(0))),
-                  args=ocp.args.StandardSave(state))
-      latest.wait_until_finished()
+  losses = []
+  for step in range(ARGS.steps):
+    batch = local_slice(global_batch(step, ARGS.image_size, ARGS.global_batch))
+    state, scalars = trainer.train_step(state, batch)
+    losses.append([float(np.asarray(scalars[k].addressable_data(0)))
+                   for k in ('total', 'd_loss', 'g_grad_norm', 'd_grad_norm')])
+  result['losses'] = np.asarray(losses)
   _finish(state, result)
 
 

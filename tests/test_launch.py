@@ -11,7 +11,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'launch', '*.sh')) +
                  [os.path.join(REPO, 'launch', 'slurm.sbatch')])
-# The demo config shrunk further so the test compiles quickly (same code paths).
+# The demo config shrunk further so the test compiles quickly (same code paths; the
+# evaluation batch is the training batch, so the training image grid reuses its compiled step).
 TINY = ['--config.data.image_size=32', '--config.data.eval_image_size=32',
         '--config.model.restoration.features=8', '--config.model.restoration.growth=4',
         '--config.model.restoration.num_blocks=1', '--config.model.restoration.num_units=2',
@@ -20,7 +21,7 @@ TINY = ['--config.data.image_size=32', '--config.data.eval_image_size=32',
         '--config.model.colorization.growth=4', '--config.model.colorization.stem_features=8',
         '--config.model.colorization.fusion_units=1', '--config.model.discriminator.features=8',
         '--config.model.discriminator.num_layers=2',
-        '--config.train.batch_size=4', '--config.train.eval_batch_size=2',
+        '--config.train.batch_size=4', '--config.train.eval_batch_size=4',
         '--config.train.num_eval_batches=1', '--config.train.log_every=1',
         '--config.train.image_every=2', '--config.train.eval_every=2',
         '--config.train.checkpoint_every=2']

@@ -14,7 +14,7 @@ import numpy as np
 from skimage import data as skdata
 from skimage import transform as sktransform
 
-from conftest import tiny_config
+from conftest import compile_for_many_steps, tiny_config
 from pikfix_jax import train
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -63,11 +63,9 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   exps = re.findall(r'stablehlo\.exponential.*', hlo)
   assert exps and not [e for e in exps if 'bf16' in e]
 
-  # 60 steps: compiled at XLA's default optimisation level, which conftest.py lowers for the suite
-  # (emulated bf16 arithmetic is slow unoptimised on CPU).
-  step = lowered.compile(compiler_options={'xla_backend_optimization_level': 3})
+  step = compile_for_many_steps(lowered)
   history = []
-  for _ in range(60):
+  for _ in range(30):  # l1_chroma: 0.339 at step 1, 0.12 by step 10, ~0.11 at step 30
     state, scalars = step(state, sharded, trainer.vgg_variables)
     h = {k: float(scalars[k]) for k in ('total', 'l1_chroma', 'adversarial')}
     # The objective without the adversarial term (which need not fall in a GAN game).
@@ -89,8 +87,8 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   for k, v in scalars.items():
     assert v.dtype == jnp.float32, k
 
-  outputs = trainer.generator.apply(train.generator_variables(state), batch['input_l'],
-                                    batch['reference_rgb'])
+  outputs = jax.jit(trainer.generator.apply)(train.generator_variables(state),
+                                             batch['input_l'], batch['reference_rgb'])
   for key in ('restored_l', 'ab', 'rgb', 'output_hist', 'reference_hist'):
     assert outputs[key].dtype == jnp.float32, key
   for scale in outputs['warped']:

@@ -8,7 +8,7 @@ import pytest
 from skimage import data as skdata
 from skimage import transform as sktransform
 
-from conftest import tiny_config
+from conftest import compile_for_many_steps, tiny_config
 from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -130,13 +130,13 @@ def test_overfit_two_images_and_every_subnet_gets_gradients():
 
   opt = optax.adam(3e-3)
 
-  @jax.jit
   def step(p, s):
     (_, ab_l1), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
     updates, s = opt.update(g, s, p)
     return optax.apply_updates(p, updates), s, ab_l1, g
 
   state = opt.init(params)
+  step = compile_for_many_steps(jax.jit(step).lower(params, state))
   history = []
   for i in range(100):
     params, state, ab_l1, grads = step(params, state)

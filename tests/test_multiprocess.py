@@ -1,10 +1,12 @@
-"""Multi-process training: two JAX processes on localhost (jax.distributed, CPU collectives over
-gloo) run the real training loop on a shared workdir. They must end where one process ends on
-the same global batches, and their checkpoints must restore in a one-process run.
+"""Data parallelism across processes, end to end: the real training loop on the demo photos, run
+(a) in one process on one CPU device and (b) as two JAX processes on localhost with four CPU
+devices each (jax.distributed, CPU collectives over gloo; 8 devices in all, one example per
+device) sharing one workdir. Both train on the same global batches, so (b) must end where (a)
+ends and log the same per-step losses, and (b)'s checkpoints must restore in a one-process run.
 
-The comparison runs in the well-conditioned STRICT setting (similarity temperature 0.1, Adam eps
-1e-6) for the reasons given in tests/test_parallel.py: with the paper's temperature 0.005 and
-eps 1e-8, float32 summation-order noise alone moves parameters by ~1e-4 in three steps.
+The comparison runs in the well-conditioned STRICT setting (similarity temperature 0.1, Adam
+eps 1e-6) for the reasons given in tests/test_parallel.py: with the paper's temperature 0.005
+and eps 1e-8, float32 summation-order noise alone moves parameters by ~1e-4 in three steps.
 """
 
 import os
@@ -17,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import restore_latest, state_params, tiny_train_config
 from test_parallel import REPO, STRICT, WORKER, params, run_worker
 
 TIMEOUT_S = 1200
@@ -66,27 +69,47 @@ def run_processes(tmp_path, out, num_processes: int, *args, timeout=TIMEOUT_S) -
     return dict(f)
 
 
-def test_two_processes_train_like_one_and_checkpoint_restores_in_one(tmp_path):
-  shared = tmp_path / 'two_process_workdir'
-  two = run_processes(tmp_path, tmp_path / 'two.npz', 2, f'--loop={shared}', *STRICT)
-  assert int(two['processes']) == 2 and int(two['devices']) == 2 and int(two['step']) == 3
+def train_scalars(workdir) -> dict[str, np.ndarray]:
+  """{'train/total': per-step values, ...}: the training scalars the loop wrote to TensorBoard."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  values = {}
+  for path in sorted(workdir.glob('events.out.tfevents*')):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for v in event.summary.value:
+        if v.tag.startswith('train/'):
+          values.setdefault(v.tag, {})[event.step] = float(tf.make_ndarray(v.tensor))
+  return {tag: np.asarray([steps[k] for k in sorted(steps)]) for tag, steps in values.items()}
 
-  one = run_worker(tmp_path / 'one.npz', f'--loop={tmp_path / "one_process_workdir"}',
-                   *STRICT, timeout=TIMEOUT_S)
-  assert int(one['processes']) == 1 and int(one['step']) == 3
+
+def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
+  one_dir, shared = tmp_path / 'one_device', tmp_path / 'two_processes'
+  one = run_worker(tmp_path / 'one.npz', f'--loop={one_dir}', *STRICT, timeout=TIMEOUT_S)
+  assert int(one['processes']) == 1 and int(one['devices']) == 1 and int(one['step']) == 3
+  two = run_processes(tmp_path, tmp_path / 'two.npz', 2, '--devices=4', f'--loop={shared}',
+                      *STRICT)
+  assert int(two['processes']) == 2 and int(two['devices']) == 8 and int(two['step']) == 3
+
   p1, p2 = params(one), params(two)
-  assert p1.keys() == p2.keys()
+  assert p1.keys() == p2.keys() and len(p1) > 100
   for k in p1:
+    assert p2[k].dtype == np.float32
     np.testing.assert_allclose(p2[k], p1[k], rtol=0, atol=1e-5, err_msg=k)
+  # Step 1 starts from identical parameters; the losses of every step are evaluated at
+  # parameters within 1e-5 (and both runs logged them: process 0 for the two).
+  one_scalars, two_scalars = train_scalars(one_dir), train_scalars(shared)
+  for tag in ('train/total', 'train/d_loss', 'train/l1_chroma', 'train/perceptual'):
+    assert len(one_scalars[tag]) == 3, tag
+    np.testing.assert_allclose(two_scalars[tag], one_scalars[tag], rtol=1e-5, err_msg=tag)
 
-  # Process 0 alone wrote the summaries; both wrote the checkpoints together.
+  # Process 0 alone wrote the summaries; both wrote the checkpoints together...
   files = os.listdir(shared)
   assert sum(f.startswith('events.out.tfevents') for f in files) == 1
   assert 'validation_grid.png' in files
   assert sorted(os.listdir(shared / 'checkpoints')) == ['2', '3']
-  restored = run_worker(tmp_path / 'restored.npz', f'--restore_from={shared}',
-                        timeout=TIMEOUT_S)
-  assert int(restored['restored_step']) == 3 and int(restored['step']) == 3
-  pr = params(restored)
+  # ... which restore in this (one-process, one-device) pytest process.
+  step, restored = restore_latest(str(shared), tiny_train_config())
+  assert step == 3 and int(restored.step) == 3
+  pr = state_params(restored)
+  assert pr.keys() == p2.keys()
   for k in p2:
     np.testing.assert_array_equal(pr[k], p2[k], err_msg=k)

@@ -5,29 +5,15 @@ import signal
 import subprocess
 import sys
 
-import flax
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from conftest import restore_latest as _restore_latest
+from conftest import state_params as _params
 from conftest import tiny_train_config
 from pikfix_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _params(state):
-  return flax.traverse_util.flatten_dict(jax.device_get(
-      {'g': state.g_params, 'd': state.d_params}), sep='/')
-
-
-def _restore_latest(workdir, config):
-  trainer = train.Trainer(config, train.steps_per_epoch(config))
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                    trainer.init_state(config.seed))
-  latest, _ = train.checkpoint_managers(workdir, config)
-  return latest.latest_step(), train.restore_state(latest, abstract)
 
 
 def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path):
