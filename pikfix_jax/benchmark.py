@@ -233,8 +233,8 @@ def bench_restore(config) -> None:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
   from pikfix_jax import models  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
   from pikfix_jax.models import pikfix  # pylint: disable=g-import-not-at-top
 
   size = config.data.image_size

@@ -30,8 +30,8 @@ import orbax.checkpoint as ocp
 import dm_pix
 
 from pikfix_jax import image_io
-from pikfix_jax import models
 from pikfix_jax import losses
+from pikfix_jax import models
 from pikfix_jax import weights
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.models import backbones

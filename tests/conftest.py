@@ -83,15 +83,18 @@ def tiny_train_config():
 
 
 def state_params(state) -> dict:
-  """{'g/...': array, 'd/...': array}: the generator's and the discriminator's parameters."""
+  """{'g/...': array, 'd/...': array}: the generator's and the discriminator's parameters, as
+  numpy (this process's copy of a state replicated over several processes)."""
   import flax  # pylint: disable=g-import-not-at-top
-  return flax.traverse_util.flatten_dict(jax.device_get(
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  return flax.traverse_util.flatten_dict(train.host_local(
       {'g': state.g_params, 'd': state.d_params}), sep='/')
 
 
 def restore_latest(workdir: str, config) -> tuple:
   """(step, state) of the latest checkpoint of a training workdir, restored in this process."""
-  # Imported here: tests/parallel_worker.py imports this file before jax.distributed starts.
+  # Imported here (also in state_params): tests/parallel_worker.py imports this file before
+  # jax.distributed starts.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(config, train.steps_per_epoch(config))

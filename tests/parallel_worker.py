@@ -67,7 +67,7 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # Before anything compiles (the distributed start-up runs a collective): conftest sets the
 # XLA:CPU flags of the command-line tools and the compilation cache.
-from conftest import tiny_config, tiny_train_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from conftest import state_params, tiny_config, tiny_train_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax import distributed  # noqa: E402  pylint: disable=g-import-not-at-top
 
 if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
@@ -78,7 +78,6 @@ if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
   distributed.maybe_initialize()
   assert jax.process_count() == ARGS.num_processes
 
-import flax  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 import optax  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -145,13 +144,6 @@ def local_slice(batch: dict) -> dict:
   return {k: v[lo:lo + per] for k, v in batch.items()}
 
 
-def host_params(state) -> dict:
-  """Flattened {'g/...': array, 'd/...': array} of a replicated state (this process's copy)."""
-  tree = {'g': state.g_params, 'd': state.d_params}
-  flat = flax.traverse_util.flatten_dict(tree, sep='/')
-  return {k: np.asarray(v.addressable_data(0)) for k, v in flat.items()}
-
-
 def main():
   if ARGS.adam_eps is not None:  # make_optimizer calls optax.adam(schedule, b1=, b2=)
     optax.adam = functools.partial(optax.adam, eps=ARGS.adam_eps)
@@ -179,7 +171,7 @@ def _finish(state, result: dict) -> None:
   result['step'] = np.asarray(state.step.addressable_data(0))
   result['devices'] = np.asarray(jax.device_count())
   result['processes'] = np.asarray(jax.process_count())
-  result.update({f'param/{k}': v for k, v in host_params(state).items()})
+  result.update({f'param/{k}': v for k, v in state_params(state).items()})
   if jax.process_index() == 0:
     np.savez(ARGS.out, **result)
   if jax.process_count() > 1:
