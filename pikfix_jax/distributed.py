@@ -4,6 +4,8 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 # Environment variables that mean "this is one of several processes".
 _MULTI_PROCESS_HINTS = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS')
@@ -33,9 +35,31 @@ def maybe_initialize() -> None:
       kwargs['local_device_ids'] = [int(i) for i in os.environ['JAX_LOCAL_DEVICE_IDS'].split(',')]
   jax.distributed.initialize(**kwargs)
   if jax.default_backend() == 'cpu':
-    # CPU collectives (gloo) set up their communicator at the first collective and give up
-    # if a peer is 30 s late (e.g. still compiling): create it now, while all are in step.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('pikfix_jax.distributed: start')
+    connect_cpu_collectives()
   logging.info('jax.distributed initialised: process %d of %d.', jax.process_index(),
                jax.process_count())
+
+
+def connect_cpu_collectives() -> None:
+  """Connects, while all processes are in step, the device groups that collectives use later.
+
+  CPU collectives (gloo) connect a group of devices at the group's first collective and give
+  up if a peer is 30 s late (e.g. still compiling the train step on a busy host). Once
+  connected, a group waits for a late peer (tests/test_multiprocess.py: 40 s). Two groups are
+  used: all devices in `jax.devices()` order (train.Trainer's data-parallel mesh: gradient
+  all-reduce, metrics), and the i-th devices of every process (multihost_utils' process-level
+  collectives, which `jax.device_put` of host values to a cross-process sharding runs to check
+  that all processes passed the same value). With one device per process they coincide.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices('pikfix_jax.distributed: start')
+  devices = np.array(jax.devices())
+  mesh = jax.sharding.Mesh(devices, ('data',))
+  ones = jax.make_array_from_callback(
+      (devices.size,), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')),
+      lambda index: np.ones((1,), np.int32))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  total = int(jax.jit(jnp.sum, out_shardings=replicated)(ones).addressable_data(0))
+  if total != devices.size:
+    raise RuntimeError(f'jax.distributed start-up: an all-reduce of ones over {devices.size} '
+                       f'devices gave {total}')

@@ -6,7 +6,7 @@ global batches with `train.Trainer`, and writes the final parameters and the per
 
   python tests/parallel_worker.py --out=OUT.npz [--devices=N] [--steps=3] [--global_batch=8]
       [--process_id=I --num_processes=P --coordinator=localhost:PORT]
-      [--loop=WORKDIR]
+      [--loop=WORKDIR] [--late_s=SECONDS]
       [--adam_eps=1e-6] [--set=model.similarity.temperature=0.1] [--permute]
 
 --devices sets --xla_force_host_platform_device_count (N CPU devices per process). It must be
@@ -17,6 +17,8 @@ collectives: gloo), like a launched run, and feeds only its rows of every global
 --loop: runs the real training loop (`train.train_and_evaluate`) on the demo photos instead
 (global batch --global_batch, evaluation batch the same), with its summaries and checkpoints in
 WORKDIR.
+--late_s: processes other than 0 start this much later after joining the job (a peer late by
+more than gloo's 30 s connect timeout, as a busy host may be while it compiles).
 Process 0 writes the .npz.
 """
 
@@ -25,6 +27,7 @@ import ast
 import functools
 import os
 import sys
+import time
 
 
 def _parse():
@@ -40,6 +43,8 @@ def _parse():
   p.add_argument('--loop', default='',
                  help='Run train.train_and_evaluate on the demo photos with this workdir '
                       '(loop_config()) instead of Trainer steps on random batches.')
+  p.add_argument('--late_s', type=float, default=0,
+                 help='Processes other than 0 sleep this long after joining the job.')
   p.add_argument('--adam_eps', type=float, default=None,
                  help='Adam epsilon (default: optax, 1e-8). See tests/test_parallel.py.')
   p.add_argument('--permute', action='store_true',
@@ -77,6 +82,8 @@ if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   distributed.maybe_initialize()
   assert jax.process_count() == ARGS.num_processes
+  if ARGS.process_id:
+    time.sleep(ARGS.late_s)
 
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 import optax  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -1,7 +1,7 @@
 """Data parallelism across processes, end to end: the real training loop on the demo photos, run
 (a) in one process on one CPU device and (b) as two JAX processes on localhost with four CPU
 devices each (jax.distributed, CPU collectives over gloo; 8 devices in all, one example per
-device) sharing one workdir. Both train on the same global batches, so (b) must end where (a)
+device, the second process joining 40 s late) sharing one workdir. Both train on the same global batches, so (b) must end where (a)
 ends and log the same per-step losses, and (b)'s checkpoints must restore in a one-process run.
 
 The comparison runs in the well-conditioned STRICT setting (similarity temperature 0.1, Adam
@@ -85,8 +85,9 @@ def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
   one_dir, shared = tmp_path / 'one_device', tmp_path / 'two_processes'
   one = run_worker(tmp_path / 'one.npz', f'--loop={one_dir}', *STRICT, timeout=TIMEOUT_S)
   assert int(one['processes']) == 1 and int(one['devices']) == 1 and int(one['step']) == 3
+  # Process 1 joins 40 s late: the run must wait for it (gloo alone gives up after 30 s).
   two = run_processes(tmp_path, tmp_path / 'two.npz', 2, '--devices=4', f'--loop={shared}',
-                      *STRICT)
+                      '--late_s=40', *STRICT)
   assert int(two['processes']) == 2 and int(two['devices']) == 8 and int(two['step']) == 3
 
   p1, p2 = params(one), params(two)
