@@ -1,8 +1,9 @@
 """Data parallelism across processes, end to end: the real training loop on the demo photos, run
 (a) in one process on one CPU device and (b) as two JAX processes on localhost with four CPU
 devices each (jax.distributed, CPU collectives over gloo; 8 devices in all, one example per
-device, the second process joining 40 s late) sharing one workdir. Both train on the same global batches, so (b) must end where (a)
-ends and log the same per-step losses, and (b)'s checkpoints must restore in a one-process run.
+device; the second process joins 40 s late) sharing one workdir. Both train on the same global
+batches, so (b) must end where (a) ends and log the same per-step losses, and (b)'s checkpoints
+must restore in a one-process run.
 
 The comparison runs in the well-conditioned STRICT setting (similarity temperature 0.1, Adam
 eps 1e-6) for the reasons given in tests/test_parallel.py: with the paper's temperature 0.005
