@@ -40,26 +40,31 @@ def maybe_initialize() -> None:
                jax.process_count())
 
 
+def data_mesh() -> jax.sharding.Mesh:
+  """The data-parallel mesh: every device of every process, in `jax.devices()` order, on one
+  axis 'data' (train.Trainer's default; `connect_cpu_collectives` connects the same group)."""
+  return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+
+
 def connect_cpu_collectives() -> None:
   """Connects, while all processes are in step, the device groups that collectives use later.
 
   CPU collectives (gloo) connect a group of devices at the group's first collective and give
   up if a peer is 30 s late (e.g. still compiling the train step on a busy host). Once
   connected, a group waits for a late peer (tests/test_multiprocess.py: 40 s). Two groups are
-  used: all devices in `jax.devices()` order (train.Trainer's data-parallel mesh: gradient
-  all-reduce, metrics), and the i-th devices of every process (multihost_utils' process-level
-  collectives, which `jax.device_put` of host values to a cross-process sharding runs to check
-  that all processes passed the same value). With one device per process they coincide.
+  used: the devices of `data_mesh()` (train.Trainer's: gradient all-reduce, metrics), and the
+  i-th devices of every process (multihost_utils' process-level collectives, which
+  `jax.device_put` of host values to a cross-process sharding runs to check that all
+  processes passed the same value). With one device per process they coincide.
   """
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   multihost_utils.sync_global_devices('pikfix_jax.distributed: start')
-  devices = np.array(jax.devices())
-  mesh = jax.sharding.Mesh(devices, ('data',))
+  mesh = data_mesh()
   ones = jax.make_array_from_callback(
-      (devices.size,), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')),
+      (mesh.size,), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')),
       lambda index: np.ones((1,), np.int32))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   total = int(jax.jit(jnp.sum, out_shardings=replicated)(ones).addressable_data(0))
-  if total != devices.size:
-    raise RuntimeError(f'jax.distributed start-up: an all-reduce of ones over {devices.size} '
+  if total != mesh.size:
+    raise RuntimeError(f'jax.distributed start-up: an all-reduce of ones over {mesh.size} '
                        f'devices gave {total}')

@@ -29,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 import dm_pix
 
+from pikfix_jax import distributed
 from pikfix_jax import image_io
 from pikfix_jax import losses
 from pikfix_jax import models
@@ -104,7 +105,7 @@ class Trainer:
                mesh: Optional[jax.sharding.Mesh] = None):
     self.config = config
     self.steps_per_epoch = steps_per_epoch
-    self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+    self.mesh = mesh or distributed.data_mesh()
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
     self.generator = pikfix.build_generator(config.model)

@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import restore_latest as _restore_latest
-from conftest import state_params as _params
-from conftest import tiny_train_config
+from conftest import restore_latest, state_params, tiny_train_config
 from pikfix_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,10 +18,10 @@ def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path):
   config = tiny_train_config()
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert int(full.step) == 4
-  step, restored = _restore_latest(str(tmp_path / 'full'), config)
+  step, restored = restore_latest(str(tmp_path / 'full'), config)
   assert step == 4
-  for k, v in _params(full).items():
-    np.testing.assert_array_equal(v, _params(restored)[k], err_msg=k)
+  for k, v in state_params(full).items():
+    np.testing.assert_array_equal(v, state_params(restored)[k], err_msg=k)
   assert os.path.exists(tmp_path / 'full' / 'validation_grid.png')
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'full'))
 
@@ -33,8 +31,8 @@ def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path):
   config.train.num_train_steps = 4
   resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
   assert int(resumed.step) == 4
-  expected = _params(full)
-  for k, v in _params(resumed).items():
+  expected = state_params(full)
+  for k, v in state_params(resumed).items():
     np.testing.assert_array_equal(v, expected[k], err_msg=k)
 
 
@@ -54,7 +52,7 @@ def test_sigterm_writes_restorable_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setattr(train.Trainer, 'train_step', step_then_sigterm)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1
-  step, restored = _restore_latest(str(tmp_path), config)
+  step, restored = restore_latest(str(tmp_path), config)
   assert step == 1 and int(restored.step) == 1
 
 
@@ -63,9 +61,9 @@ def test_nan_loss_stops_with_named_error_and_keeps_last_checkpoint(tmp_path):
   config.train.checkpoint_every = 2
   with pytest.raises(train.NonFiniteLossError, match=r'step 3: .*total=nan'):
     train.train_and_evaluate(config, str(tmp_path), nan_at_step=3)
-  step, restored = _restore_latest(str(tmp_path), config)
+  step, restored = restore_latest(str(tmp_path), config)
   assert step == 2
-  assert all(np.all(np.isfinite(v)) for v in _params(restored).values())
+  assert all(np.all(np.isfinite(v)) for v in state_params(restored).values())
 
 
 def test_unknown_config_key_fails_clearly(tmp_path):
