@@ -7,7 +7,7 @@ global batches with `train.Trainer`, and writes the final parameters and the per
   python tests/parallel_worker.py --out=OUT.npz [--devices=N] [--steps=3] [--global_batch=8]
       [--process_id=I --num_processes=P --coordinator=localhost:PORT]
       [--loop=WORKDIR] [--late_s=SECONDS]
-      [--adam_eps=1e-6] [--set=model.similarity.temperature=0.1] [--permute]
+      [--adam_eps=1e-5] [--set=model.similarity.temperature=0.1] [--permute]
 
 --devices sets --xla_force_host_platform_device_count (N CPU devices per process). It must be
 set before jax is imported: that is why this is a script and not a test helper.

@@ -21,6 +21,8 @@ def _grads(fn, x, w):
 
 @pytest.mark.parametrize('n,size,c,o,kernel,strides,padding', [
     (2, 9, 5, 7, (3, 3), (1, 1), 'SAME'),          # RDN / U-Net 3x3
+    (2, 9, 7, 3, (3, 3), (1, 1), 'SAME'),          # fewer outputs than inputs: dy transposed
+    (2, 7, 5, 2, (2, 3), (1, 1), ((2, 0), (0, 1))),  # the same, uneven kernel and padding
     (3, 6, 8, 4, (1, 1), (1, 1), 'SAME'),          # 1x1 fusions / bottlenecks (matrix product)
     (1, 8, 3, 2, (4, 4), (1, 1), ((1, 2), (2, 1))),  # PatchGAN's last layer, uneven padding
     (2, 7, 3, 5, (3, 2), (1, 1), 'VALID'),
@@ -42,12 +44,14 @@ def test_conv_and_its_gradients_equal_lax(n, size, c, o, kernel, strides, paddin
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
-def test_kernel_gradient_matches_torch():
-  """The stacked-rows weight gradient against PyTorch's conv2d weight gradient."""
+@pytest.mark.parametrize('c,o', [(4, 6), (6, 4)])
+def test_kernel_gradient_matches_torch(c, o):
+  """The stacked-rows weight gradient against PyTorch's conv2d weight gradient, both ways of
+  computing it: activation transposed (O >= C) and dy transposed (O < C)."""
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 10, 12, 6)).astype(np.float32)
-  w = rng.normal(size=(3, 3, 6, 4)).astype(np.float32)
-  dy = rng.normal(size=(2, 10, 12, 4)).astype(np.float32)
+  x = rng.normal(size=(2, 10, 12, c)).astype(np.float32)
+  w = rng.normal(size=(3, 3, c, o)).astype(np.float32)
+  dy = rng.normal(size=(2, 10, 12, o)).astype(np.float32)
   tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
   ty = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)), tw, padding=1)
   ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))

