@@ -21,8 +21,8 @@ therefore run in a well-conditioned setting, STRICT: temperature 0.1 and Adam ep
 loop). With eps 1e-6 the same comparison gave 2.9e-6, and 2.4e-5 (one weight of 432 elements)
 once the warp's softmax took its normaliser from the matrix product (ops/warp.py): Adam's eps
 still amplified the noise of near-zero gradient entries, so a change of rounding alone could
-fail the 1e-5 check; with eps 1e-5 that change gives <= 2.7e-7. `test_paper_settings_deviation_is_rounding_noise`
-(PIKFIX_SLOW_TESTS=1) checks that with the paper settings the 8-device deviation stays at the
+fail the 1e-5 check; with eps 1e-5 that change gives <= 2.7e-7.
+`test_paper_settings_deviation_is_rounding_noise` (PIKFIX_SLOW_TESTS=1) checks that with the paper settings the 8-device deviation stays at the
 level of the one-device reversed-batch control.
 """
 

@@ -137,10 +137,24 @@ def kernel_gradient(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: Sequence[int]
   if (kh, kw) == (1, 1) and not any((top, bottom, left, right)):
     return lax.dot_general(x.reshape(-1, c), dy.reshape(-1, o), (((0,), (0,)), ((), ())),
                            precision=precision).reshape(kernel_shape)
-  if o < c:
-    return _kernel_gradient_from_transposed_dy(x, dy, kernel_shape, pads, precision)
   height, width = x.shape[1:3]
   padded_h, padded_w = height + top + bottom, width + left + right
+  out_h, out_w = dy.shape[1:3]
+  if o < c:
+    # Roles swapped when the output has fewer channels: dy is transposed, (O, rows, cols, 1),
+    # and the padded activation is read as it lies, as a (N*Hp, Wp, 1, C) kernel.
+    # out[o, p, q, c] = sum_{u, v} D[o, p + u, q + v] pad(x)[u, v, c] with D holding image
+    # n's dy rows at n*Hp + kh - 1 + y (kh - 1 zero rows before each image, and at the end)
+    # and its columns at kw - 1 + x: out[o, p, q, c] = dW[kh - 1 - p, kw - 1 - q, c, o].
+    stacked_x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))).reshape(
+        n * padded_h, padded_w, 1, c)
+    transposed = jnp.transpose(dy.reshape(n * out_h * out_w, o)).reshape(o, n, out_h, out_w)
+    transposed = jnp.pad(transposed, ((0, 0), (0, 0), (kh - 1, 0), (kw - 1, kw - 1)))
+    stacked_dy = jnp.pad(transposed.reshape(o, n * padded_h, out_w + 2 * (kw - 1), 1),
+                         ((0, 0), (0, kh - 1), (0, 0), (0, 0)))
+    out = lax.conv_general_dilated(stacked_dy, stacked_x, (1, 1), 'VALID',
+                                   dimension_numbers=_NHWC, precision=precision)  # (o,kh,kw,c)
+    return jnp.transpose(out[:, ::-1, ::-1, :], (1, 2, 3, 0))
   # Transposed unpadded, as a 2-D (N*H*W, C) -> (C, N*H*W) transpose, and padded after.
   transposed = jnp.transpose(x.reshape(n * height * width, c))
   transposed = jnp.pad(transposed.reshape(c, n, height, width),
@@ -148,35 +162,9 @@ def kernel_gradient(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: Sequence[int]
   stacked_x = transposed.reshape(c, n * padded_h, padded_w, 1)
   # dy's rows padded to padded_h per image, then stacked: the kh - 1 zero rows after each
   # image keep every window inside one image; the last image's are not needed.
-  extra = padded_h - dy.shape[1]
+  extra = padded_h - out_h
   stacked_dy = jnp.pad(dy, ((0, 0), (0, extra), (0, 0), (0, 0))).reshape(
-      n * padded_h, dy.shape[2], 1, o)[:n * padded_h - extra]
+      n * padded_h, out_w, 1, o)[:n * padded_h - extra]
   dw = lax.conv_general_dilated(stacked_x, stacked_dy, (1, 1), 'VALID',
                                 dimension_numbers=_NHWC, precision=precision)  # (c, kh, kw, o)
   return jnp.transpose(dw, (1, 2, 0, 3))
-
-
-def _kernel_gradient_from_transposed_dy(x: jnp.ndarray, dy: jnp.ndarray,
-                                        kernel_shape: Sequence[int],
-                                        pads: Sequence[tuple[int, int]], precision: Any
-                                        ) -> jnp.ndarray:
-  """`kernel_gradient` with the roles swapped, for convs with fewer output than input
-  channels (O < C): dy is transposed, (O, rows, cols, 1), and the padded activation is read
-  as it lies, as a (N*Hp, Wp, 1, C) kernel, so the larger tensor is never transposed.
-  out[o, p, q, c] = sum_{u, v} D[o, p + u, q + v] pad(x)[u, v, c] with D holding image n's
-  dy rows at n*Hp + kh - 1 + y (kh - 1 zero rows before each image, and at the end) and its
-  columns at kw - 1 + x: out[o, p, q, c] = dW[kh - 1 - p, kw - 1 - q, c, o]."""
-  kh, kw, c, o = kernel_shape
-  n = x.shape[0]
-  (top, bottom), (left, right) = pads
-  padded_h, padded_w = x.shape[1] + top + bottom, x.shape[2] + left + right
-  out_h, out_w = dy.shape[1:3]
-  stacked_x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))).reshape(
-      n * padded_h, padded_w, 1, c)
-  transposed = jnp.transpose(dy.reshape(n * out_h * out_w, o)).reshape(o, n, out_h, out_w)
-  transposed = jnp.pad(transposed, ((0, 0), (0, 0), (kh - 1, 0), (kw - 1, kw - 1)))
-  stacked_dy = jnp.pad(transposed.reshape(o, n * padded_h, out_w + 2 * (kw - 1), 1),
-                       ((0, 0), (0, kh - 1), (0, 0), (0, 0)))
-  out = lax.conv_general_dilated(stacked_dy, stacked_x, (1, 1), 'VALID',
-                                 dimension_numbers=_NHWC, precision=precision)  # (o, kh, kw, c)
-  return jnp.transpose(out[:, ::-1, ::-1, :], (1, 2, 3, 0))

@@ -20,9 +20,11 @@ def center_and_normalize(features: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarra
   return centred * jax.lax.rsqrt(jnp.sum(jnp.square(centred), axis=-1, keepdims=True) + eps ** 2)
 
 
-def _warp_block(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, temperature: float):
+def _warp_block(q: jnp.ndarray, k: jnp.ndarray, values_and_ones: jnp.ndarray,
+                temperature: float):
   """softmax(sim / T) @ v and max(sim), with the softmax's denominator from the same product.
 
+  `values_and_ones` is [v, 1] (a column of ones appended once, by the caller):
   exp((sim - max) / T) @ [v, 1] gives numerator and denominator in one matrix product, so
   neither the forward nor the backward reduces over the (N_q, N_k) map except for the max
   (the shift, a constant to the gradient: softmax ignores it), and the map is never divided.
@@ -31,16 +33,14 @@ def _warp_block(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, temperature: flo
   sim = jnp.einsum('bqc,bkc->bqk', q, k)  # cosine similarity, eq. (2)
   best = jnp.max(sim, axis=-1, keepdims=True)
   weights = jnp.exp((sim - jax.lax.stop_gradient(best)) / temperature)
-  ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
-  out = jnp.einsum('bqk,bkv->bqv', weights, jnp.concatenate([v, ones], axis=-1))
+  out = jnp.einsum('bqk,bkv->bqv', weights, values_and_ones)
   return out[..., :-1] / out[..., -1:], best
 
 
 def warp_dense(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
                temperature: float) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Reference implementation materialising the full (N_q, N_k) map; for tests."""
-  return _warp_block(center_and_normalize(query), center_and_normalize(key),
-                     values.astype(jnp.float32), temperature)
+  return warp_histogram(query, key, values, temperature, chunk=query.shape[1])
 
 
 def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
@@ -61,6 +61,7 @@ def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
   q = center_and_normalize(query)
   k = center_and_normalize(key)
   v = values.astype(jnp.float32)
+  v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)  # [v, 1]
   b, n_q, c = q.shape
   if n_q <= chunk:
     return _warp_block(q, k, v, temperature)
@@ -68,7 +69,8 @@ def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
   pad = num_chunks * chunk - n_q
   q = jnp.pad(q, ((0, 0), (0, pad), (0, 0)))
   q = q.reshape(b, num_chunks, chunk, c).transpose(1, 0, 2, 3)
-  block = jax.checkpoint(functools.partial(_warp_block, k=k, v=v, temperature=temperature))
+  block = jax.checkpoint(functools.partial(_warp_block, k=k, values_and_ones=v,
+                                           temperature=temperature))
   warped, conf = jax.lax.map(lambda qc: block(qc), q)
   warped = warped.transpose(1, 0, 2, 3).reshape(b, num_chunks * chunk, -1)[:, :n_q]
   conf = conf.transpose(1, 0, 2, 3).reshape(b, num_chunks * chunk, 1)[:, :n_q]
