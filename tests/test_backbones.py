@@ -61,6 +61,28 @@ def test_vgg_matches_torch(tmp_path, depth, outputs, shape):
   _assert_close(got, want, outputs)
 
 
+def test_vgg_input_gradient_matches_torch(tmp_path):
+  """The perceptual loss differentiates VGG by its input: the reshape-max pools
+  (layers.max_pool_tiles) pass the same gradient as torch's max_pool2d, odd sizes included."""
+  torch_model = ref.randomize(ref.VGG(19), seed=3)
+  variables = _convert_both(torch_model, tmp_path, 'vgg19')
+  rng = np.random.default_rng(2)
+  x = rng.uniform(size=(2, 37, 34, 3)).astype(np.float32)
+  outputs = ('relu2_2', 'relu3_2')
+  weights_out = {n: rng.normal(size=s).astype(np.float32) for n, s in
+                 (('relu2_2', (2, 18, 17, 128)), ('relu3_2', (2, 9, 8, 256)))}
+  tx = ref.to_nchw(x).requires_grad_()
+  got_torch = torch_model(tx)
+  sum(torch.sum(got_torch[n] * torch.tensor(weights_out[n].transpose(0, 3, 1, 2)))
+      for n in outputs).backward()
+  model = backbones.VGG(depth=19, outputs=outputs)
+  grad = jax.grad(lambda x: sum(jnp.sum(model.apply(variables, x)[n] * weights_out[n])
+                                for n in outputs))(x)
+  want = tx.grad.numpy().transpose(0, 2, 3, 1)
+  assert float(np.abs(want).max()) > 0
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
 def test_vgg_builds_only_up_to_the_deepest_output():
   x = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(backbones.VGG(19, ('relu2_2',)).init, jax.random.PRNGKey(0), x)

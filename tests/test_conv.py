@@ -31,6 +31,8 @@ def _grads(fn, x, w):
     (1, 9, 3, 2, (3, 3), (2, 2), 'SAME'),          # odd size: uneven SAME padding
     (2, 8, 2, 3, (1, 1), (2, 2), 'VALID'),         # ResNet shortcut projection
     (2, 10, 2, 3, (3, 2), (3, 1), ((0, 2), (1, 0))),  # uneven strides, kernel not a multiple
+    (1, 2, 5, 13, (3, 3), (1, 1), 'SAME'),         # few positions, many outputs: matmuls
+    (2, 3, 4, 40, (2, 3), (1, 1), ((1, 0), (0, 1))),  # the same, uneven kernel and padding
 ])
 def test_conv_and_its_gradients_equal_lax(n, size, c, o, kernel, strides, padding):
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -73,6 +75,17 @@ def test_custom_gradient_is_used_on_cpu_for_plain_convs_only():
   assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), padding=((-1, 1), (1, 1)))
 
 
+@pytest.mark.parametrize('o,matmuls', [(8, False), (64, True)])
+def test_matmul_gradients_only_for_few_positions_and_many_outputs(o, matmuls):
+  """2 * N * H_out * W_out <= O selects gradients_by_matmul: its backward has no conv."""
+  x, w = jnp.ones((2, 4, 4, 3)), jnp.ones((3, 3, 3, o))
+  backward = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=_DN)), argnums=(0, 1)))(x, w))
+  if jax.default_backend() == 'cpu':
+    assert (backward.count('dot_general'), backward.count('conv_general_dilated') > 1) == (
+        (2, False) if matmuls else (0, True))
+
+
 def test_space_to_depth_conv_matches_torch_strided_conv():
   """A stride-2 7x7 conv (the stems) rewritten as a stride-1 conv, against PyTorch."""
   rng = np.random.default_rng(1)
@@ -110,3 +123,24 @@ def test_flax_conv_takes_it_with_unchanged_parameters():
   np.testing.assert_allclose(jax.grad(loss(ours))(params)['params']['kernel'],
                              jax.grad(loss(plain))(params)['params']['kernel'], rtol=1e-5,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('size,kernel,strides,padding', [
+    ((8, 10), (4, 4), (2, 2), ((1, 1), (1, 1))),   # the PatchGAN's first layer
+    ((7, 9), (3, 3), (1, 1), ((1, 1), (1, 1))),    # stride 1, odd sizes
+    ((9, 6), (3, 2), (3, 1), ((0, 2), (1, 0))),    # uneven strides and padding
+])
+def test_conv_of_broadcast_equals_conv_of_the_broadcast_image(size, kernel, strides, padding):
+  """A per-image constant map convolved without building it: values and both gradients."""
+  keys = jax.random.split(jax.random.PRNGKey(5), 2)
+  values = jax.random.normal(keys[0], (2, 5))
+  w = jax.random.normal(keys[1], kernel + (5, 3))
+  ours = _grads(lambda v, w: conv.conv_of_broadcast(v, w, size, strides, padding), values, w)
+  ref = _grads(lambda v, w: lax.conv_general_dilated(
+      jnp.broadcast_to(v[:, None, None, :], (2,) + size + (5,)), w, strides, padding,
+      dimension_numbers=_DN, precision='highest'), values, w)
+  assert ours[0].shape == ref[0].shape
+  # Border positions see fewer taps than interior ones: the maps are not constant.
+  assert float(jnp.std(ref[0][:, :, :, 0])) > 0.1
+  for name, a, b in zip(('output', 'values gradient', 'kernel gradient'), ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)

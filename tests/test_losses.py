@@ -34,6 +34,35 @@ def test_adversarial_signs(kind):
       losses.generator_adversarial_loss(confident_fake, kind))
 
 
+def test_discriminator_condition_is_a_conv_of_the_broadcast_histogram():
+  """D(L, ab, histogram) computes its first conv's histogram part without the broadcast image;
+  it equals the same parameters applied to [L, ab, broadcast histogram] as plain channels."""
+  d = PatchDiscriminator(features=8, num_layers=3)
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  l = jax.random.uniform(keys[0], (2, 40, 56, 1))
+  ab = jax.random.uniform(keys[1], (2, 40, 56, 2), minval=-1)
+  hist = jax.random.uniform(keys[2], (2, 64))
+  params = d.init(keys[3], l, ab, hist)['params']
+  assert params['Conv_0']['kernel'].shape == (4, 4, 3 + 64, 8)
+
+  def conditioned(p, ab):
+    return d.apply({'params': p}, l, ab, hist)
+
+  def as_channels(p, ab):
+    return d.apply({'params': p}, l, jnp.concatenate(
+        [ab, jnp.broadcast_to(hist[:, None, None, :], ab.shape[:3] + (64,))], axis=-1))
+
+  out, grads = jax.value_and_grad(lambda p, ab: jnp.sum(conditioned(p, ab) ** 2),
+                                  argnums=(0, 1))(params, ab)
+  ref, ref_grads = jax.value_and_grad(lambda p, ab: jnp.sum(as_channels(p, ab) ** 2),
+                                      argnums=(0, 1))(params, ab)
+  np.testing.assert_allclose(conditioned(params, ab), as_channels(params, ab), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(out, ref, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               grads, (ref_grads[0], ref_grads[1][..., :2]))
+
+
 @pytest.mark.parametrize('kind', losses.ADVERSARIAL_LOSSES)
 def test_discriminator_learns_separable_real_and_fake(kind):
   d = PatchDiscriminator(features=8, num_layers=2)

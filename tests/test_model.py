@@ -7,6 +7,7 @@ import optax
 import pytest
 from skimage import data as skdata
 from skimage import transform as sktransform
+import torch
 
 from conftest import compile_for_many_steps, tiny_config
 from pikfix_jax.models import layers
@@ -35,6 +36,28 @@ def _init_apply(config, input_shape, reference_shape):
   r = jax.random.uniform(jax.random.PRNGKey(2), reference_shape)
   out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), x, r)
   return model, variables, out
+
+
+@pytest.mark.parametrize('shape,size', [
+    ((2, 5, 7, 3), (10, 28)),   # x2 and x4 (the U-Net decoder, the RDN's x4 level)
+    ((1, 4, 3, 2), (32, 24)),   # x8 (the RDN's x8 level)
+    ((1, 3, 4, 2), (9, 4)),     # x3 and x1
+])
+def test_integer_upsampling_matches_torch_and_jax_image_resize(shape, size):
+  """layers.resize upsamples by integer factors as a stencil: the values of torch's bilinear
+  interpolate (half-pixel centres) and of jax.image.resize, and the same gradient."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ours = layers.resize(x, *size)
+  want = torch.nn.functional.interpolate(ref.to_nchw(x), size=size, mode='bilinear',
+                                         align_corners=False)
+  np.testing.assert_allclose(ours, ref.to_nhwc(want), rtol=1e-6, atol=1e-6)
+  def jax_resize(x):
+    return jax.image.resize(x, (shape[0],) + size + (shape[3],), 'bilinear')
+  np.testing.assert_allclose(ours, jax_resize(x), rtol=1e-6, atol=1e-6)
+  dy = jax.random.normal(jax.random.PRNGKey(1), ours.shape)
+  np.testing.assert_allclose(jax.vjp(lambda x: layers.resize(x, *size), x)[1](dy)[0],
+                             jax.vjp(jax_resize, x)[1](dy)[0], rtol=1e-5, atol=1e-5)
+  assert layers.resize(x.astype(jnp.bfloat16), *size).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize('remat', [False, True])

@@ -121,7 +121,7 @@ class VGG(nn.Module):
     out, conv = {}, 0
     for index, v in enumerate(_features_layout(self.depth)):
       if v == 'M':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+        x = layers.max_pool_tiles(x, 2)
       elif v != 'relu':
         x = nn.relu(_conv(v, 3, 1, 1, True, self.dtype, f'features_{index}')(x))
         if names[conv] in self.outputs:

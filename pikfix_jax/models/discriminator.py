@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from pikfix_jax.models import layers
+from pikfix_jax.ops import conv
 
 
 class PatchDiscriminator(nn.Module):
@@ -24,19 +25,28 @@ class PatchDiscriminator(nn.Module):
   def __call__(self, l: jnp.ndarray, ab: jnp.ndarray,
                reference_hist: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     x = jnp.concatenate([l, ab], axis=-1).astype(self.dtype)
-    if reference_hist is not None:
-      cond = jnp.broadcast_to(reference_hist[:, None, None, :].astype(self.dtype),
-                              x.shape[:3] + (reference_hist.shape[-1],))
-      x = jnp.concatenate([x, cond], axis=-1)
     pad = ((1, 1), (1, 1))
-    x = layers.Conv(self.features, (4, 4), strides=(2, 2), padding=pad, dtype=self.dtype)(x)
-    x = nn.leaky_relu(x, 0.2)
+    # The first conv sees [L, ab, histogram broadcast over the image]. The broadcast part is
+    # computed as what it is, a conv of a per-image constant (conv.conv_of_broadcast), not by
+    # convolving 64 constant channels at full resolution: same function and parameters
+    # (Conv_0/kernel is (4, 4, 3 + D, features)), ~2 % of the paper-config training step's FLOPs.
+    hist_dim = 0 if reference_hist is None else reference_hist.shape[-1]
+    kernel, bias = layers.ConvParams((4, 4, x.shape[-1] + hist_dim, self.features),
+                                     name='Conv_0')()
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    y = conv.conv_general_dilated(x, kernel[:, :, :x.shape[-1]], (2, 2), pad,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if reference_hist is not None:
+      y = y + conv.conv_of_broadcast(reference_hist, kernel[:, :, x.shape[-1]:], x.shape[1:3],
+                                     (2, 2), pad)
+    x = nn.leaky_relu(y + bias, 0.2)
     for n in range(1, self.num_layers + 1):
       stride = 2 if n < self.num_layers else 1
       width = self.features * min(2 ** n, 8)
       x = layers.Conv(width, (4, 4), strides=(stride, stride), padding=pad, use_bias=False,
-                      dtype=self.dtype)(x)
+                      dtype=self.dtype, name=f'Conv_{n}')(x)
       x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)  # instance norm
       x = nn.leaky_relu(x, 0.2)
-    x = layers.Conv(1, (4, 4), padding=pad, dtype=self.dtype)(x)
+    x = layers.Conv(1, (4, 4), padding=pad, dtype=self.dtype,
+                    name=f'Conv_{self.num_layers + 1}')(x)
     return x.astype(jnp.float32)

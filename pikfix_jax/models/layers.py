@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from pikfix_jax.ops import conv
@@ -17,11 +18,39 @@ Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated
 
 
 def resize(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
-  """Bilinear resize of an NHWC tensor (anti-aliased when shrinking); keeps the dtype."""
-  if x.shape[1:3] == (height, width):
+  """Bilinear resize of an NHWC tensor (anti-aliased when shrinking); keeps the dtype.
+
+  Upsampling by integer factors (the RDN's levels, the U-Net decoder) is computed as the
+  stencil it is (`_upsample_axis`), not by jax.image.resize's matrix products and transposes:
+  same values, and on CPU ~1 % of the paper-config training step less (docs/BENCHMARKS.md)."""
+  h, w = x.shape[1:3]
+  if (h, w) == (height, width):
     return x
+  if height % h == 0 and width % w == 0:
+    return _upsample_axis(_upsample_axis(x, 1, height // h), 2, width // w)
   out = jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), 'bilinear')
   return out.astype(x.dtype)
+
+
+def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
+  """Bilinear upsampling (half-pixel centres) of one axis by an integer factor. Output
+  i * factor + r lies at input coordinate i + d, d = (r + 0.5) / factor - 0.5, so it is
+  (1 - |d|) x[i] + |d| x[i - 1 or i + 1], the neighbour clamped at the edges (where
+  jax.image.resize drops the outside sample and renormalises: the same value)."""
+  if factor == 1:
+    return x
+  n = x.shape[axis]
+  before = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis),
+                            lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+  after = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis),
+                           lax.slice_in_dim(x, n - 1, n, axis=axis)], axis=axis)
+  phases = []
+  for r in range(factor):
+    d = (r + 0.5) / factor - 0.5
+    phases.append((1 - abs(d)) * x + abs(d) * (before if d < 0 else after))
+  shape = list(x.shape)
+  shape[axis] = n * factor
+  return jnp.stack(phases, axis=axis + 1).reshape(shape)
 
 
 def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
@@ -35,6 +64,18 @@ def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   # avg_pool's is a strided reduce_window that costs seconds on the 64-channel full-resolution
   # SPHist on CPU (docs/BENCHMARKS.md, "Training step").
   return jnp.mean(x.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+
+
+def max_pool_tiles(x: jnp.ndarray, size: int) -> jnp.ndarray:
+  """`nn.max_pool(x, (size, size), strides=(size, size), padding='VALID')` (floor: a partial
+  last row/column of tiles is dropped), computed as a reshape-max. Same values; the gradient
+  is an elementwise mask where nn.max_pool's builds four int32 argmax-index tensors of the
+  input's size (the 2x2 pools of the VGG-19 perceptual loss, docs/BENCHMARKS.md). The one
+  difference: a tie inside a tile shares the gradient where max_pool gives it to the first
+  maximum; after a ReLU, ties are at 0, where the ReLU's gradient is 0 either way."""
+  b, h, w, c = x.shape
+  x = x[:, :h - h % size, :w - w % size]
+  return jnp.max(x.reshape(b, h // size, size, w // size, size, c), axis=(2, 4))
 
 
 class DenseUnit(nn.Module):
@@ -102,7 +143,7 @@ class ResidualDenseBlock(nn.Module):
     c, g = x.shape[-1], self.growth
     kernels, biases = [], []
     for k in range(self.num_units):
-      unit = _ConvParams((3, 3, c + k * g, g), name=f'unit{k}')
+      unit = ConvParams((3, 3, c + k * g, g), name=f'unit{k}')
       kernel, bias = unit()
       kernels.append(kernel.astype(self.dtype))
       biases.append(bias.astype(self.dtype))
@@ -111,7 +152,7 @@ class ResidualDenseBlock(nn.Module):
     return x + Conv(c, (1, 1), dtype=self.dtype, name='local_fusion')(y)
 
 
-class _ConvParams(nn.Module):
+class ConvParams(nn.Module):
   """The kernel and bias of a conv, with nn.Conv's own default initialisers."""
   shape: tuple
 
