@@ -53,17 +53,22 @@ def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   return jnp.stack(phases, axis=axis + 1).reshape(shape)
 
 
+def _tiles(x: jnp.ndarray, size: int) -> jnp.ndarray:
+  """(B, H, W, C) -> (B, H // size, size, W // size, size, C): the size x size tiles, a partial
+  last row/column of tiles dropped (the floor of a VALID pool)."""
+  b, h, w, c = x.shape
+  x = x[:, :h - h % size, :w - w % size]
+  return x.reshape(b, h // size, size, w // size, size, c)
+
+
 def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
-  """Average-pools an NHWC tensor by an integer factor (exact box filter)."""
+  """Average-pools an NHWC tensor by an integer factor (exact box filter; floor, as
+  nn.avg_pool). A reshape-mean, not avg_pool: same values, but its gradient is a broadcast,
+  where avg_pool's is a strided reduce_window that costs seconds on the 64-channel
+  full-resolution SPHist on CPU (docs/BENCHMARKS.md, "Training step")."""
   if factor == 1:
     return x
-  b, h, w, c = x.shape
-  if h % factor or w % factor:
-    return nn.avg_pool(x, (factor, factor), strides=(factor, factor))
-  # A reshape-mean, not avg_pool: same values, but its gradient is a broadcast, where
-  # avg_pool's is a strided reduce_window that costs seconds on the 64-channel full-resolution
-  # SPHist on CPU (docs/BENCHMARKS.md, "Training step").
-  return jnp.mean(x.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+  return jnp.mean(_tiles(x, factor), axis=(2, 4))
 
 
 def max_pool_tiles(x: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -73,9 +78,7 @@ def max_pool_tiles(x: jnp.ndarray, size: int) -> jnp.ndarray:
   input's size (the 2x2 pools of the VGG-19 perceptual loss, docs/BENCHMARKS.md). The one
   difference: a tie inside a tile shares the gradient where max_pool gives it to the first
   maximum; after a ReLU, ties are at 0, where the ReLU's gradient is 0 either way."""
-  b, h, w, c = x.shape
-  x = x[:, :h - h % size, :w - w % size]
-  return jnp.max(x.reshape(b, h // size, size, w // size, size, c), axis=(2, 4))
+  return jnp.max(_tiles(x, size), axis=(2, 4))
 
 
 class DenseUnit(nn.Module):
