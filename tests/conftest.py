@@ -19,9 +19,15 @@ from configs import default  # noqa: E402
 from pikfix_jax import cli  # noqa: E402
 
 cli.set_cpu_xla_flags()  # tests compile what `python -m pikfix_jax.main` compiles
-# ...but without LLVM's optimisation passes: the suite's time is XLA compilation of tiny
-# programs (the same HLO either way), and this halves it (30 s -> 14 s for the tiny model's
-# init). PIKFIX_TEST_OPTIMIZED=1 compiles tests as the command line tools do.
+# ...but without LLVM's optimisation passes, and with XLA:CPU's older elemental emitters for
+# loop fusions instead of its MLIR fusion emitters: the suite's time is XLA compilation of tiny
+# programs (the same HLO either way). Level 0 halves it (30 s -> 14 s for the tiny model's
+# init); the elemental emitters halve the tiny training step's compile again (one core,
+# 2026-12-01: 63.7 -> 35.9 s at level 0, 65.7 -> 32.1 s at level 3, same loss to 6 digits,
+# same run time). Not for the tools: on the paper config the elemental emitters compile the
+# training step ~3x slower (873 s), so users keep XLA's default. PIKFIX_TEST_OPTIMIZED=1 keeps
+# LLVM's optimisation (level 3, as the command-line tools compile; tests/parallel_worker.py).
+cli.add_xla_flags('--xla_cpu_use_fusion_emitters=false')
 if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
   cli.add_xla_flags('--xla_backend_optimization_level=0')
 
@@ -82,6 +88,25 @@ def tiny_train_config():
   return c
 
 
+# Tests that train the tiny model run on one xdist worker (`--dist loadgroup`, pyproject.toml)
+# so that worker compiles the training programs once (the persistent cache) and trains the
+# shared workdir below once.
+TINY_TRAINING = pytest.mark.xdist_group('tiny_training')
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory) -> str:
+  """A tiny workdir trained for 2 steps, with config.json as main.py writes it (read-only)."""
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('trained_workdir'))
+  config = tiny_train_config()
+  config.train.num_train_steps = 2
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  train.train_and_evaluate(config, path)
+  return path
+
+
 def state_params(state) -> dict:
   """{'g/...': array, 'd/...': array}: the generator's and the discriminator's parameters, as
   numpy (this process's copy of a state replicated over several processes)."""
@@ -106,6 +131,7 @@ def restore_latest(workdir: str, config) -> tuple:
 
 # The longest tests (subprocesses, many steps) first: with `pytest -n 2` the short ones then
 # fill in around them instead of one long test running alone at the end (~18 -> ~16 min here).
+# (xdist's loadgroup hands out the TINY_TRAINING group, its largest unit, before all of these.)
 _LONG_FIRST = ('test_multiprocess.py', 'test_launch.py', 'test_mixed_precision.py',
                'test_train.py')
 

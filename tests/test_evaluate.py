@@ -8,31 +8,20 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_train_config
+from conftest import TINY_TRAINING, tiny_train_config
 from pikfix_jax import evaluate
 from pikfix_jax import restore
-from pikfix_jax import train
 from pikfix_jax import weights
 
+pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_TRAIN = ('astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hubble_deep_field',
               'ihc', 'retina')
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('workdir'))
-  config = tiny_train_config()
-  config.train.num_train_steps = 2
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  train.train_and_evaluate(config, path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def generator(workdir):
-  return restore.load_generator_info(workdir=workdir)
+def generator(trained_workdir):
+  return restore.load_generator_info(workdir=trained_workdir)
 
 
 def _rows(path):
@@ -114,11 +103,11 @@ def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
   assert evaluate.parse_ranks('1-3,10') == [1, 2, 3, 10] and evaluate.parse_ranks('') == [None]
 
 
-def test_cli(tmp_path, workdir):
+def test_cli(tmp_path, trained_workdir):
   out = str(tmp_path / 'cli')
   result = subprocess.run(
       [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
-       f'--workdir={workdir}', f'--output_dir={out}', '--config.data.eval_image_size=32',
+       f'--workdir={trained_workdir}', f'--output_dir={out}', '--config.data.eval_image_size=32',
        '--config.train.eval_batch_size=2', '--config.data.degrade=False'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -10,30 +10,18 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from conftest import tiny_train_config
+from conftest import TINY_TRAINING, tiny_train_config
 from pikfix_jax import export
 from pikfix_jax import image_io
 from pikfix_jax import restore
-from pikfix_jax import train
 
+pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """One tiny trained workdir for the module (2 steps), with config.json like main.py writes."""
-  path = str(tmp_path_factory.mktemp('workdir'))
-  config = tiny_train_config()
-  config.train.num_train_steps = 2
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  train.train_and_evaluate(config, path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def restorer(workdir):
-  model, variables, config = restore.load_generator(workdir=workdir)
+def restorer(trained_workdir):
+  model, variables, config = restore.load_generator(workdir=trained_workdir)
   assert tuple(config.model.restoration.levels) == (1, 4, 8)  # JSON lists back to tuples
   return restore.Restorer(model, variables, reference_size=64)
 
@@ -175,10 +163,10 @@ def test_reference_dir_uses_the_retrieval_top_match(tmp_path, restorer, capsys, 
   assert os.path.basename(results[0].reference) == 'astronaut_colour.png'
 
 
-def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, workdir):
+def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, trained_workdir):
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   result = subprocess.run(
-      [sys.executable, '-m', 'pikfix_jax.restore', f'--workdir={workdir}',
+      [sys.executable, '-m', 'pikfix_jax.restore', f'--workdir={trained_workdir}',
        f'--input={tmp_path / "in.png"}', f'--output={tmp_path / "out.png"}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
@@ -187,22 +175,23 @@ def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, workdir):
   assert not (tmp_path / 'out.png').exists()
 
 
-def test_export_then_restore_equals_restoring_from_workdir(tmp_path, workdir, capsys):
+def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_workdir, capsys):
   exported = str(tmp_path / 'model')
-  record = export.export(workdir, exported)
+  record = export.export(trained_workdir, exported)
   assert record['step'] == 2 and record['bytes'] > 0
   assert sorted(os.listdir(exported)) == ['config.json', 'export.json', 'variables']
   with pytest.raises(restore.RestoreError, match='exists'):
-    export.export(workdir, exported)
+    export.export(trained_workdir, exported)
 
   model, variables, config = restore.load_generator(checkpoint=exported)
   assert set(variables) == {'params', 'batch_stats'}  # no optimiser, no discriminator
   assert config.model.to_dict() == restore.read_config(
-      os.path.join(workdir, 'config.json')).model.to_dict()
+      os.path.join(trained_workdir, 'config.json')).model.to_dict()
 
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   outs = {}
-  for name, source in (('workdir', {'workdir': workdir}), ('export', {'checkpoint': exported})):
+  sources = {'workdir': {'workdir': trained_workdir}, 'export': {'checkpoint': exported}}
+  for name, source in sources.items():
     out = str(tmp_path / f'{name}.png')
     code, _ = restore.run(_options(tmp_path, input=str(tmp_path / 'in.png'), output=out,
                                    reference_size=64, **source))

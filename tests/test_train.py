@@ -1,6 +1,7 @@
 """Training loop: checkpoints, resume equivalence, SIGTERM, NaN guard, config errors."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import restore_latest, state_params, tiny_train_config
+from conftest import TINY_TRAINING, restore_latest, state_params, tiny_train_config
 from pikfix_jax import train
 
+pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path):
+def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path, trained_workdir):
   config = tiny_train_config()
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert int(full.step) == 4
@@ -25,10 +27,9 @@ def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path):
   assert os.path.exists(tmp_path / 'full' / 'validation_grid.png')
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'full'))
 
-  # Stop after 2 steps (epoch 0), resume to 4 (crosses into epoch 1: other data, lr decay).
-  config.train.num_train_steps = 2
-  train.train_and_evaluate(config, str(tmp_path / 'split'))
-  config.train.num_train_steps = 4
+  # Stopped after 2 steps (epoch 0): the shared workdir, trained with this config and
+  # num_train_steps=2. Resume a copy to 4 (crosses into epoch 1: other data, lr decay).
+  shutil.copytree(trained_workdir, tmp_path / 'split')
   resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
   assert int(resumed.step) == 4
   expected = state_params(full)
