@@ -23,10 +23,10 @@ cli.set_cpu_xla_flags()  # tests compile what `python -m pikfix_jax.main` compil
 # loop fusions instead of its MLIR fusion emitters: the suite's time is XLA compilation of tiny
 # programs (the same HLO either way). Level 0 halves it (30 s -> 14 s for the tiny model's
 # init); the elemental emitters halve the tiny training step's compile again (one core,
-# 2026-12-01: 63.7 -> 35.9 s at level 0, 65.7 -> 32.1 s at level 3, same loss to 6 digits,
-# same run time). Not for the tools: on the paper config the elemental emitters compile the
-# training step ~3x slower (873 s), so users keep XLA's default. PIKFIX_TEST_OPTIMIZED=1 keeps
-# LLVM's optimisation (level 3, as the command-line tools compile; tests/parallel_worker.py).
+# 2026-12-01: 63.7 -> 35.9 s at level 0, same loss to 6 digits, same run time). Not for the
+# tools: on the paper config the elemental emitters compile the training step ~3x slower
+# (873 s), so users keep XLA's default. PIKFIX_TEST_OPTIMIZED=1 keeps LLVM's optimisation
+# (level 3, as the command-line tools compile).
 cli.add_xla_flags('--xla_cpu_use_fusion_emitters=false')
 if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
   cli.add_xla_flags('--xla_backend_optimization_level=0')
