@@ -131,9 +131,9 @@ def restore_latest(workdir: str, config) -> tuple:
 
 # The longest tests (subprocesses, many steps) first: with `pytest -n 2` the short ones then
 # fill in around them instead of one long test running alone at the end (~18 -> ~16 min here).
-# (xdist's loadgroup hands out the TINY_TRAINING group, its largest unit, before all of these.)
-_LONG_FIRST = ('test_multiprocess.py', 'test_launch.py', 'test_mixed_precision.py',
-               'test_train.py')
+# (The TINY_TRAINING tests, test_train.py among them, are one loadgroup unit, its largest,
+# which xdist hands out before all of these.)
+_LONG_FIRST = ('test_multiprocess.py', 'test_launch.py', 'test_mixed_precision.py')
 
 
 def pytest_collection_modifyitems(config, items):
