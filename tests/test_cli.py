@@ -1,4 +1,5 @@
-"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets, and its compilation cache."""
+"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets, and its compilation cache
+(and models.jit_init's options, which leave those $XLA_FLAGS sets)."""
 
 import os
 import subprocess
@@ -6,9 +7,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from pikfix_jax import cli
+from pikfix_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +29,18 @@ def test_cpu_xla_flags_are_appended_once_and_a_user_setting_wins(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS')
   cli.set_cpu_xla_flags()
   assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
+
+
+def test_init_compiler_options_leave_what_xla_flags_sets(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert models.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  assert models.init_compiler_options() == {}
+  monkeypatch.undo()  # before compiling: XLA reads $XLA_FLAGS at this process's first compile
+  # The same values as plain jit.
+  init = lambda key: jax.random.normal(key, (3, 4))  # noqa: E731
+  key = jax.random.PRNGKey(7)
+  np.testing.assert_array_equal(models.jit_init(init)(key), jax.jit(init)(key))
 
 
 def test_convolutions_do_not_go_to_ynnpack():

@@ -9,7 +9,8 @@ from skimage import data as skdata
 from skimage import transform as sktransform
 import torch
 
-from conftest import compile_for_many_steps, tiny_config
+from conftest import tiny_config
+from pikfix_jax import models
 from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -30,12 +31,20 @@ ABLATIONS = {
 }
 
 
+def _init(model, l, reference):
+  """The model's variables, initialised from one 32x32 crop whatever the batch's shape (the
+  parameters do not depend on it), so the tests of one config share one init program (through
+  the persistent compilation cache)."""
+  return models.jit_init(model.init)(jax.random.PRNGKey(0), l[:1, :32, :32],
+                                     reference[:1, :32, :32])
+
+
 def _init_apply(config, input_shape, reference_shape):
   model = pikfix.build_generator(config.model)
   x = jax.random.uniform(jax.random.PRNGKey(1), input_shape)
   r = jax.random.uniform(jax.random.PRNGKey(2), reference_shape)
-  out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), x, r)
-  return model, variables, out
+  variables = _init(model, x, r)
+  return model, variables, jax.jit(model.apply)(variables, x, r)
 
 
 @pytest.mark.parametrize('shape,size', [
@@ -138,7 +147,7 @@ def test_overfit_two_images_and_every_subnet_gets_gradients():
   rgb = _photo_batch()
   l, ab = color.rgb_to_lab_normalized(rgb)
   reference = rgb[::-1]  # each image is colourised from the other one
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), l, reference)
+  variables = _init(model, l, reference)
   params = variables['params']
   frozen = params['similarity_net'].pop('resnet34')
   consts = {'batch_stats': variables['batch_stats']}
@@ -159,9 +168,9 @@ def test_overfit_two_images_and_every_subnet_gets_gradients():
     return optax.apply_updates(p, updates), s, ab_l1, g
 
   state = opt.init(params)
-  step = compile_for_many_steps(jax.jit(step).lower(params, state))
+  step = jax.jit(step)
   history = []
-  for i in range(100):
+  for i in range(30):  # ab L1: 0.42 at step 1, 0.17 by step 3, 0.13 at step 30 (0.064 at 100)
     params, state, ab_l1, grads = step(params, state)
     history.append(float(ab_l1))
     if i == 0:

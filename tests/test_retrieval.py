@@ -94,21 +94,22 @@ def test_neighbors_exclude_self_and_match_scores(index_path):
 
 def test_build_is_deterministic_and_resumes(corpus, index_path, tmp_path, monkeypatch):
   paths = corpus[0]
-  real_read = image_io.read_image
-  calls = []
+  real_read, real_stats = image_io.read_image, retrieval.image_stats
+  batches = []
 
-  def interrupted_read(path):
-    calls.append(path)
-    if len(calls) == 10:
+  def interrupted_stats(*args):  # Ctrl-C (in the main thread) while the third batch embeds
+    batches.append(None)
+    if len(batches) == 3:
       raise KeyboardInterrupt
-    return real_read(path)
+    return real_stats(*args)
 
   out = str(tmp_path / 'resumed.npz')
-  monkeypatch.setattr(image_io, 'read_image', interrupted_read)
+  monkeypatch.setattr(retrieval, 'image_stats', interrupted_stats)
   with pytest.raises(KeyboardInterrupt):
     retrieval.build_index(paths, out, batch_size=4, image_size=_SIZE)
   assert not os.path.exists(out) and os.path.isdir(out + '.parts')
-  calls.clear()
+  monkeypatch.setattr(retrieval, 'image_stats', real_stats)
+  calls = []
   monkeypatch.setattr(image_io, 'read_image', lambda p: calls.append(p) or real_read(p))
   retrieval.build_index(paths, out, batch_size=4, image_size=_SIZE)
   assert len(calls) == 12 and not set(calls) & set(paths[:8])  # two batches were saved
