@@ -14,14 +14,17 @@ import jax
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=individual_dot',)
 
 
+def xla_flag_is_set(option: str) -> bool:
+  """Whether $XLA_FLAGS sets `option` ('--xla_...', or a whole '--xla_...=value' flag)."""
+  return option.split('=')[0] in os.environ.get('XLA_FLAGS', '')
+
+
 def add_xla_flags(*flags: str) -> None:
   """Appends `--option=value` flags to $XLA_FLAGS, except options already set there (a user's
   own setting wins). XLA reads $XLA_FLAGS when it first compiles: call before any jitted work."""
-  current = os.environ.get('XLA_FLAGS', '')
   for flag in flags:
-    if flag.split('=')[0] not in current:
-      current = f'{current} {flag}'.strip()
-  os.environ['XLA_FLAGS'] = current
+    if not xla_flag_is_set(flag):
+      os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 
 def set_cpu_xla_flags() -> None:
