@@ -66,7 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
   m.dtype = 'float32'  # Compute dtype of convolutions/matmuls: float32 or bfloat16 (params stay f32).
-  m.remat = False  # Rematerialise dense blocks in the backward pass (saves memory).
+  m.remat = False  # Rematerialise dense blocks in the backward pass (saves GPU memory; XLA:CPU
+  # merges the recomputation back, docs/BENCHMARKS.md "Largest batch").
 
   r = m.restoration = ml_collections.ConfigDict()
   r.levels = (1, 4, 8)  # Downsampling factor of each RDN level (Table 6 single-level: (1,)).

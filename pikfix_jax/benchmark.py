@@ -5,19 +5,29 @@ command, machine and date; nothing here is a timed test.
 """
 
 import json
+import math
 import time
+from typing import Callable, Optional
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
-_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'restore', 'input', 'retrieval'],
-                          'What to measure.')
+_WHAT = flags.DEFINE_enum(
+    'what', 'train', ['train', 'max_batch', 'restore', 'input', 'retrieval'],
+    'What to measure. max_batch: the largest global batch whose training step fits in device '
+    'memory, by XLA\'s memory analysis of the compiled step (compiles only, runs nothing).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (default: config).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Square image side (default: config).')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
+_MEMORY_LIMIT_GIB = flags.DEFINE_float(
+    'memory_limit_gib', None, 'For --what=max_batch: memory per device to fit in, GiB '
+    '(default: the device\'s bytes_limit, i.e. what JAX\'s allocator may use; required on CPU).')
+_MAX_COMPILES = flags.DEFINE_integer(
+    'max_compiles', 8, 'For --what=max_batch: the most step compiles the search may spend; '
+    'when they run out it reports the bracket it reached.')
 
 
 def emit(record: dict) -> None:
@@ -97,14 +107,14 @@ def bench_retrieval(config) -> None:
         'all_neighbors_estimate_s': round(chunk_s * n / chunk, 1)})
 
 
-def bench_train(config) -> None:
+def bench_train(config, steps: int) -> None:
   """One optimisation step (G forward once + D update + G update, every loss term) of
   `train.Trainer` on random batches of --batch_size (global, over all local devices) x
   --image_size, data already on device (the input pipeline is measured by --what=input).
 
-  Reports compile time (cold: main() turns the persistent cache off, cli.setup), mean time of >= --steps steps
-  after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the accelerator's
-  peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
+  Reports compile time (cold: main() turns the persistent cache off, cli.setup), mean time of
+  >= `steps` steps after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the
+  accelerator's peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
   (XLA cost analysis of the step lowered without remat and without the warp's query chunking,
   whose lax.map loop XLA's analysis counts only once); xla_flops_per_image is the analysis of
   the program that runs (counts remat recomputation, undercounts the chunked warp).
@@ -130,13 +140,16 @@ def bench_train(config) -> None:
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   xla_flops = _flops(compiled.cost_analysis()) * len(devices)  # per-device SPMD program
-  model_flops = _model_flops(config, state, batches[0], trainer.vgg_variables)
+  if not config.model.remat and config.model.similarity.query_chunk >= size * size:
+    model_flops = _flops(lowered.cost_analysis())  # the program _model_flops would lower
+  else:
+    model_flops = _model_flops(config, state, batches[0], trainer.vgg_variables)
 
   warmup = 2
   for i in range(warmup):
     state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
   jax.block_until_ready((state, scalars))
-  steps = max(_STEPS.value, 1)
+  steps = max(steps, 1)
   start = time.perf_counter()
   for i in range(steps):
     state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
@@ -174,7 +187,114 @@ def bench_train(config) -> None:
       'mfu': round(achieved / (peak * len(devices)), 4) if achieved and peak else None,
       'peak_memory_gib': round(peak_memory / 2**30, 2), 'peak_memory_source': memory_source,
       'xla_temp_gib_per_device': round(memory.temp_size_in_bytes / 2**30, 2) if memory else None,
+      'xla_memory_gib_per_device': round(step_memory_bytes(memory) / 2**30, 2) if memory else None,
       'loss': round(float(scalars['total']), 4)})
+
+
+def step_memory_bytes(memory) -> int:
+  """Bytes one device needs to run a compiled program, from its XLA memory analysis:
+  arguments + outputs - the donated (aliased) part + temporaries + generated code."""
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+             + memory.generated_code_size_in_bytes)
+
+
+def largest_fitting(memory_of: Callable[[int], float], limit: float,
+                    max_evaluations: int = 8) -> tuple[int, Optional[int]]:
+  """Largest k >= 1 with memory_of(k) <= limit, for memory_of increasing in k.
+
+  The memory of a training step is close to affine in the batch (activations grow with it,
+  parameters and optimiser state do not), so each next k is where the line through the two
+  nearest evaluated points crosses `limit`, kept strictly inside the bracket found so far: an
+  affine memory_of takes 4 evaluations (k = 1, 2, the estimate, one past it).
+
+  memory_of may return infinity for a k that could not even be compiled (out of memory).
+  Returns (lo, hi): memory_of(lo) fits; hi is the smallest k seen that does not (lo + 1 when the
+  search ended exactly), or None when every k evaluated fitted and evaluations ran out.
+  Raises ValueError when k = 1 does not fit.
+  """
+  seen: dict[int, float] = {}
+
+  def evaluate(k: int) -> bool:
+    seen[k] = float(memory_of(k))
+    return seen[k] <= limit
+
+  if not evaluate(1):
+    raise ValueError(f'a batch of 1 per device needs {seen[1] / 2**30:.2f} GiB, more than the '
+                     f'limit of {limit / 2**30:.2f} GiB')
+  lo, hi = 1, None
+  while (hi is None or hi - lo > 1) and len(seen) < max_evaluations:
+    if hi is None:
+      fitting = sorted(seen)[-2:]
+      a, b = (fitting[0], fitting[1]) if len(fitting) == 2 else (lo, lo)
+    else:
+      a, b = lo, hi
+    slope = (seen[b] - seen[a]) / (b - a) if b > a else 0.0
+    if math.isinf(slope):
+      k = (lo + hi) // 2  # the compile itself ran out of memory: bisect
+    elif slope > 0:
+      k = int((limit - seen[a]) // slope) + a
+    else:
+      k = 2 * lo  # no slope yet (only k = 1 seen) or memory did not grow
+    k = max(k, lo + 1)
+    if hi is not None:
+      k = min(k, hi - 1)
+    if evaluate(k):
+      lo = k
+    else:
+      hi = k
+  return lo, hi
+
+
+def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> None:
+  """The largest global batch (a multiple of the device count) of config.data.image_size
+  crops whose full training step fits in `limit_gib` per device, by `step_memory_bytes` of the
+  compiled step (XLA's memory analysis: what the buffers need, without running it; the
+  allocator's fragmentation can make the real peak a little higher). One JSON line per compile,
+  then the result. Run it with --config.model.remat=True and False for the remat comparison."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+
+  devices = jax.devices()
+  if limit_gib is None:
+    stats = devices[0].memory_stats()
+    if not stats or 'bytes_limit' not in stats:
+      raise ValueError(f'{devices[0].platform} devices report no memory limit: pass '
+                       '--memory_limit_gib for --what=max_batch')
+    limit = float(stats['bytes_limit'])
+  else:
+    limit = limit_gib * 2**30
+  size = config.data.image_size
+  trainer = train.Trainer(config, steps_per_epoch=1000)
+  state = trainer.init_state(config.seed)
+  example = _random_train_batch(np.random.default_rng(config.seed), 1, size)
+  common = {'what': 'max_batch', 'device_kind': devices[0].device_kind, 'devices': len(devices),
+            'dtype': config.model.dtype, 'remat': bool(config.model.remat), 'image_size': size,
+            'limit_gib_per_device': round(limit / 2**30, 2)}
+
+  def memory_of(per_device: int) -> float:
+    batch_size = per_device * len(devices)
+    batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype,
+                                     sharding=trainer.data_sharding)
+             for k, v in example.items()}
+    start = time.perf_counter()
+    lowered = trainer._train_step.lower(state, batch, trainer.vgg_variables)  # pylint: disable=protected-access
+    try:
+      needed = step_memory_bytes(lowered.compile().memory_analysis())
+    except jax.errors.JaxRuntimeError as e:  # e.g. autotuning buffers for a huge batch
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
+        raise
+      needed = math.inf
+    emit({**common, 'batch_size': batch_size,
+          'memory_gib_per_device': round(needed / 2**30, 3) if math.isfinite(needed) else None,
+          'fits': needed <= limit, 'compile_s': round(time.perf_counter() - start, 1)})
+    return needed
+
+  lo, hi = largest_fitting(memory_of, limit, max_compiles)
+  emit({**common, 'largest_batch_size': lo * len(devices),
+        'smallest_failing_batch_size': hi * len(devices) if hi is not None else None,
+        'exact': hi == lo + 1})
 
 
 # Dense peak TFLOP/s per device by device_kind substring (first match): bfloat16, and float32
@@ -277,8 +397,13 @@ def main(argv):
     config.data.image_size = _IMAGE_SIZE.value
   if _DTYPE.value:
     config.model.dtype = _DTYPE.value
-  {'input': bench_input, 'retrieval': bench_retrieval, 'train': bench_train,
-   'restore': bench_restore}[_WHAT.value](config)
+  if _WHAT.value == 'train':
+    bench_train(config, _STEPS.value)
+  elif _WHAT.value == 'max_batch':
+    bench_max_batch(config, _MEMORY_LIMIT_GIB.value, _MAX_COMPILES.value)
+  else:
+    {'input': bench_input, 'retrieval': bench_retrieval,
+     'restore': bench_restore}[_WHAT.value](config)
 
 
 if __name__ == '__main__':

@@ -132,7 +132,8 @@ def restore_latest(workdir: str, config) -> tuple:
 # fill in around them instead of one long test running alone at the end (~18 -> ~16 min here).
 # (The TINY_TRAINING tests, test_train.py among them, are one loadgroup unit, its largest,
 # which xdist hands out before all of these.)
-_LONG_FIRST = ('test_multiprocess.py', 'test_launch.py', 'test_mixed_precision.py')
+_LONG_FIRST = ('test_multiprocess.py', 'test_launch.py', 'test_mixed_precision.py',
+               'test_benchmark.py')
 
 
 def pytest_collection_modifyitems(config, items):
