@@ -114,10 +114,11 @@ def bench_train(config, steps: int) -> None:
 
   Reports compile time (cold: main() turns the persistent cache off, cli.setup), mean time of
   >= `steps` steps after 2 warm-up steps, images/s, peak memory, FLOPs per image and, where the
-  accelerator's peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's arithmetic once
-  (XLA cost analysis of the step lowered without remat and without the warp's query chunking,
-  whose lax.map loop XLA's analysis counts only once); xla_flops_per_image is the analysis of
-  the program that runs (counts remat recomputation, undercounts the chunked warp).
+  accelerator's peak is known (_PEAK_TFLOPS), MFU. model_flops_per_image counts the model's
+  arithmetic once (XLA cost analysis of the step lowered without remat and without the warp's
+  query chunking, whose lax.map loop XLA's analysis counts only once); xla_flops_per_image is
+  the analysis of the program that runs (counts remat recomputation, undercounts the chunked
+  warp).
   """
   import resource  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -187,7 +188,8 @@ def bench_train(config, steps: int) -> None:
       'mfu': round(achieved / (peak * len(devices)), 4) if achieved and peak else None,
       'peak_memory_gib': round(peak_memory / 2**30, 2), 'peak_memory_source': memory_source,
       'xla_temp_gib_per_device': round(memory.temp_size_in_bytes / 2**30, 2) if memory else None,
-      'xla_memory_gib_per_device': round(step_memory_bytes(memory) / 2**30, 2) if memory else None,
+      'xla_memory_gib_per_device': (round(step_memory_bytes(memory) / 2**30, 2) if memory
+                                    else None),
       'loss': round(float(scalars['total']), 4)})
 
 
@@ -224,11 +226,10 @@ def largest_fitting(memory_of: Callable[[int], float], limit: float,
                      f'limit of {limit / 2**30:.2f} GiB')
   lo, hi = 1, None
   while (hi is None or hi - lo > 1) and len(seen) < max_evaluations:
-    if hi is None:
-      fitting = sorted(seen)[-2:]
-      a, b = (fitting[0], fitting[1]) if len(fitting) == 2 else (lo, lo)
-    else:
+    if hi is not None:
       a, b = lo, hi
+    else:  # every k seen fits: the two largest
+      a, b = sorted(seen)[-2:] if len(seen) > 1 else (lo, lo)
     slope = (seen[b] - seen[a]) / (b - a) if b > a else 0.0
     if math.isinf(slope):
       k = (lo + hi) // 2  # the compile itself ran out of memory: bisect
