@@ -141,10 +141,7 @@ def bench_train(config, steps: int) -> None:
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   xla_flops = _flops(compiled.cost_analysis()) * len(devices)  # per-device SPMD program
-  if not config.model.remat and config.model.similarity.query_chunk >= size * size:
-    model_flops = _flops(lowered.cost_analysis())  # the program _model_flops would lower
-  else:
-    model_flops = _model_flops(config, state, batches[0], trainer.vgg_variables)
+  model_flops = _model_flops(config, lowered, state, batches[0], trainer.vgg_variables)
 
   warmup = 2
   for i in range(warmup):
@@ -322,9 +319,12 @@ def _flops(cost) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
-def _model_flops(config, state, batch, vgg_variables) -> float:
+def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
   """FLOPs of one global step counted once: the step lowered (not compiled) without remat and
-  with the whole warp in one block, analysed by XLA."""
+  with the whole warp in one block, analysed by XLA; `lowered` (the timed step) is that program
+  already when config has no remat and one warp block."""
+  if not config.model.remat and config.model.similarity.query_chunk >= config.data.image_size**2:
+    return _flops(lowered.cost_analysis())
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   flops_config = config.copy_and_resolve_references()
   flops_config.model.remat = False
