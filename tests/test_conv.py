@@ -33,6 +33,9 @@ def _grads(fn, x, w):
     (2, 10, 2, 3, (3, 2), (3, 1), ((0, 2), (1, 0))),  # uneven strides, kernel not a multiple
     (1, 2, 5, 13, (3, 3), (1, 1), 'SAME'),         # few positions, many outputs: matmuls
     (2, 3, 4, 40, (2, 3), (1, 1), ((1, 0), (0, 1))),  # the same, uneven kernel and padding
+    (4, 2, 6, 5, (3, 3), (1, 1), 'SAME'),          # output smaller than the kernel: im2col
+    (2, 4, 3, 4, (3, 3), (2, 2), 'SAME'),          # the same, strided (ResNet layer4 entry)
+    (2, 3, 3, 2, (5, 5), (1, 1), ((2, 2), (1, 3))),  # the same, uneven padding
 ])
 def test_conv_and_its_gradients_equal_lax(n, size, c, o, kernel, strides, padding):
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -44,6 +47,26 @@ def test_conv_and_its_gradients_equal_lax(n, size, c, o, kernel, strides, paddin
       x, w, strides, padding, dimension_numbers=_DN, precision='highest'), x, w)
   for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_conv_by_matmul_matches_torch_and_takes_outputs_smaller_than_the_kernel():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 6, 8)).astype(np.float32)
+  ours = conv.conv_by_matmul(jnp.asarray(x), jnp.asarray(w), (2, 2), ((1, 1), (1, 1)))
+  ref = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
+                                   torch.from_numpy(w).permute(3, 2, 0, 1), stride=2, padding=1)
+  np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+  # A 2 x 2 output of a 3 x 3 kernel is one matrix product, no XLA convolution.
+  small = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=_DN)).lower(
+          jnp.zeros((2, 2, 2, 8)), jnp.zeros((3, 3, 8, 8))).as_text()
+  large = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=_DN)).lower(
+          jnp.zeros((2, 3, 3, 8)), jnp.zeros((3, 3, 8, 8))).as_text()
+  if jax.default_backend() == 'cpu':
+    assert 'convolution' not in small and 'dot_general' in small
+  assert 'convolution' in large
 
 
 @pytest.mark.parametrize('c,o', [(4, 6), (6, 4)])
