@@ -31,10 +31,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.
   c.data.eval_reference = 'auto'  # 'auto' (own/retrieval top-1/other eval image) or 'self' (docs/DATA.md).
+  # Evaluation: every image is scored once per angle (degrees), its ground truth and reference
+  # hue-rotated together in the CIE ab plane (L kept): colours away from the training prior.
+  c.data.eval_hue_rotations = (0.0,)
+  # Training: target and reference hue-rotated together by one uniform random angle in
+  # [-hue_rotation, hue_rotation] degrees, so colour must come from the reference, not from the
+  # content (docs/MODEL.md, "Why the reference steers"). 0 = off (paper); 180 = any hue.
+  c.data.hue_rotation = 0.0
   c.data.jitter_brightness = 0.2  # Strategy 1: max brightness jitter of the reference.
   c.data.jitter_contrast = 0.2  # Strategy 1: max relative contrast jitter.
   c.data.jitter_saturation = 0.2  # Strategy 1: max relative saturation jitter.
   c.data.jitter_hue = 0.05  # Strategy 1: max hue shift (fraction of the colour wheel).
+  # Strategy 1: the reference crop lies at most this fraction of the crop side from the
+  # input's along each axis (0 = anywhere in the image, the paper).
+  c.data.reference_max_shift = 0.0
   c.data.affine_max_rotation = 10.0  # Strategy 1: max rotation of the reference (degrees).
   c.data.affine_max_scale = 0.1  # Strategy 1: max relative scale change of the reference.
   c.data.affine_max_shear = 0.1  # Strategy 1: max shear of the reference.

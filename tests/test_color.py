@@ -41,3 +41,26 @@ def test_gradients_finite_at_black_and_white(value):
   lab = color.rgb_to_lab(rgb)
   g = jax.grad(lambda x: jnp.sum(color.lab_to_rgb(x)))(lab)
   assert np.all(np.isfinite(g))
+
+
+def test_rotate_hue_matches_skimage_lab_rotation_and_keeps_lightness():
+  rgb = skdata.coffee()[::8, ::8].astype(np.float32) / 255.0
+  lab = skcolor.rgb2lab(rgb)
+  theta = np.deg2rad(100.0)
+  a, b = lab[..., 1], lab[..., 2]
+  turned = np.stack([lab[..., 0], np.cos(theta) * a - np.sin(theta) * b,
+                     np.sin(theta) * a + np.cos(theta) * b], axis=-1)
+  expected = np.clip(skcolor.lab2rgb(turned), 0, 1)
+  out = np.asarray(color.rotate_hue(jnp.asarray(rgb), 100.0))
+  # Pixels the rotation keeps inside the gamut: same colour, same lightness, hue + 100 deg.
+  in_gamut = np.all((skcolor.lab2rgb(turned) > 0.002) & (skcolor.lab2rgb(turned) < 0.998), -1)
+  assert in_gamut.mean() > 0.3
+  np.testing.assert_allclose(out[in_gamut], expected[in_gamut], atol=2e-3)
+  out_lab = skcolor.rgb2lab(out)
+  np.testing.assert_allclose(out_lab[in_gamut][:, 0], lab[in_gamut][:, 0], atol=0.1)
+  chroma = np.hypot(a, b) > 10
+  hue = np.degrees(np.arctan2(out_lab[..., 2], out_lab[..., 1]) - np.arctan2(b, a)) % 360
+  assert np.all(np.abs(hue[in_gamut & chroma] - 100.0) < 1.0)
+  np.testing.assert_allclose(np.asarray(color.rotate_hue(jnp.asarray(rgb), 0.0)), rgb, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(color.rotate_ab(jnp.array([[1.0, 0.0]]), 90.0)),
+                             [[0.0, 1.0]], atol=1e-6)

@@ -72,6 +72,14 @@ def test_tf_lab_matches_skimage_and_jax():
   np.testing.assert_allclose(norm, np.concatenate([l, ab], -1), atol=2e-5)
 
 
+def test_tf_rotate_hue_matches_jax():
+  rgb = np.random.default_rng(0).uniform(size=(6, 7, 3)).astype(np.float32)
+  for angle in (0.0, 45.0, -170.0):
+    np.testing.assert_allclose(color_tf.rotate_hue(tf.constant(rgb), angle).numpy(),
+                               np.asarray(jax_color.rotate_hue(jnp.asarray(rgb), angle)),
+                               atol=2e-5)
+
+
 def test_luminance_gray_roundtrip_and_neutral():
   l = tf.constant(np.linspace(0, 1, 101, dtype=np.float32)[:, None])
   gray = color_tf.luminance_to_gray(l)
@@ -100,6 +108,44 @@ def test_demo_train_and_eval_batches():
   assert [i.decode() for i in evals[0]['id']] == ['chelsea', 'coffee', '']
   assert evals[0]['input_l'].shape == (3, SIZE, SIZE, 1)
   np.testing.assert_array_equal(evals[0]['input_l'][2], 0)
+
+
+def test_training_hue_rotation_turns_target_and_reference_together():
+  plain = _config('demo', train_repeats=1, reference_strategies=(1,))
+  turned = _config('demo', train_repeats=1, reference_strategies=(1,), hue_rotation=180.0)
+  a = _batches(ip.train_dataset(plain, epoch=0, batch_size=7))[0]
+  b = _batches(ip.train_dataset(turned, epoch=0, batch_size=7))[0]
+  # Same crops and lightness (up to gamut clipping), other colours.
+  assert np.abs(a['target_lab'][..., 0] - b['target_lab'][..., 0]).mean() < 0.01
+  assert np.abs(a['target_lab'][..., 1:] - b['target_lab'][..., 1:]).mean() > 0.02
+  # Each example's target and reference turned by the same angle: the change of the mean
+  # chroma's hue agrees between target and reference.
+  def hue(ab):
+    return np.degrees(np.arctan2(ab[..., 1].mean((1, 2)), ab[..., 0].mean((1, 2))))
+  ref_ab = lambda rgb: np.asarray(jax_color.rgb_to_lab_normalized(jnp.asarray(rgb))[1])
+  turn_target = hue(b['target_lab'][..., 1:]) - hue(a['target_lab'][..., 1:])
+  turn_reference = hue(ref_ab(b['reference_rgb'])) - hue(ref_ab(a['reference_rgb']))
+  chromatic = np.hypot(*a['target_lab'][..., 1:].mean((1, 2)).T) > 0.03
+  difference = (turn_target - turn_reference + 180) % 360 - 180
+  assert chromatic.sum() >= 3 and np.all(np.abs(difference[chromatic]) < 25)
+  assert np.std(turn_target[chromatic]) > 10  # not one fixed angle
+
+
+def test_eval_hue_rotations_score_each_image_at_each_angle():
+  c = _config('demo', eval_reference='self', eval_hue_rotations=(0.0, 120.0))
+  evals = _batches(ip.eval_dataset(c, batch_size=4))
+  assert [i.decode() for i in evals[0]['id']] == ['chelsea', 'chelsea@hue120', 'coffee',
+                                                 'coffee@hue120']
+  lab = evals[0]['target_lab']
+  np.testing.assert_allclose(lab[1, ..., 0], lab[0, ..., 0], atol=0.02)
+  turn = lambda ab: np.degrees(np.arctan2(ab[..., 1].mean(), ab[..., 0].mean()))
+  assert abs((turn(lab[1, ..., 1:]) - turn(lab[0, ..., 1:]) - 120 + 180) % 360 - 180) < 15
+  # The reference ('self') is the rotated ground truth.
+  ref_lab = np.concatenate(jax_color.rgb_to_lab_normalized(
+      jnp.asarray(evals[0]['reference_rgb'])), -1)
+  np.testing.assert_allclose(ref_lab[1], lab[1], atol=0.02)
+  with pytest.raises(ValueError, match='eval_hue_rotations'):
+    ip.eval_dataset(_config('demo', eval_hue_rotations=()), batch_size=2)
 
 
 def test_same_seed_same_batches_different_seed_or_epoch_different():
@@ -182,6 +228,16 @@ def test_strategy1_offset_never_the_input_location():
     ry, rx = references.other_crop_offset(tf.constant([k, 0]), 34, 35, 32, y, x)
     seen.add((int(ry), int(rx)))
   assert (1, 2) not in seen and len(seen) == 3 * 4 - 1  # Every other position is reachable.
+
+
+def test_strategy1_max_shift_keeps_the_reference_crop_near_the_input():
+  seen = set()
+  for k in range(400):
+    ry, rx = references.other_crop_offset(tf.constant([k, 1]), 100, 60, 32, 3, 20, max_shift=4)
+    seen.add((int(ry), int(rx)))
+  # Rows 0..7 (clipped at the top), columns 16..24, never (3, 20).
+  expected = {(y, x) for y in range(0, 8) for x in range(16, 25)} - {(3, 20)}
+  assert seen == expected
 
 
 def test_strategy1_reference_is_another_crop_of_the_same_image(tmp_path):

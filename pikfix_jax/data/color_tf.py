@@ -67,6 +67,16 @@ def rgb_to_lab_normalized(rgb: tf.Tensor) -> tf.Tensor:
                     tf.clip_by_value(lab[..., 1:] / AB_SCALE, -1.0, 1.0)], axis=-1)
 
 
+def rotate_hue(rgb: tf.Tensor, degrees) -> tf.Tensor:
+  """sRGB (..., 3) with its CIE Lab hue rotated by `degrees` (a scalar), L kept, clipped to
+  the sRGB gamut (as `pikfix_jax.ops.color.rotate_hue`)."""
+  lab = rgb_to_lab(rgb)
+  theta = tf.cast(degrees, tf.float32) * (np.pi / 180.0)
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  a, b = lab[..., 1], lab[..., 2]
+  return lab_to_rgb(tf.stack([lab[..., 0], cos * a - sin * b, sin * a + cos * b], axis=-1))
+
+
 def luminance_to_gray(l: tf.Tensor) -> tf.Tensor:
   """Normalised L (..., 1) -> sRGB value of the neutral grey of that lightness (..., 1)."""
   y = _f_inv((l * L_SCALE + 16.0) / 116.0)  # Relative luminance Y (white Y = 1).

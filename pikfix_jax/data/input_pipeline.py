@@ -40,6 +40,7 @@ _luminance_to_gray_xla = tf.function(color_tf.luminance_to_gray, jit_compile=Tru
                                      autograph=False)
 _gray_to_luminance_xla = tf.function(color_tf.gray_to_luminance, jit_compile=True,
                                      autograph=False)
+_rotate_hue_xla = tf.function(color_tf.rotate_hue, jit_compile=True, autograph=False)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
@@ -156,12 +157,18 @@ def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_
   if size == 0 and batch_size != 1:
     raise ValueError('config.data.eval_image_size=0 (full images) needs eval batch_size 1.')
   split = sources.get_split(config, 'validation')
-  per_process = math.ceil(split.count / process_count)
+  angles = eval_hue_rotations(config)
+  per_process = math.ceil(split.count / process_count) * len(angles)
   total = math.ceil(per_process / batch_size) * batch_size
   ds = split.records().filter(lambda i, r: i % process_count == process_index)
+  # Every image once per angle of data.eval_hue_rotations, in that order; example k of image i
+  # (its degradation's seed) is i * len(angles) + k.
+  ds = ds.flat_map(lambda i, r: tf.data.Dataset.from_tensor_slices(
+      (tf.constant(angles, tf.float32), tf.range(len(angles), dtype=tf.int64))).map(
+          lambda a, k: (i, i * len(angles) + k, r, a)))
   make = _eval_example_fn(config, split)
-  ds = ds.map(_plain(lambda i, r: make(i, split.decode(r))), num_parallel_calls=_AUTOTUNE,
-              deterministic=True)
+  ds = ds.map(_plain(lambda i, example, r, a: make(i, example, split.decode(r), a)),
+              num_parallel_calls=_AUTOTUNE, deterministic=True)
   padding = {k: tf.zeros([1 if n is None else n for n in spec.shape], spec.dtype)
              for k, spec in ds.element_spec.items()}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total)
@@ -169,6 +176,9 @@ def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_
 
 
 # -------------------------------------------------------------------------- example builders
+_HUE_STREAM = 3  # stateless_fold_in key of the hue angle (s[0..2] are crop, degradation, reference)
+
+
 def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: int):
   d = config.data
   size = d.image_size
@@ -189,10 +199,6 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
     y, x = references.crop_offset(s[0], shape[0], shape[1], size)
     crop = tf.ensure_shape(tf.image.convert_image_dtype(image[y:y + size, x:x + size], tf.float32),
                            [size, size, 3])
-    target = _rgb_to_lab_xla(crop)
-    input_l = target[..., :1]
-    if d.degrade:
-      input_l = degrade_luminance(input_l, s[1], config, bank, xla=True)
     if strategy == 1:
       reference = references.strategy1(image, s[2], y, x, size, d)
     else:
@@ -201,6 +207,16 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
       else:
         j = references.neighbor_index(s[2], index, neighbors, split.count)
       reference = tf.image.convert_image_dtype(tf.gather(pool, j), tf.float32)
+    if d.hue_rotation:
+      # One angle for the example: its colours, and its reference's, turn together.
+      angle = tf.random.stateless_uniform(
+          [], tf.random.experimental.stateless_fold_in(seed, _HUE_STREAM),
+          -d.hue_rotation, d.hue_rotation)
+      crop, reference = _rotate_hue_xla(crop, angle), _rotate_hue_xla(reference, angle)
+    target = _rgb_to_lab_xla(crop)
+    input_l = target[..., :1]
+    if d.degrade:
+      input_l = degrade_luminance(input_l, s[1], config, bank, xla=True)
     return {'input_l': input_l, 'target_lab': target, 'reference_rgb': reference,
             'id': example['id']}
 
@@ -235,13 +251,16 @@ def _eval_example_fn(config, split: sources.Split):
     j = tf.gather(top1, i)  # The most similar training image (paper), when indexed.
     return tf.cond(j >= 0, lambda: tf.gather(train_pool, tf.maximum(j, 0)), other)
 
-  def make(index, example):
-    seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+  def make(index, position, example, angle):
+    """Example `position` of the evaluation: image `index` at hue rotation `angle`."""
+    seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(position, tf.int64)])
     s = tf.random.experimental.stateless_split(seed, 2)
-    target = example['image']
+    original = target = example['image']
     observed = example.get('input', target)
     if size:
-      target, observed = center_crop(target, size), center_crop(observed, size)
+      original = target = center_crop(target, size)
+      observed = center_crop(observed, size)
+    target = tf.cond(angle == 0.0, lambda: target, lambda: _rotate_uint8(target, angle))
     target_lab = color_tf.rgb_to_lab_normalized(tf.image.convert_image_dtype(target, tf.float32))
     if 'input' in example:  # Real old photo (RealOld): no synthetic degradation.
       input_l = color_tf.rgb_to_lab_normalized(
@@ -250,19 +269,40 @@ def _eval_example_fn(config, split: sources.Split):
       input_l = target_lab[..., :1]
       if d.degrade:
         input_l = degrade_luminance(input_l, s[0], config, bank)
-    reference = reference_for(index, s[1], target)
+    reference = reference_for(index, s[1], original)
     if 'has_reference' in example:
       reference = tf.cond(example['has_reference'],
                           lambda: references.square_resize(example['reference'], ref_size),
                           lambda: reference)
+    # The reference turns with its ground truth.
+    reference = tf.cond(angle == 0.0, lambda: reference, lambda: _rotate_uint8(reference, angle))
+    name = tf.cond(angle == 0.0, lambda: example['id'], lambda: tf.strings.join(
+        [example['id'], tf.strings.format('@hue{}', tf.cast(tf.round(angle), tf.int32))]))
     return {'input_l': input_l, 'target_lab': target_lab,
             'reference_rgb': tf.image.convert_image_dtype(reference, tf.float32),
-            'id': example['id'], 'mask': tf.constant(1.0)}
+            'id': name, 'mask': tf.constant(1.0)}
 
   return make
 
 
 # ------------------------------------------------------------------------------- helpers
+def eval_hue_rotations(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """config.data.eval_hue_rotations, checked: the angles (degrees) each evaluation image is
+  scored at."""
+  angles = tuple(float(a) for a in config.data.eval_hue_rotations)
+  if not angles:
+    raise ValueError('config.data.eval_hue_rotations is empty; use (0,) to score the images '
+                     'as they are.')
+  return angles
+
+
+def _rotate_uint8(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
+  """uint8 (H, W, 3) with its CIE Lab hue rotated by `angle` degrees (color_tf.rotate_hue),
+  rounded back to uint8: an 8-bit photo like the others of the split."""
+  rgb = color_tf.rotate_hue(tf.image.convert_image_dtype(image, tf.float32), angle)
+  return tf.cast(tf.clip_by_value(tf.round(rgb * 255.0), 0, 255), tf.uint8)
+
+
 def split_ids(split: sources.Split) -> list[str]:
   """Example ids of a split in canonical order (read once from the data for tfds splits)."""
   if split.ids is None:

@@ -29,12 +29,19 @@ def crop_offset(seed, height, width, size: int) -> tuple[tf.Tensor, tf.Tensor]:
   return k // n_x, k % n_x
 
 
-def other_crop_offset(seed, height, width, size: int, y, x) -> tuple[tf.Tensor, tf.Tensor]:
-  """A uniformly random crop corner different from (y, x); needs at least two crop positions."""
-  n_y, n_x = height - size + 1, width - size + 1
+def other_crop_offset(seed, height, width, size: int, y, x,
+                      max_shift: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+  """A uniformly random crop corner different from (y, x), at most `max_shift` px away along
+  each axis (0: anywhere); needs at least two crop positions in that window."""
+  y0, x0 = tf.zeros_like(y), tf.zeros_like(x)
+  y1, x1 = height - size, width - size  # Last valid corner.
+  if max_shift:
+    y0, x0 = tf.maximum(y0, y - max_shift), tf.maximum(x0, x - max_shift)
+    y1, x1 = tf.minimum(y1, y + max_shift), tf.minimum(x1, x + max_shift)
+  n_y, n_x = y1 - y0 + 1, x1 - x0 + 1
   k = tf.random.stateless_uniform([], seed, 0, n_y * n_x - 1, dtype=tf.int32)
-  k = tf.where(k >= y * n_x + x, k + 1, k)  # Skip the input's own position.
-  return k // n_x, k % n_x
+  k = tf.where(k >= (y - y0) * n_x + (x - x0), k + 1, k)  # Skip the input's own position.
+  return y0 + k // n_x, x0 + k % n_x
 
 
 def other_index(seed, index, count) -> tf.Tensor:
@@ -107,7 +114,8 @@ def strategy1(image: tf.Tensor, seed, y, x, size: int,
   side), jittered and warped; float32 (size, size, 3)."""
   s = tf.random.experimental.stateless_split(seed, 3)
   shape = tf.shape(image)
-  ry, rx = other_crop_offset(s[0], shape[0], shape[1], size, y, x)
+  max_shift = int(round(config.reference_max_shift * size))
+  ry, rx = other_crop_offset(s[0], shape[0], shape[1], size, y, x, max_shift)
   crop = tf.image.convert_image_dtype(image[ry:ry + size, rx:rx + size], tf.float32)
   crop = tf.ensure_shape(crop, [size, size, 3])
   crop = color_jitter(crop, s[1], config)

@@ -80,6 +80,22 @@ def lab_normalized_to_rgb(l: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
   return lab_to_rgb(denormalize_lab(l, ab))
 
 
+def rotate_ab(ab: jnp.ndarray, degrees) -> jnp.ndarray:
+  """Rotates chroma (..., 2) (a, b) by `degrees` (scalar or broadcastable to (...)) about the
+  grey axis of the CIE ab plane: hue angle + degrees, chroma and L unchanged."""
+  theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))[..., None]
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  a, b = ab[..., :1], ab[..., 1:]
+  return jnp.concatenate([cos * a - sin * b, sin * a + cos * b], axis=-1)
+
+
+def rotate_hue(rgb: jnp.ndarray, degrees) -> jnp.ndarray:
+  """The sRGB image whose CIE Lab hue angle is rotated by `degrees` (`rotate_ab`), L kept;
+  colours the rotation takes out of the sRGB gamut are clipped by `lab_to_rgb`."""
+  lab = rgb_to_lab(rgb)
+  return lab_to_rgb(jnp.concatenate([lab[..., :1], rotate_ab(lab[..., 1:], degrees)], axis=-1))
+
+
 def gray_to_rgb(l: jnp.ndarray) -> jnp.ndarray:
   """Normalised luminance (...,1) -> the sRGB grey image of that lightness (a = b = 0)."""
   return lab_normalized_to_rgb(l, jnp.zeros(l.shape[:-1] + (2,), l.dtype))
