@@ -43,6 +43,7 @@ from pikfix_jax import image_io
 from pikfix_jax import metrics
 from pikfix_jax import cli
 from pikfix_jax import restore
+from pikfix_jax import scoring
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
@@ -60,7 +61,7 @@ CONVENTIONS = ('sRGB, 8-bit [0, 255] quantised output and ground truth; PSNR per
                'per image as skimage structural_similarity(channel_axis=-1, data_range=255): '
                '7x7 uniform window, sample covariance, K1 0.01, K2 0.03, mean over channels; '
                'LPIPS VGG v0.1 on x/127.5-1, spatial mean')
-SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'images', 'psnr', 'ssim', 'lpips',
+SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'method', 'images', 'psnr', 'ssim', 'lpips',
                   'reference', 'eval_image_size', 'checkpoint', 'step', 'date', 'conventions',
                   'lpips_note')
 
@@ -140,12 +141,6 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], height: int = 256) -> np.nd
   return np.concatenate(out, axis=0)
 
 
-def _fmt(value: Optional[float], digits: int) -> str:
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return ''
-  return f'{value:.{digits}f}'
-
-
 def _write_csv(path: str, fields: Sequence[str], rows: Sequence[dict]) -> None:
   with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(fields))
@@ -162,23 +157,30 @@ def _read_csv(path: str) -> list[dict]:
 
 
 def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str) -> str:
-  """Our numbers in the layout of the paper's Table 1, beside the paper's."""
+  """Our numbers in the layout of the paper's Table 1, beside the paper's, with the controls
+  and baselines of pikfix_jax.scoring on the same images."""
   key = (config.dataset, bool(config.data.degrade))
   source, paper = PAPER.get(key, ('', None))
   label = condition_label(config)
-  lpips_ours = _fmt(summary['lpips'], 3) if summary['lpips'] is not None else 'n/a ¹'
+  rows = summary['scores']['rows']
+  has_lpips = summary['lpips'] is not None
+  num = scoring.format_number
   lines = [f'# Evaluation: {label}', '',
            f'| Method | {label}: PSNR ↑ | SSIM ↑ | LPIPS ↓ |', '| --- | --- | --- | --- |']
   if paper:
     lines.append(f'| Pik-Fix (paper, {source}) | {paper[0]:.2f} | {paper[1]:.3f} | '
                  f'{paper[2]:.3f} |')
-  lines.append(f'| pikfix_jax (this run) | {_fmt(summary["psnr"], 2)} | '
-               f'{_fmt(summary["ssim"], 3)} | {lpips_ours} |')
+  for row, s in rows.items():
+    name = 'pikfix_jax (this run)' if row == scoring.MODEL else scoring.LABELS[row]
+    lpips = num(s['lpips'], 3) if has_lpips else 'n/a ¹'
+    lines.append(f'| {name} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
+  for paragraph in scoring.checks_markdown(summary['scores']):
+    lines += ['', paragraph]
   lines += ['', f'{summary["images"]} images of the `{summary["split"]}` split; reference: '
             f'{summary["reference"]}; checkpoint {summary["checkpoint"]} (step '
             f'{summary["step"]}); eval_image_size {summary["eval_image_size"]}.', '',
             f'Conventions: {CONVENTIONS}.']
-  if summary['lpips'] is None:
+  if not has_lpips:
     lines += ['', f'¹ LPIPS not computed: {lpips_note}']
   if not paper:
     lines += ['', f'The paper reports no numbers for {label}.']
@@ -193,8 +195,9 @@ def sensitivity_markdown(rows: Sequence[dict]) -> str:
   for row in sorted(rows, key=lambda r: int(r['rank'])):
     paper = PAPER_SENSITIVITY.get(int(row['rank']))
     p = [f'{paper[0]:.2f}', f'{paper[1]:.3f}', f'{paper[2]:.2f}'] if paper else ['', '', '']
-    lines.append(f'| {row["rank"]} | {_fmt(_float(row["psnr"]), 2)} | '
-                 f'{_fmt(_float(row["ssim"]), 3)} | {_fmt(_float(row["lpips"]), 3) or "n/a"} | '
+    num = scoring.format_number
+    lines.append(f'| {row["rank"]} | {num(_float(row["psnr"]), 2)} | '
+                 f'{num(_float(row["ssim"]), 3)} | {num(_float(row["lpips"]), 3) or "n/a"} | '
                  f'{" | ".join(p)} | {row["images"]} |')
   lines += ['', 'Paper: DIV2K, rank 1 -> rank 10 (only the end points are given in the text).',
             f'Conventions: {CONVENTIONS}.']
@@ -210,12 +213,14 @@ def _float(value) -> Optional[float]:
 
 @functools.lru_cache(maxsize=4)
 def _forward(model: pikfix.PikFix):
-  """Jitted (variables, L, reference) -> sRGB; inputs padded to multiples of 32 and cropped
-  back. One per model, so evaluating several reference ranks compiles once."""
+  """Jitted (variables, L, reference) -> {'rgb', 'restored_l', 'ab'}; inputs padded to
+  multiples of 32 and cropped back. One per model, so evaluating several reference ranks
+  compiles once."""
   def forward(v, l, r):
     l, hw = pikfix.pad_to_multiple(l)
     r, _ = pikfix.pad_to_multiple(r)
-    return pikfix.crop_to(model.apply(v, l, r)['rgb'], hw)
+    out = model.apply(v, l, r)
+    return {k: pikfix.crop_to(out[k], hw) for k in ('rgb', 'restored_l', 'ab')}
   return jax.jit(forward)
 
 
@@ -228,10 +233,12 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
              output_dir: str, *, reference_rank: Optional[int] = None,
              batch_size: Optional[int] = None, grid_rows: int = 8,
              max_batches: Optional[int] = None, source: str = '',
-             step: Optional[int] = None) -> dict:
-  """Scores `model` on config's evaluation split and writes the files (module docstring).
+             step: Optional[int] = None, reference_control: bool = True) -> dict:
+  """Scores `model`, its controls and the baselines (pikfix_jax.scoring) on config's evaluation
+  split and writes the files (module docstring).
 
-  Returns the summary dict (means over images; 'lpips' None when unavailable).
+  Returns the summary dict: the model's means over images ('lpips' None when unavailable) and
+  'scores', pikfix_jax.scoring.summarize of every row.
   """
   from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from pikfix_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -246,79 +253,89 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
   chosen = pool = train_ids = None
   if reference_rank:
     chosen, pool, train_ids = rank_references(config, reference_rank)
+  per_image = len(input_pipeline.eval_hue_rotations(config))  # examples per evaluation image
 
   variables = jax.device_put(variables)
   forward = _forward(model)
   restorer = restore.Restorer(model, variables) if full_size else None
 
-  rows, grid = [], []
+  def predict(l: np.ndarray, reference: np.ndarray) -> dict:
+    if full_size:
+      out = restorer(l[0], reference[0], outputs=True)
+      return {k: v[None] for k, v in out.items()}
+    return jax.tree_util.tree_map(np.asarray,
+                                  forward(variables, jnp.asarray(l), jnp.asarray(reference)))
+
+  scorer = scoring.Scorer(
+      lpips_metric, control_angles=scoring.CONTROL_ANGLES if reference_control else (),
+      restoration=bool(config.data.degrade))
+  records, references, grid = [], [], []
   index = 0
   batches = input_pipeline.eval_dataset(config, batch_size=batch_size)
   if max_batches:
     batches = batches.take(max_batches)
   for batch in batches.as_numpy_iterator():
-    reference = np.array(batch['reference_rgb'])
+    batch['reference_rgb'] = reference = np.array(batch['reference_rgb'])
     names = ['default'] * len(reference)
     for i in range(len(reference)):
-      if chosen is not None and batch['mask'][i] and index + i < len(chosen):
-        j = chosen[index + i]
+      image = (index + i) // per_image
+      if chosen is not None and batch['mask'][i] and image < len(chosen):
+        j = chosen[image]
         if j >= 0:
           reference[i] = pool[j].astype(np.float32) / 255.0
           names[i] = f'train:{train_ids[j]}'
-    if full_size:
-      out = restorer(batch['input_l'][0], reference[0])[None]
-    else:
-      out = np.asarray(forward(variables, jnp.asarray(batch['input_l']), jnp.asarray(reference)))
+    batch_records, outputs = scorer.score_batch(predict, batch, first_index=index)
+    records += batch_records
+    references += [names[i] for i in range(len(reference)) if batch['mask'][i]]
     target = np.asarray(_lab_to_rgb(jnp.asarray(batch['target_lab'])))
-    out8, target8 = metrics.quantize(out), metrics.quantize(target)
-    psnr = metrics.psnr(target8, out8)
-    ssim = metrics.ssim(target8, out8)
-    lp = lpips_metric(target8, out8) if lpips_metric is not None else [None] * len(out8)
-    for i in range(len(out8)):
-      if not batch['mask'][i]:
-        continue
-      rows.append({'index': index, 'id': batch['id'][i].decode(), 'psnr': float(psnr[i]),
-                   'ssim': float(ssim[i]), 'lpips': None if lp[i] is None else float(lp[i]),
-                   'reference': names[i]})
-      if len(grid) < grid_rows:
-        grid.append([_grey(batch['input_l'][i]), reference[i], out8[i] / 255.0,
-                     target8[i] / 255.0])
-      index += 1
-  if not rows:
+    for i in range(len(reference)):
+      if batch['mask'][i] and len(grid) < grid_rows:
+        grid.append([_grey(batch['input_l'][i]), reference[i],
+                     metrics.quantize(outputs['rgb'][i]) / 255.0,
+                     scoring.tint(batch['input_l'][i:i + 1], reference[i:i + 1])[0],
+                     metrics.quantize(target[i]) / 255.0])
+    index += len(reference)
+  if not records:
     raise ValueError(f'{config.dataset}: the evaluation split is empty')
 
+  scores = scoring.summarize(records)
+  model_scores = scores['rows'][scoring.MODEL]
   summary = {
       'dataset': config.dataset, 'split': sources.EVAL_SPLIT.get(config.dataset, 'validation'),
-      'degraded': bool(config.data.degrade),
-      'images': len(rows), 'psnr': metrics.mean(r['psnr'] for r in rows),
-      'ssim': metrics.mean(r['ssim'] for r in rows),
-      'lpips': metrics.mean(r['lpips'] for r in rows) if lpips_metric is not None else None,
+      'degraded': bool(config.data.degrade), 'method': scoring.MODEL,
+      'images': len(records), 'psnr': model_scores['psnr'], 'ssim': model_scores['ssim'],
+      'lpips': model_scores['lpips'],
       'reference': (f'rank {reference_rank} training image' if reference_rank
                     else f'data.eval_reference={config.data.eval_reference}'),
       'eval_image_size': config.data.eval_image_size, 'checkpoint': source, 'step': step,
       'date': datetime.date.today().isoformat(), 'conventions': CONVENTIONS,
-      'lpips_note': lpips_note,
+      'lpips_note': lpips_note, 'scores': scores,
   }
-  per_image_fields = ('index', 'id', 'psnr', 'ssim', 'lpips', 'reference')
+  per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'reference')
   printable = lambda r: {k: ('' if v is None else (f'{v:.6f}' if isinstance(v, float) else v))
                          for k, v in r.items()}
+  per_image_rows = [printable({'index': r['index'], 'id': r['id'], 'method': row,
+                               'reference': name, **r[row]})
+                    for r, name in zip(records, references) for row in scorer.rows]
   suffix = f'_rank{reference_rank}' if reference_rank else ''
   _write_csv(os.path.join(output_dir, f'per_image{suffix}.csv'), per_image_fields,
-             [printable(r) for r in rows])
+             per_image_rows)
   image_io.write_image(os.path.join(output_dir, f'grid{suffix}.png'), image_grid(grid))
   if reference_rank:
     path = os.path.join(output_dir, 'reference_sensitivity.csv')
     kept = [r for r in _read_csv(path) if int(r['rank']) != reference_rank]
     kept.append(printable({'rank': reference_rank, 'psnr': summary['psnr'],
                            'ssim': summary['ssim'], 'lpips': summary['lpips'],
-                           'images': len(rows), 'checkpoint': source, 'step': step}))
+                           'images': len(records), 'checkpoint': source, 'step': step}))
     fields = ('rank', 'psnr', 'ssim', 'lpips', 'images', 'checkpoint', 'step')
     kept.sort(key=lambda r: int(r['rank']))
     _write_csv(path, fields, kept)
     with open(os.path.join(output_dir, 'reference_sensitivity.md'), 'w') as f:
       f.write(sensitivity_markdown(kept))
   else:
-    _write_csv(os.path.join(output_dir, 'metrics.csv'), SUMMARY_FIELDS, [printable(summary)])
+    method_rows = [printable(dict(summary, method=row, **scores['rows'][row]))
+                   for row in scores['rows']]
+    _write_csv(os.path.join(output_dir, 'metrics.csv'), SUMMARY_FIELDS, method_rows)
     with open(os.path.join(output_dir, 'table.md'), 'w') as f:
       f.write(table_markdown(config, summary, lpips_note))
   return summary
@@ -354,6 +371,10 @@ def define_flags() -> dict:
                                         '(python -m pikfix_jax.export).'),
       'use_best': flags.DEFINE_bool('use_best', False, 'The best checkpoint by validation PSNR '
                                     'instead of the latest.'),
+      'reference_control': flags.DEFINE_bool(
+          'reference_control', True, 'Also score the reference control: every reference '
+          'hue-rotated by 0, 90, 180, 270 degrees (ground truth not); does the hue of the '
+          'output follow the reference\'s? (4 more forward passes per batch).'),
       'reference_rank': flags.DEFINE_string(
           'reference_rank', '', 'k (1..10), a list (1,3,10) or a range (1-10): use each '
           'image\'s k-th most similar training image as reference (paper Fig. 5).'),
@@ -394,11 +415,13 @@ def main(argv):
       summary = evaluate(config, model, variables, output_dir, reference_rank=rank,
                          batch_size=f['batch_size'], grid_rows=f['grid_rows'],
                          max_batches=f['max_batches'], source=info['source'],
-                         step=info['step'])
+                         step=info['step'], reference_control=f['reference_control'])
       lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
       label = f'rank {rank}: ' if rank else ''
       print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '
             f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
+      if not rank:
+        print(scoring.summary_markdown(summary['scores']))
   except (restore.RestoreError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from absl import app
 from absl import flags
@@ -355,14 +355,17 @@ class Restorer:
     scale = math.sqrt(self.color_max_pixels / (h * w))
     return max(m, int(h * scale) // m * m), max(m, int(w * scale) // m * m)
 
-  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray) -> np.ndarray:
+  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray,
+               outputs: bool = False) -> Union[np.ndarray, dict]:
     """Restores one photo.
 
     Args:
       image: sRGB (H, W, 3) in [0, 1] (grey photos have equal channels) or L/100 (H, W[, 1]).
       reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size.
+      outputs: also return the restored L and the ab (as the generator's outputs).
     Returns:
-      sRGB (H, W, 3) float32 in [0, 1].
+      sRGB (H, W, 3) float32 in [0, 1]; with `outputs`, {'rgb', 'restored_l' (H, W, 1),
+      'ab' (H, W, 2)}.
     """
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
@@ -384,6 +387,11 @@ class Restorer:
     self.last_info.update(padded=tuple(padded.shape[1:3]), color=(ch, cw),
                           reference=tuple(reference.shape[1:3]),
                           seconds=time.perf_counter() - start)
+    if outputs:
+      if ab.shape[1:3] != restored.shape[1:3]:
+        ab = jax.image.resize(ab, restored.shape[:3] + (2,), 'linear')
+      return {'rgb': out, 'restored_l': np.asarray(pikfix.crop_to(restored, hw)[0]),
+              'ab': np.asarray(pikfix.crop_to(ab, hw)[0])}
     return out
 
 

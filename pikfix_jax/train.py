@@ -28,11 +28,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import dm_pix
+from jax.experimental import multihost_utils
 
 from pikfix_jax import distributed
 from pikfix_jax import image_io
 from pikfix_jax import losses
 from pikfix_jax import models
+from pikfix_jax import scoring
 from pikfix_jax import weights
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.models import backbones
@@ -117,7 +119,7 @@ class Trainer:
     self.vgg_variables = None
     self._train_step = jax.jit(self._step, donate_argnums=(0,),
                                out_shardings=(self.replicated, self.replicated))
-    self._eval_step = jax.jit(self._evaluate)
+    self._predict_step = jax.jit(self._predict)
 
   # --------------------------------------------------------------------------- state
   def init_state(self, seed: int) -> TrainState:
@@ -245,31 +247,46 @@ class Trainer:
             for k, v in arrays.items()}
 
   # ------------------------------------------------------------------------- evaluate
-  def _evaluate(self, state: TrainState, batch: dict) -> dict:
+  def _predict(self, state: TrainState, batch: dict) -> dict:
     outputs = self.generator.apply(generator_variables(state), batch['input_l'],
                                    batch['reference_rgb'])
-    target_rgb = color.lab_normalized_to_rgb(batch['target_lab'][..., :1],
-                                             batch['target_lab'][..., 1:])
-    mask = batch['mask']
-    return {'psnr_sum': jnp.sum(dm_pix.psnr(outputs['rgb'], target_rgb) * mask),
-            'ssim_sum': jnp.sum(dm_pix.ssim(outputs['rgb'], target_rgb) * mask),
-            'count': jnp.sum(mask), 'rgb': outputs['rgb'], 'restored_l': outputs['restored_l'],
-            'target_rgb': target_rgb}
+    return {k: outputs[k] for k in ('rgb', 'restored_l', 'ab')}
 
-  def evaluate(self, state: TrainState, batches) -> tuple[dict[str, float], Optional[np.ndarray]]:
-    """Validation PSNR/SSIM (sRGB, [0, 1] range) over `batches`, and an image grid."""
-    totals = {'psnr_sum': 0.0, 'ssim_sum': 0.0, 'count': 0.0}
-    grid = None
+  def predict(self, state: TrainState, input_l: np.ndarray, reference_rgb: np.ndarray) -> dict:
+    """The generator's rgb, restored_l and ab for this process's rows (NumPy; every process
+    calls it with its own rows of the global batch)."""
+    batch = self.shard({'input_l': input_l, 'reference_rgb': reference_rgb})
+    return host_local(self._predict_step(state, batch))
+
+  def evaluate(self, state: TrainState, batches, scorer: scoring.Scorer
+               ) -> tuple[dict[str, float], Optional[np.ndarray], list[dict]]:
+    """Scores the model and `scorer`'s rows on `batches` (pikfix_jax.scoring: 8-bit sRGB, the
+    conventions of `python -m pikfix_jax.evaluate`), averaged over every process's images.
+
+    Returns ({'val_psnr', 'val_ssim', 'val_<row>_psnr', ...}, an image grid of this
+    process's first batch, this process's per-image records).
+    """
+    predict = functools.partial(self.predict, state)
+    records, grid, index = [], None, 0
     for batch in batches:
-      sharded = self.shard(batch)
-      out = self._eval_step(state, sharded)
-      for k in totals:
-        totals[k] += float(out[k])
+      batch_records, outputs = scorer.score_batch(predict, batch, first_index=index)
+      records += batch_records
+      index += len(batch['input_l'])
       if grid is None:
-        grid = image_grid(host_local(sharded), host_local(out))
-    count = max(totals['count'], 1.0)
-    return {'val_psnr': totals['psnr_sum'] / count,
-            'val_ssim': totals['ssim_sum'] / count}, grid
+        grid = image_grid(batch, outputs)
+    sums = {}
+    for record in records:
+      for row in scorer.rows:
+        for metric in ('psnr', 'ssim'):
+          name = f'val_{metric}' if row == scoring.MODEL else f'val_{row}_{metric}'
+          sums[name] = sums.get(name, 0.0) + record[row][metric]
+    names = sorted(f'val_{m}' if row == scoring.MODEL else f'val_{row}_{m}'
+                   for row in scorer.rows for m in ('psnr', 'ssim'))
+    totals = np.array([sums.get(n, 0.0) for n in names] + [len(records)], np.float64)
+    if jax.process_count() > 1:
+      totals = np.sum(multihost_utils.process_allgather(totals), axis=0)
+    count = max(totals[-1], 1.0)
+    return {n: float(v / count) for n, v in zip(names, totals[:-1])}, grid, records
 
 
 def host_local(tree):
@@ -288,18 +305,20 @@ def host_local(tree):
 
 
 def image_grid(batch: dict, outputs: dict, max_rows: int = 4) -> np.ndarray:
-  """Rows of [degraded input | reference | restored L | output | ground truth], (H', W', 3)."""
+  """Rows of [degraded input | reference | restored L | output | input L + reference mean
+  chroma (the tint baseline) | ground truth], (H', W', 3)."""
   def grey(l):
     return np.repeat(np.clip(l, 0, 1), 3, axis=-1)
 
-  rows = []
-  n = min(max_rows, int(np.sum(batch['mask'])) if 'mask' in batch else batch['input_l'].shape[0])
-  for i in range(max(n, 1)):
-    h, w = batch['input_l'].shape[1:3]
-    ref = np.asarray(jax.image.resize(batch['reference_rgb'][i], (h, w, 3), 'bilinear'))
-    rows.append(np.concatenate([grey(batch['input_l'][i]), np.clip(ref, 0, 1),
-                                grey(outputs['restored_l'][i]), outputs['rgb'][i],
-                                outputs['target_rgb'][i]], axis=1))
+  n = min(max_rows, int(np.sum(batch['mask'])) if 'mask' in batch else len(batch['input_l']))
+  n = max(n, 1)
+  h, w = batch['input_l'].shape[1:3]
+  reference = np.asarray(jax.image.resize(batch['reference_rgb'][:n], (n, h, w, 3), 'bilinear'))
+  tint = scoring.tint(batch['input_l'][:n], batch['reference_rgb'][:n])
+  target = scoring.lab_to_rgb(batch['target_lab'][:n, ..., :1], batch['target_lab'][:n, ..., 1:])
+  rows = [np.concatenate([grey(batch['input_l'][i]), np.clip(reference[i], 0, 1),
+                          grey(outputs['restored_l'][i]), outputs['rgb'][i], tint[i],
+                          target[i]], axis=1) for i in range(n)]
   return np.concatenate(rows, axis=0)
 
 
@@ -422,20 +441,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
   eval_batch = config.train.eval_batch_size // process_count
 
-  def run_eval(step: int) -> dict:
+  def run_eval(step: int, final: bool) -> dict:
+    """Validation: the model beside the baselines that need no forward pass; at the end also
+    the shuffled-reference control, the reference control and the restoration checks, as a
+    table in the log and WORKDIR/validation_table.md (pikfix_jax.scoring)."""
     batches = input_pipeline.eval_dataset(config, batch_size=eval_batch,
                                           process_index=process_index,
                                           process_count=process_count)
     if config.train.num_eval_batches > 0:
       batches = batches.take(config.train.num_eval_batches)
-    results, grid = trainer.evaluate(state, batches.as_numpy_iterator())
+    scorer = (scoring.Scorer(control_angles=scoring.CONTROL_ANGLES,
+                             restoration=config.data.degrade) if final else
+              scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.ZERO_CHROMA)))
+    results, grid, records = trainer.evaluate(state, batches.as_numpy_iterator(), scorer)
     writer.write_scalars(step, results)
     if grid is not None:
       writer.write_images(step, {'validation': grid[None]})
       if process_index == 0:
         image_io.write_image(os.path.join(workdir, 'validation_grid.png'), grid)
-    logging.info('step %d: val_psnr %.3f val_ssim %.4f', step, results['val_psnr'],
-                 results['val_ssim'])
+    logging.info('step %d: val_psnr %.3f val_ssim %.4f (tint baseline %.3f / %.4f)', step,
+                 results['val_psnr'], results['val_ssim'], results['val_tint_psnr'],
+                 results['val_tint_ssim'])
+    if final and process_index == 0 and records:
+      # This process's images (all of them on one process).
+      table = (f'Validation at step {step}, {len(records)} images of {config.dataset} '
+               f'(process {process_index}):\n\n' +
+               scoring.summary_markdown(scoring.summarize(records)))
+      logging.info('\n%s', table)
+      with open(os.path.join(workdir, 'validation_table.md'), 'w') as f:
+        f.write(table)
     return results
 
   def save(step: int) -> None:
@@ -471,13 +505,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         train_metrics = None
       if step % config.train.image_every == 0:
         _check_finite(*pending, workdir, last_saved)
-        sample = trainer.shard(dict(batch, mask=np.ones(len(batch['input_l']), np.float32)))
-        outs = trainer._eval_step(state, sample)
-        writer.write_images(step, {'train': image_grid(host_local(sample),
-                                                       host_local(outs))[None]})
+        outs = trainer.predict(state, batch['input_l'], batch['reference_rgb'])
+        writer.write_images(step, {'train': image_grid(batch, outs)[None]})
       if step % config.train.eval_every == 0 or is_last:
         _check_finite(*pending, workdir, last_saved)
-        best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step))
+        best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step, is_last))
       if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
         _check_finite(*pending, workdir, last_saved)
         save(step)

@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY_TRAINING, tiny_train_config
 from pikfix_jax import evaluate
 from pikfix_jax import restore
+from pikfix_jax import scoring
 from pikfix_jax import weights
 
 pytestmark = TINY_TRAINING
@@ -32,21 +33,31 @@ def _rows(path):
 def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
   model, variables, _, info = generator
   config = tiny_train_config()
+  config.data.degrade = True
   out = str(tmp_path / 'eval')
   summary = evaluate.evaluate(config, model, variables, out, source=info['source'],
                               step=info['step'])
   assert sorted(os.listdir(out)) == ['grid.png', 'metrics.csv', 'per_image.csv', 'table.md']
   per_image = _rows(os.path.join(out, 'per_image.csv'))
-  assert [r['id'] for r in per_image] == ['chelsea', 'coffee']  # the demo test split, in order
-  psnr = [float(r['psnr']) for r in per_image]
-  assert all(5 < p < 50 for p in psnr) and all(r['lpips'] == '' for r in per_image)
-  (row,) = _rows(os.path.join(out, 'metrics.csv'))
-  assert row['images'] == '2' and row['step'] == '2' and row['lpips'] == ''
-  assert float(row['psnr']) == pytest.approx(np.mean(psnr), abs=1e-5)
-  assert float(row['ssim']) == pytest.approx(summary['ssim'], abs=1e-5)
+  # The demo test split in order, every image with the model, its control and the baselines.
+  assert [(r['id'], r['method']) for r in per_image[:5]] == [('chelsea', m) for m in scoring.ROWS]
+  assert [r['id'] for r in per_image[5:]] == ['coffee'] * 5
+  psnr = {(r['id'], r['method']): float(r['psnr']) for r in per_image}
+  assert all(5 < p < 50 for p in psnr.values()) and all(r['lpips'] == '' for r in per_image)
+  rows = {r['method']: r for r in _rows(os.path.join(out, 'metrics.csv'))}
+  assert list(rows) == list(scoring.ROWS)
+  for method, row in rows.items():
+    assert row['images'] == '2' and row['step'] == '2' and row['lpips'] == ''
+    assert float(row['psnr']) == pytest.approx(
+        np.mean([psnr[(i, method)] for i in ('chelsea', 'coffee')]), abs=1e-5)
+  assert float(rows['model']['ssim']) == pytest.approx(summary['ssim'], abs=1e-5)
   table = open(os.path.join(out, 'table.md')).read()
   ours = f'| pikfix_jax (this run) | {summary["psnr"]:.2f} | {summary["ssim"]:.3f} | n/a ¹ |'
   assert ours in table
+  for method in scoring.BASELINES + (scoring.SHUFFLED,):
+    s = summary['scores']['rows'][method]
+    assert f'| {scoring.LABELS[method]} | {s["psnr"]:.2f} | {s["ssim"]:.3f} | n/a ¹ |' in table
+  assert 'Reference control' in table and 'Restoration (L channel' in table
   assert 'LPIPS not computed' in table and '7x7 uniform window' in table
   assert summary['lpips'] is None
 
@@ -55,7 +66,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
   table = evaluate.table_markdown(config, dict(summary, lpips=0.2), '')
   paper = '| Pik-Fix (paper, Table 1, Pascal VOC (w/ degradation)) | 22.22 | 0.828 | 0.186 |'
   assert paper in table
-  assert '| pikfix_jax (this run) |' in table and '0.200 |' in table
+  assert '| pikfix_jax (this run) |' in table
 
 
 def test_lpips_is_reported_with_weights(tmp_path, generator):
@@ -66,8 +77,8 @@ def test_lpips_is_reported_with_weights(tmp_path, generator):
   config.backbones.lpips = path
   summary = evaluate.evaluate(config, model, variables, str(tmp_path / 'eval'))
   per_image = _rows(str(tmp_path / 'eval' / 'per_image.csv'))
-  values = [float(r['lpips']) for r in per_image]
-  assert all(v > 0 for v in values)
+  assert all(float(r['lpips']) > 0 for r in per_image)
+  values = [float(r['lpips']) for r in per_image if r['method'] == 'model']
   assert summary['lpips'] == pytest.approx(np.mean(values), abs=1e-5)
   assert 'n/a' not in open(tmp_path / 'eval' / 'table.md').read()
 
@@ -90,7 +101,8 @@ def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
   results = {}
   for rank in (3, 1):
     results[rank] = evaluate.evaluate(config, model, variables, out, reference_rank=rank)
-    per_image = _rows(os.path.join(out, f'per_image_rank{rank}.csv'))
+    per_image = [r for r in _rows(os.path.join(out, f'per_image_rank{rank}.csv'))
+                 if r['method'] == 'model']
     want = {1: ['ihc', 'motorcycle_left'], 3: ['retina', 'motorcycle_right']}[rank]
     assert [r['reference'] for r in per_image] == [f'train:{n}' for n in want]
   sensitivity = _rows(os.path.join(out, 'reference_sensitivity.csv'))
