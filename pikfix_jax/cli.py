@@ -1,4 +1,5 @@
-"""Start-up shared by the command-line tools (main, restore, evaluate, export)."""
+"""Start-up shared by the command-line tools (main, restore, evaluate, export, benchmark,
+model_summary): each calls `setup()` first in its main()."""
 
 import logging as std_logging
 import os
@@ -8,15 +9,26 @@ import jax
 
 from pikfix_jax import xla_cpu
 
+# TensorFlow reads its C++ log level once, when imported, which the tools' own imports do (the
+# tf.data pipeline): quiet unless the user set it. Set here, at import, because every tool
+# imports this module before the modules that import TensorFlow.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
 
 def setup(compilation_cache: bool = True) -> None:
-  """Sets the CPU XLA flags (xla_cpu.set_cpu_xla_flags), filters orbax's INFO chatter out of the logs
-  (warnings still show) and turns on the persistent XLA compilation cache
-  ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla), so a resumed or repeated run
-  skips most compile time; `compilation_cache=False` turns it off, $JAX_COMPILATION_CACHE_DIR
-  or not. Call first: JAX settles both at the first compilation, which importing
-  pikfix_jax.ops already triggers."""
+  """Sets the XLA:CPU flags (xla_cpu.set_cpu_xla_flags), hides accelerators from TensorFlow,
+  filters orbax's INFO chatter out of the logs (warnings still show) and turns on the
+  persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla),
+  so a resumed or repeated run skips most compile time; `compilation_cache=False` turns it
+  off, $JAX_COMPILATION_CACHE_DIR or not. Call before any JAX or TensorFlow work (importing
+  pikfix_jax does none): JAX settles the flags and the cache at its first compilation, and
+  TensorFlow its devices at its first operation."""
   xla_cpu.set_cpu_xla_flags()
+  # TensorFlow (tf.data, image decoding) runs on the host: it must not take accelerator memory.
+  # Imported here, not at the top: only the tools need it, and it is heavy.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+
   def keep(record) -> bool:
     # Python's levels: absl.logging.WARNING is absl's -1, which every record passes.
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname

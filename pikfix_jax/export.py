@@ -18,9 +18,11 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from pikfix_jax import cli
 from pikfix_jax import restore
+
 
 def define_flags() -> dict:
   """The command-line flags (defined only when run as a program)."""
@@ -48,7 +50,6 @@ def directory_size(path: str) -> int:
 def export(workdir: str, output: str, use_best: bool = False, step=None,
            force: bool = False) -> dict:
   """Writes the inference-only checkpoint; returns the export.json record."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   output = os.path.abspath(output)
   if os.path.exists(output):
     if not force:

@@ -41,12 +41,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from PIL import Image
 from PIL import ImageOps
 import tqdm
 
 from pikfix_jax import cli
 from pikfix_jax import image_io
+from pikfix_jax import retrieval
+from pikfix_jax import train
+from pikfix_jax import weights
 from pikfix_jax.models import pikfix
 from pikfix_jax.models.restoration_net import RestorationNet
 from pikfix_jax.ops import color
@@ -101,12 +105,7 @@ def _abstract_variables(model: pikfix.PikFix) -> dict:
 
 def _restore_args(tree):
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree_util.tree_map(lambda _: ocp_module().ArrayRestoreArgs(sharding=sharding), tree)
-
-
-def ocp_module():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp
+  return jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
 
 
 def is_export(path: str) -> bool:
@@ -143,7 +142,6 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
   Returns the generator module, {'params': ..., 'batch_stats': ...}, the config it was
   trained with (config.json) and info {'source': path, 'step': training step or None}.
   """
-  ocp = ocp_module()
   if bool(workdir) == bool(checkpoint):
     raise RestoreError('give exactly one of --workdir (a training directory) or --checkpoint '
                        '(an exported model)')
@@ -176,7 +174,6 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
         info['step'] = json.load(f).get('step')
     return model, flax.core.unfreeze(variables), config, info
 
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   sub = 'best' if use_best else 'checkpoints'
   directory = os.path.join(path, sub)
   if not os.path.isdir(directory):
@@ -424,8 +421,6 @@ class ReferencePicker:
       self.fixed_path = reference
       self.fixed = image_io.read_image(reference)
       return
-    from pikfix_jax import retrieval  # pylint: disable=g-import-not-at-top
-    from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
     vgg = None
     if vgg19:
       vgg = weights.maybe_load_backbone(vgg19, 'vgg19', weights.variable_shapes('vgg19'))

@@ -112,8 +112,8 @@ def state_params(state) -> dict:
 
 def restore_latest(workdir: str, config) -> tuple:
   """(step, state) of the latest checkpoint of a training workdir, restored in this process."""
-  # Imported here (also in state_params): tests/parallel_worker.py imports this file before
-  # jax.distributed starts.
+  # Imported here (also in state_params, trained_workdir): every test run imports this file,
+  # most test files need neither train nor orbax, and both import TensorFlow or are heavy.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(config, train.steps_per_epoch(config))
