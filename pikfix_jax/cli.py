@@ -6,13 +6,9 @@ import os
 
 from absl import logging
 import jax
+import tensorflow as tf
 
 from pikfix_jax import xla_cpu
-
-# TensorFlow reads its C++ log level once, when imported, which the tools' own imports do (the
-# tf.data pipeline): quiet unless the user set it. Set here, at import, because every tool
-# imports this module before the modules that import TensorFlow.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def setup(compilation_cache: bool = True) -> None:
@@ -25,8 +21,7 @@ def setup(compilation_cache: bool = True) -> None:
   TensorFlow its devices at its first operation."""
   xla_cpu.set_cpu_xla_flags()
   # TensorFlow (tf.data, image decoding) runs on the host: it must not take accelerator memory.
-  # Imported here, not at the top: only the tools need it, and it is heavy.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # (Its C++ log level is JAX's: importing jax sets $TF_CPP_MIN_LOG_LEVEL to 1 unless set.)
   tf.config.set_visible_devices([], 'GPU')
 
   def keep(record) -> bool:
