@@ -6,12 +6,27 @@ command, machine and date; nothing here is a timed test.
 
 import json
 import math
+import resource
 import time
 from typing import Callable, Optional
 
 from absl import app
 from absl import flags
+import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
+import skimage.data
+
+from pikfix_jax import cli
+from pikfix_jax import models
+from pikfix_jax import restore
+from pikfix_jax import retrieval
+from pikfix_jax import train
+from pikfix_jax.data import input_pipeline
+from pikfix_jax.models import pikfix
+from pikfix_jax.ops import color
+from pikfix_jax.ops import dists
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _WHAT = flags.DEFINE_enum(
@@ -38,8 +53,6 @@ def emit(record: dict) -> None:
 def bench_input(config) -> None:
   """Examples/s of the full training pipeline (decode, crop, Lab, degrade, reference), one
   record per reference strategy (epoch 0 and 1), after 2 warm-up batches."""
-  import math  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   batch_size, warmup = config.train.batch_size, 2
   n_train = input_pipeline.num_examples(config, 'train')
   # Enough passes that one epoch holds the warm-up and the timed batches.
@@ -65,9 +78,6 @@ def bench_input(config) -> None:
 
 def bench_retrieval(config) -> None:
   """Top-10 query against a synthetic 10,000-image reference index (real shapes, random stats)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import retrieval  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.ops import dists  # pylint: disable=g-import-not-at-top
 
   n, size, grid = 10_000, retrieval.DEFAULT_IMAGE_SIZE, retrieval.DEFAULT_GRID
   channels = sum(retrieval.CHANNELS)
@@ -120,10 +130,6 @@ def bench_train(config, steps: int) -> None:
   the analysis of the program that runs (counts remat recomputation, undercounts the chunked
   warp).
   """
-  import resource  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
 
   batch_size, size = config.train.batch_size, config.data.image_size
   devices = jax.devices()
@@ -250,9 +256,6 @@ def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> No
   compiled step (XLA's memory analysis: what the buffers need, without running it; the
   allocator's fragmentation can make the real peak a little higher). One JSON line per compile,
   then the result. Run it with --config.model.remat=True and False for the remat comparison."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
 
   devices = jax.devices()
   if limit_gib is None:
@@ -325,7 +328,6 @@ def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
   already when config has no remat and one warp block."""
   if not config.model.remat and config.model.similarity.query_chunk >= config.data.image_size**2:
     return _flops(lowered.cost_analysis())
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   flops_config = config.copy_and_resolve_references()
   flops_config.model.remat = False
   flops_config.model.similarity.query_chunk = config.data.image_size ** 2
@@ -335,8 +337,6 @@ def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
 
 def _random_train_batch(rng, batch_size: int, size: int) -> dict:
   """A training batch in the contract's format with random content (valid value ranges)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.ops import color  # pylint: disable=g-import-not-at-top
   rgb = rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32)
   l, ab = color.rgb_to_lab_normalized(rgb)
   return {'input_l': np.asarray(l), 'target_lab': np.concatenate([l, ab], axis=-1),
@@ -349,14 +349,6 @@ def bench_restore(config) -> None:
   tiling, 512 px reference). Reports the first call (compile + run), the median of --steps
   further calls and the process's peak RSS (ru_maxrss, including start-up and compilation).
   main() turns the persistent compilation cache off, so compile times are cold."""
-  import resource  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import skimage.data  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import models  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.models import pikfix  # pylint: disable=g-import-not-at-top
 
   size = config.data.image_size
   model = pikfix.build_generator(config.model)
@@ -388,7 +380,6 @@ def bench_restore(config) -> None:
 
 def main(argv):
   del argv
-  from pikfix_jax import cli  # pylint: disable=g-import-not-at-top
   # As main/restore do (the same XLA:CPU programs are timed), but with cold compiles.
   cli.setup(compilation_cache=False)
   config = _CONFIG.value

@@ -1,45 +1,29 @@
-"""Start-up shared by the command-line tools (main, restore, evaluate, export)."""
+"""Start-up shared by the command-line tools (main, restore, evaluate, export, benchmark,
+model_summary): each calls `setup()` first in its main()."""
 
 import logging as std_logging
 import os
 
 from absl import logging
 import jax
+import tensorflow as tf
 
-
-# XLA:CPU hands convolutions to YNNPACK by default; for this model Eigen's convolutions (what
-# XLA:CPU uses without that library fusion) make the paper-config training step ~20 % faster on
-# an AVX-512 CPU (docs/BENCHMARKS.md, "Training step"). Matrix multiplies stay on YNNPACK.
-# Ignored by GPU/TPU compilations.
-CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=individual_dot',)
-
-
-def xla_flag_is_set(option: str) -> bool:
-  """Whether $XLA_FLAGS sets `option` ('--xla_...', or a whole '--xla_...=value' flag)."""
-  return option.split('=')[0] in os.environ.get('XLA_FLAGS', '')
-
-
-def add_xla_flags(*flags: str) -> None:
-  """Appends `--option=value` flags to $XLA_FLAGS, except options already set there (a user's
-  own setting wins). XLA reads $XLA_FLAGS when it first compiles: call before any jitted work."""
-  for flag in flags:
-    if not xla_flag_is_set(flag):
-      os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-
-
-def set_cpu_xla_flags() -> None:
-  """Adds CPU_XLA_FLAGS (add_xla_flags)."""
-  add_xla_flags(*CPU_XLA_FLAGS)
+from pikfix_jax import xla_cpu
 
 
 def setup(compilation_cache: bool = True) -> None:
-  """Sets the CPU XLA flags (set_cpu_xla_flags), filters orbax's INFO chatter out of the logs
-  (warnings still show) and turns on the persistent XLA compilation cache
-  ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla), so a resumed or repeated run
-  skips most compile time; `compilation_cache=False` turns it off, $JAX_COMPILATION_CACHE_DIR
-  or not. Call first: JAX settles both at the first compilation, which importing
-  pikfix_jax.ops already triggers."""
-  set_cpu_xla_flags()
+  """Sets the XLA:CPU flags (xla_cpu.set_cpu_xla_flags), hides accelerators from TensorFlow,
+  filters orbax's INFO chatter out of the logs (warnings still show) and turns on the
+  persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla),
+  so a resumed or repeated run skips most compile time; `compilation_cache=False` turns it
+  off, $JAX_COMPILATION_CACHE_DIR or not. Call before any JAX or TensorFlow work (importing
+  pikfix_jax does none): JAX settles the flags and the cache at its first compilation, and
+  TensorFlow its devices at its first operation."""
+  xla_cpu.set_cpu_xla_flags()
+  # TensorFlow (tf.data, image decoding) runs on the host: it must not take accelerator memory.
+  # (Its C++ log level is JAX's: importing jax sets $TF_CPP_MIN_LOG_LEVEL to 1 unless set.)
+  tf.config.set_visible_devices([], 'GPU')
+
   def keep(record) -> bool:
     # Python's levels: absl.logging.WARNING is absl's -1, which every record passes.
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname

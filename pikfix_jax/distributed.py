@@ -4,6 +4,7 @@ import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,7 +58,6 @@ def connect_cpu_collectives() -> None:
   `jax.device_put` of host values to a cross-process sharding runs to check that all
   processes passed the same value). With one device per process they coincide.
   """
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   multihost_utils.sync_global_devices('pikfix_jax.distributed: start')
   mesh = data_mesh()
   ones = jax.make_array_from_callback(

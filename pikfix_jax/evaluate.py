@@ -37,13 +37,17 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
+from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import metrics
-from pikfix_jax import cli
 from pikfix_jax import restore
 from pikfix_jax import scoring
+from pikfix_jax.data import input_pipeline
+from pikfix_jax.data import references
+from pikfix_jax.data import sources
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
@@ -97,9 +101,6 @@ def rank_references(config: ml_collections.ConfigDict, rank: int
   Returns (index into the training pool per evaluation example, -1 when the index has fewer
   neighbours; uint8 pool (N_train, R, R, 3); training ids).
   """
-  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.data import references  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = config.data
   if not d.retrieval_index:
     raise ValueError('--reference_rank needs config.data.retrieval_index: an index built over '
@@ -240,8 +241,6 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
   Returns the summary dict: the model's means over images ('lpips' None when unavailable) and
   'scores', pikfix_jax.scoring.summarize of every row.
   """
-  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from pikfix_jax.data import sources  # pylint: disable=g-import-not-at-top
   os.makedirs(output_dir, exist_ok=True)
   lpips_path = config.backbones.lpips
   lpips_metric, lpips_note = metrics.maybe_lpips(lpips_path)
@@ -361,7 +360,6 @@ def parse_ranks(text: str) -> list[Optional[int]]:
 
 def define_flags() -> dict:
   """The command-line flags (defined only when run as a program)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   return {
       'config': config_flags.DEFINE_config_file(
           'config', None, 'Config (configs/*.py): dataset, crops, degradation, references.'),
@@ -395,9 +393,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup()
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
   f = {k: v.value for k, v in _FLAGS.items()}
   if f['config'] is None:
     print('error: --config is required', file=sys.stderr)

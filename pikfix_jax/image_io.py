@@ -12,6 +12,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+import tensorflow as tf
 
 PathLike = Union[str, os.PathLike]
 _ORIENTATION_TAG = 0x0112
@@ -107,7 +108,6 @@ def _is_16bit_color_png(path: str, im: Image.Image) -> bool:
 
 
 def _decode_png16(path: str) -> np.ndarray:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (rare path; TF is a dependency)
   data = tf.io.read_file(path)
   rgba = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy().astype(np.float32) / 65535.0
   if rgba.shape[-1] == 4:

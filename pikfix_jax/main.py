@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from pikfix_jax import cli
 from pikfix_jax import distributed
+from pikfix_jax import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                'events, the resolved config and validation grids.')
@@ -27,12 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup()
-  distributed.maybe_initialize()
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # CPU only: tf.data must not grab accelerator memory.
-  tf.config.set_visible_devices([], 'GPU')
-  from pikfix_jax import train  # after the distributed runtime is up
-
+  distributed.maybe_initialize()  # before any JAX computation; importing runs none
   config = _CONFIG.value
   workdir = _WORKDIR.value
   logging.info('JAX process %d/%d, %d local / %d global devices: %s', jax.process_index(),

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from pikfix_jax import cli
 from pikfix_jax.models import pikfix
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Model config.')
@@ -72,6 +73,7 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
 
 def main(argv):
   del argv
+  cli.setup()
   config = _CONFIG.value
   print(summary_table(config, _IMAGE_SIZE.value))
   if _DETAIL.value:

@@ -20,9 +20,12 @@ Memory (docs/RESTORE.md, docs/BENCHMARKS.md): inference runs in two jitted stage
    --color_max_pixels (default 2048^2) they run on the restored L resized to that many pixels,
    and the ab channels are upsampled to full resolution (colour is low-frequency; the
    restored luminance stays full resolution).
-Every distinct padded shape compiles once (jit caches per shape).
+Every distinct padded shape compiles once (jit caches per shape). An export written with
+`--format=stablehlo` runs instead through `ExportedRestorer`: the whole generator at once,
+from its serialized `jax.export` artifact, without the model code.
 """
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -41,12 +44,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from PIL import Image
 from PIL import ImageOps
 import tqdm
 
 from pikfix_jax import cli
 from pikfix_jax import image_io
+from pikfix_jax import retrieval
+from pikfix_jax import train
+from pikfix_jax import weights
 from pikfix_jax.models import pikfix
 from pikfix_jax.models.restoration_net import RestorationNet
 from pikfix_jax.ops import color
@@ -62,6 +69,7 @@ COMPARE_MAX_HEIGHT = 1024  # Panels of the --compare image are at most this high
 EXPORT_VARIABLES = 'variables'  # Sub-directory of an exported checkpoint (orbax).
 CONFIG_FILE = 'config.json'
 EXPORT_META = 'export.json'  # Where an exported checkpoint came from (informational).
+EXPORT_ARTIFACT = 'restore_forward.jax_export'  # Serialized jax.export (--format=stablehlo).
 
 
 class RestoreError(ValueError):
@@ -101,17 +109,17 @@ def _abstract_variables(model: pikfix.PikFix) -> dict:
 
 def _restore_args(tree):
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree_util.tree_map(lambda _: ocp_module().ArrayRestoreArgs(sharding=sharding), tree)
-
-
-def ocp_module():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp
+  return jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
 
 
 def is_export(path: str) -> bool:
   return (os.path.isdir(os.path.join(path, EXPORT_VARIABLES)) and
           os.path.exists(os.path.join(path, CONFIG_FILE)))
+
+
+def is_stablehlo_export(path: str) -> bool:
+  """Whether `path` holds a `python -m pikfix_jax.export --format=stablehlo` artifact."""
+  return os.path.isfile(os.path.join(path, EXPORT_ARTIFACT))
 
 
 def is_workdir(path: str) -> bool:
@@ -143,7 +151,6 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
   Returns the generator module, {'params': ..., 'batch_stats': ...}, the config it was
   trained with (config.json) and info {'source': path, 'step': training step or None}.
   """
-  ocp = ocp_module()
   if bool(workdir) == bool(checkpoint):
     raise RestoreError('give exactly one of --workdir (a training directory) or --checkpoint '
                        '(an exported model)')
@@ -153,6 +160,9 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
   if checkpoint and not is_export(path):
     if is_workdir(path):
       workdir = path
+    elif is_stablehlo_export(path):
+      raise RestoreError(f'{path}: a --format=stablehlo export holds no variables; only '
+                         '`restore --checkpoint` runs it (export --format=orbax for the rest)')
     else:
       raise RestoreError(f'{path}: not an exported checkpoint (expected {CONFIG_FILE} and '
                          f'{EXPORT_VARIABLES}/ written by python -m pikfix_jax.export)')
@@ -176,7 +186,6 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
         info['step'] = json.load(f).get('step')
     return model, flax.core.unfreeze(variables), config, info
 
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   sub = 'best' if use_best else 'checkpoints'
   directory = os.path.join(path, sub)
   if not os.path.isdir(directory):
@@ -276,16 +285,69 @@ def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
                    for c in range(image.shape[-1])], axis=-1)
 
 
-class Restorer:
+class PhotoRestorer(abc.ABC):
+  """What every restorer does around the network: a photo of any size reduced to its L and
+  padded to multiples of 32, its reference resized (`reference_shape`), the network's sRGB
+  output cropped back. Subclasses implement `restore_padded`."""
+
+  def __init__(self, reference_size: int = DEFAULT_REFERENCE_SIZE):
+    m = pikfix.MULTIPLE
+    if reference_size < m or reference_size % m:
+      raise RestoreError(f'--reference_size={reference_size} must be a positive multiple of {m}')
+    self.reference_size = reference_size
+    self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
+    self.last_info: dict = {}
+
+  def prepare_reference(self, reference_rgb: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
+    """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`)."""
+    hw = reference_shape(reference_rgb.shape[0], reference_rgb.shape[1], self.reference_size,
+                         input_hw)
+    return resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
+
+  @abc.abstractmethod
+  def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
+    """Padded L (1, H, W, 1) and reference (1, Hr, Wr, 3) -> {'rgb': sRGB (1, H, W, 3)}, and
+    'restored_l' (1, H, W, 1) and 'ab' (1, H, W, 2) where the restorer has them."""
+
+  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray,
+               outputs: bool = False) -> Union[np.ndarray, dict]:
+    """Restores one photo.
+
+    Args:
+      image: sRGB (H, W, 3) in [0, 1] (grey photos have equal channels) or L/100 (H, W[, 1]).
+      reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size.
+      outputs: return every output `restore_padded` gives, cropped, instead of the sRGB.
+    Returns:
+      sRGB (H, W, 3) float32 in [0, 1]; with `outputs`, {'rgb' (H, W, 3), 'restored_l'
+      (H, W, 1), 'ab' (H, W, 2)} (what the restorer has).
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+      image = image[..., None]
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+      raise InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
+                               f'{MIN_SIDE}x{MIN_SIDE}')
+    start = time.perf_counter()
+    padded, hw = pikfix.pad_to_multiple(jnp.asarray(image[None]))
+    l = self._to_l(padded) if padded.shape[-1] == 3 else padded
+    reference = self.prepare_reference(reference_rgb, padded.shape[1:3])
+    out = {k: np.asarray(pikfix.crop_to(v, hw)[0])
+           for k, v in self.restore_padded(l, jnp.asarray(reference)).items()}
+    self.last_info.update(padded=tuple(padded.shape[1:3]), reference=tuple(reference.shape[1:3]),
+                          seconds=time.perf_counter() - start)
+    return out if outputs else out['rgb']
+
+
+class Restorer(PhotoRestorer):
   """Applies a Pik-Fix generator to photos of any size (module docstring)."""
 
   def __init__(self, model: pikfix.PikFix, variables: dict,
                reference_size: int = DEFAULT_REFERENCE_SIZE, tile_size: int = DEFAULT_TILE_SIZE,
                color_max_pixels: int = DEFAULT_COLOR_MAX_PIXELS, dtype: Optional[str] = None,
                query_chunk: Optional[int] = None):
+    super().__init__(reference_size)
     m = pikfix.MULTIPLE
-    if reference_size < m or reference_size % m:
-      raise RestoreError(f'--reference_size={reference_size} must be a positive multiple of {m}')
     if tile_size and tile_size % m:
       raise RestoreError(f'--tile_size={tile_size} must be a multiple of {m} (0: no tiling)')
     model_config = (model.config.as_configdict()
@@ -298,7 +360,6 @@ class Restorer:
     self.model = pikfix.build_generator(model_config)
     self.model_config = model_config
     self.variables = jax.device_put(variables)
-    self.reference_size = reference_size
     self.halo = restoration_halo(model_config)
     self.tile_size = max(tile_size, 2 * self.halo + m) if tile_size else 0
     if tile_size and tile_size != self.tile_size:
@@ -306,7 +367,6 @@ class Restorer:
                       tile_size, self.halo, self.tile_size)
     self.color_max_pixels = color_max_pixels
     model_ = self.model
-    self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
     self._restore_l = jax.jit(lambda v, l: model_.apply(v, l, method=_restoration))
 
     def colorize(v, restored, reference):
@@ -315,20 +375,16 @@ class Restorer:
     self._colorize = jax.jit(colorize)
     self._shrink = jax.jit(lambda x, hw: jax.image.resize(
         x, (x.shape[0],) + hw + (x.shape[3],), 'linear', antialias=True), static_argnums=1)
-    self._compose = jax.jit(self._compose_fn)
-    self.last_info: dict = {}
+    self._upsample_ab = jax.jit(self._upsample_ab_fn)
+    self._compose = jax.jit(
+        lambda restored, ab: color.lab_normalized_to_rgb(jnp.clip(restored, 0.0, 1.0), ab))
 
   @staticmethod
-  def _compose_fn(restored: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
+  def _upsample_ab_fn(ab: jnp.ndarray, restored: jnp.ndarray) -> jnp.ndarray:
+    """ab at the restored L's resolution (the colour stage may run smaller, `color_shape`)."""
     if ab.shape[1:3] != restored.shape[1:3]:
       ab = jax.image.resize(ab, restored.shape[:3] + (2,), 'linear')
-    return color.lab_normalized_to_rgb(jnp.clip(restored, 0.0, 1.0), ab)
-
-  def prepare_reference(self, reference_rgb: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
-    """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`)."""
-    hw = reference_shape(reference_rgb.shape[0], reference_rgb.shape[1], self.reference_size,
-                         input_hw)
-    return resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
+    return ab
 
   def restore_luminance(self, l: jnp.ndarray) -> jnp.ndarray:
     """Padded L (1, H, W, 1) -> restored L, window by window when larger than tile_size."""
@@ -355,44 +411,40 @@ class Restorer:
     scale = math.sqrt(self.color_max_pixels / (h * w))
     return max(m, int(h * scale) // m * m), max(m, int(w * scale) // m * m)
 
-  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray,
-               outputs: bool = False) -> Union[np.ndarray, dict]:
-    """Restores one photo.
-
-    Args:
-      image: sRGB (H, W, 3) in [0, 1] (grey photos have equal channels) or L/100 (H, W[, 1]).
-      reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size.
-      outputs: also return the restored L and the ab (as the generator's outputs).
-    Returns:
-      sRGB (H, W, 3) float32 in [0, 1]; with `outputs`, {'rgb', 'restored_l' (H, W, 1),
-      'ab' (H, W, 2)}.
-    """
-    image = np.asarray(image, np.float32)
-    if image.ndim == 2:
-      image = image[..., None]
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_SIDE:
-      raise InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
-                               f'{MIN_SIDE}x{MIN_SIDE}')
-    start = time.perf_counter()
-    padded, hw = pikfix.pad_to_multiple(jnp.asarray(image[None]))
-    l = self._to_l(padded) if padded.shape[-1] == 3 else padded
-    reference = self.prepare_reference(reference_rgb, padded.shape[1:3])
+  def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
     restored = self.restore_luminance(l)
     ch, cw = self.color_shape(*restored.shape[1:3])
     small = restored if (ch, cw) == restored.shape[1:3] else self._shrink(restored, (ch, cw))
-    ab = self._colorize(self.variables, small, jnp.asarray(reference))
-    rgb = self._compose(restored, ab)
-    out = np.asarray(pikfix.crop_to(rgb, hw)[0])
-    self.last_info.update(padded=tuple(padded.shape[1:3]), color=(ch, cw),
-                          reference=tuple(reference.shape[1:3]),
-                          seconds=time.perf_counter() - start)
-    if outputs:
-      if ab.shape[1:3] != restored.shape[1:3]:
-        ab = jax.image.resize(ab, restored.shape[:3] + (2,), 'linear')
-      return {'rgb': out, 'restored_l': np.asarray(pikfix.crop_to(restored, hw)[0]),
-              'ab': np.asarray(pikfix.crop_to(ab, hw)[0])}
-    return out
+    ab = self._upsample_ab(self._colorize(self.variables, small, reference), restored)
+    self.last_info['color'] = (ch, cw)
+    return {'rgb': self._compose(restored, ab), 'restored_l': restored, 'ab': ab}
+
+
+# Lowering platform names (jax.export) of each JAX backend.
+_EXPORT_PLATFORMS = {'cpu': ('cpu',), 'gpu': ('cuda', 'rocm'), 'tpu': ('tpu',)}
+
+
+class ExportedRestorer(PhotoRestorer):
+  """Runs a `--format=stablehlo` export (docs/RESTORE.md, "Export"): the deserialized jax.export
+  artifact of the generator's forward pass, with its variables inside, and no model code. The
+  artifact's spatial sizes are symbolic (multiples of 32), so each photo runs whole: no
+  restoration windows, no reduced colour resolution (`Restorer`'s memory bounds)."""
+
+  def __init__(self, path: str, reference_size: int = DEFAULT_REFERENCE_SIZE):
+    super().__init__(reference_size)
+    with open(os.path.join(path, EXPORT_META)) as f:
+      self.meta = json.load(f)
+    with open(os.path.join(path, EXPORT_ARTIFACT), 'rb') as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    backend = jax.default_backend()
+    if not set(_EXPORT_PLATFORMS.get(backend, (backend,))) & set(exported.platforms):
+      raise RestoreError(f'{path} was exported for {", ".join(exported.platforms)}; JAX runs '
+                         f'on {backend} here (export again with --platforms)')
+    self._forward = jax.jit(exported.call)  # compiled once per padded shape
+
+  def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
+    self.last_info.update(windows=1, window=tuple(l.shape[1:3]), color=tuple(l.shape[1:3]))
+    return {'rgb': self._forward(l, reference)}
 
 
 # ------------------------------------------------------------------------------ references
@@ -432,8 +484,6 @@ class ReferencePicker:
       self.fixed_path = reference
       self.fixed = image_io.read_image(reference)
       return
-    from pikfix_jax import retrieval  # pylint: disable=g-import-not-at-top
-    from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
     vgg = None
     if vgg19:
       vgg = weights.maybe_load_backbone(vgg19, 'vgg19', weights.variable_shapes('vgg19'))
@@ -639,14 +689,18 @@ def run(options: Options, restorer: Optional[Restorer] = None,
   try:
     check_reference_source(options)
     pairs = plan(options)
-    if restorer is None:
+    config = None
+    if restorer is None and options.checkpoint and is_stablehlo_export(options.checkpoint):
+      if options.dtype or options.query_chunk:
+        raise RestoreError('--dtype and --query_chunk cannot change a --format=stablehlo export '
+                           '(they are compiled in)')
+      restorer = ExportedRestorer(options.checkpoint, options.reference_size)
+    elif restorer is None:
       model, variables, config = load_generator(options.workdir or None,
                                                 options.checkpoint or None, options.use_best)
       restorer = Restorer(model, variables, options.reference_size, options.tile_size,
                           options.color_max_pixels, options.dtype or None,
                           options.query_chunk or None)
-    else:
-      config = None
     vgg19 = options.vgg19
     if vgg19 is None:
       vgg19 = config.backbones.vgg19 if config is not None else ''
@@ -693,7 +747,7 @@ def define_flags() -> dict:
   d = {}
   d['workdir'] = flags.DEFINE_string('workdir', '', 'Training workdir (config.json, checkpoints/).')
   d['checkpoint'] = flags.DEFINE_string('checkpoint', '', 'Exported model directory '
-                                        '(python -m pikfix_jax.export).')
+                                        '(python -m pikfix_jax.export, either --format).')
   d['use_best'] = flags.DEFINE_bool('use_best', False, 'With --workdir: the best checkpoint by '
                                     'validation PSNR instead of the latest.')
   d['input'] = flags.DEFINE_string('input', None, 'Photo file, or a folder of photos (recursive).')

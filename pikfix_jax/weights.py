@@ -20,6 +20,7 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import numpy as st_numpy
 
 from pikfix_jax import models
 from pikfix_jax.models import backbones
@@ -80,9 +81,9 @@ def torch_key(path: tuple[str, ...]) -> str:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """A .pth (torch.load, weights_only) or .safetensors file -> {key: numpy array}."""
   if path.endswith('.safetensors'):
-    from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
     return dict(st_numpy.load_file(path))
   if path.endswith(('.pth', '.pt', '.bin')):
+    # torch is optional (only for .pth files; requirements-dev.txt) and heavy: imported here.
     import torch  # pylint: disable=g-import-not-at-top
     state = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(state, Mapping):

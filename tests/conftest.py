@@ -16,21 +16,16 @@ jax.config.update('jax_compilation_cache_dir',
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 from configs import default  # noqa: E402
-from pikfix_jax import cli  # noqa: E402
+from pikfix_jax import xla_cpu  # noqa: E402
 
-cli.set_cpu_xla_flags()  # tests compile what `python -m pikfix_jax.main` compiles
-# ...but without LLVM's optimisation passes, and with XLA:CPU's older elemental emitters for
-# loop fusions instead of its MLIR fusion emitters: the suite's time is XLA compilation of tiny
-# programs (the same HLO either way). Level 0 halves it (30 s -> 14 s for the tiny model's
-# init); the elemental emitters halve the tiny training step's compile again (one core,
-# 2026-12-01: 63.7 -> 35.9 s at level 0, same loss to 6 digits, same run time). Not for the
-# tools: on the paper config the elemental emitters compile the training step ~3x slower
-# (873 s), so users keep XLA's default. PIKFIX_TEST_OPTIMIZED=1 keeps LLVM's optimisation
-# (level 3, as the command-line tools compile).
-cli.add_xla_flags('--xla_cpu_use_fusion_emitters=false')
+# Tests compile what `python -m pikfix_jax.main` compiles, with the test-only flags that shorten
+# compiling tiny programs (xla_cpu.py says why); PIKFIX_TEST_OPTIMIZED=1 keeps LLVM's
+# optimisation (level 3, as the command-line tools compile). An option $XLA_FLAGS sets wins over
+# xla_cpu.init_compiler_options, so models.jit_init compiles parameter inits at level 0 too.
+xla_cpu.set_cpu_xla_flags()
+xla_cpu.add_xla_flags(xla_cpu.TEST_ELEMENTAL_EMITTERS_FLAG)
 if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
-  cli.add_xla_flags('--xla_backend_optimization_level=0')
-  # (models.jit_init then leaves parameter inits at level 0 too, init_compiler_options.)
+  xla_cpu.add_xla_flags(xla_cpu.TEST_NO_LLVM_OPTIMIZATION_FLAG)
 
 
 def tiny_config(**model_overrides):
@@ -117,8 +112,8 @@ def state_params(state) -> dict:
 
 def restore_latest(workdir: str, config) -> tuple:
   """(step, state) of the latest checkpoint of a training workdir, restored in this process."""
-  # Imported here (also in state_params): tests/parallel_worker.py imports this file before
-  # jax.distributed starts.
+  # Imported here (also in state_params, trained_workdir): every test run imports this file,
+  # most test files need neither train nor orbax, and both import TensorFlow or are heavy.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(config, train.steps_per_epoch(config))

@@ -1,5 +1,5 @@
-"""pikfix_jax/cli.py: the XLA:CPU options every command line tool sets, and its compilation cache
-(and models.jit_init's options, which leave those $XLA_FLAGS sets)."""
+"""pikfix_jax/xla_cpu.py and cli.py: the XLA:CPU options every command line tool sets, and its
+compilation cache (and models.jit_init's options, which leave those $XLA_FLAGS sets)."""
 
 import os
 import subprocess
@@ -10,32 +10,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pikfix_jax import cli
 from pikfix_jax import models
+from pikfix_jax import xla_cpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpu_xla_flags_are_appended_once_and_a_user_setting_wins(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  cli.set_cpu_xla_flags()
-  cli.set_cpu_xla_flags()
+  xla_cpu.set_cpu_xla_flags()
+  xla_cpu.set_cpu_xla_flags()
   assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=2 '
                                      '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
   mine = '--xla_cpu_experimental_ynn_fusion_type=individual_convolution'
   monkeypatch.setenv('XLA_FLAGS', mine)
-  cli.set_cpu_xla_flags()
+  xla_cpu.set_cpu_xla_flags()
   assert os.environ['XLA_FLAGS'] == mine
   monkeypatch.delenv('XLA_FLAGS')
-  cli.set_cpu_xla_flags()
+  xla_cpu.set_cpu_xla_flags()
   assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
 
 
 def test_init_compiler_options_leave_what_xla_flags_sets(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  assert models.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  assert xla_cpu.init_compiler_options() == {'xla_backend_optimization_level': 1}
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
-  assert models.init_compiler_options() == {}
+  assert xla_cpu.init_compiler_options() == {}
   monkeypatch.undo()  # before compiling: XLA reads $XLA_FLAGS at this process's first compile
   # The same values as plain jit.
   init = lambda key: jax.random.normal(key, (3, 4))  # noqa: E731
@@ -61,7 +61,6 @@ def test_setup_turns_the_compilation_cache_off_even_with_the_variable_set(tmp_pa
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PLATFORMS='cpu')
   code = ('from pikfix_jax import cli\n'
           f'cli.setup(compilation_cache={cache})\n'
-          'from pikfix_jax.ops import color\n'  # compiles at import
           'import jax, jax.numpy as jnp\n'
           'jax.block_until_ready(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)))\n')
   subprocess.run([sys.executable, '-c', code], env=env, check=True, cwd=REPO)

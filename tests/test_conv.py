@@ -1,5 +1,7 @@
 """ops.conv: the model's convolution equals lax.conv_general_dilated, gradients included."""
 
+import re
+
 import flax.linen as nn
 import jax
 from jax import lax
@@ -84,15 +86,26 @@ def test_kernel_gradient_matches_torch(c, o):
   np.testing.assert_allclose(ours, tw.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
 
 
+def _lowered(fn, *args, platform: str = 'cpu') -> str:
+  """StableHLO text of `jax.jit(fn)` lowered for `platform` (no device of it needed)."""
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _conv_ops(text: str) -> list[str]:
+  """The StableHLO convolutions of `text`, SSA names left out."""
+  return sorted(re.sub(r'%[\w#]+', '%', line.strip())
+                for line in text.splitlines() if 'stablehlo.convolution' in line)
+
+
 def test_custom_gradient_is_used_on_cpu_for_plain_convs_only():
-  """Stride-1 and strided convs take ops.conv's gradients on CPU; dilated ones and negative
-  padding (and every conv on other backends) use lax's."""
+  """Stride-1 and strided convs take ops.conv's gradients on CPU (a custom_vjp whose backward
+  picks the platform at lowering: test_gradients_are_chosen_by_lowering_platform); dilated
+  ones and negative padding use lax's."""
   x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
   jaxpr = lambda **kw: str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
       x, w, dimension_numbers=_DN, **{'padding': ((1, 1), (1, 1)), **kw}))(x, w))
-  on_cpu = jax.default_backend() == 'cpu'  # elsewhere: lax itself
-  assert ('custom_vjp' in jaxpr(window_strides=(1, 1))) == on_cpu
-  assert ('custom_vjp' in jaxpr(window_strides=(2, 2))) == on_cpu
+  assert 'custom_vjp' in jaxpr(window_strides=(1, 1))
+  assert 'custom_vjp' in jaxpr(window_strides=(2, 2))
   assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), rhs_dilation=(2, 2))
   assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), lhs_dilation=(2, 2))
   assert 'custom_vjp' not in jaxpr(window_strides=(1, 1), padding=((-1, 1), (1, 1)))
@@ -100,13 +113,34 @@ def test_custom_gradient_is_used_on_cpu_for_plain_convs_only():
 
 @pytest.mark.parametrize('o,matmuls', [(8, False), (64, True)])
 def test_matmul_gradients_only_for_few_positions_and_many_outputs(o, matmuls):
-  """2 * N * H_out * W_out <= O selects gradients_by_matmul: its backward has no conv."""
+  """2 * N * H_out * W_out <= O selects gradients_by_matmul: its backward has no conv (the
+  program lowered for CPU)."""
   x, w = jnp.ones((2, 4, 4, 3)), jnp.ones((3, 3, 3, o))
-  backward = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=_DN)), argnums=(0, 1)))(x, w))
-  if jax.default_backend() == 'cpu':
-    assert (backward.count('dot_general'), backward.count('conv_general_dilated') > 1) == (
-        (2, False) if matmuls else (0, True))
+  backward = _lowered(jax.grad(lambda x, w: jnp.sum(conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=_DN)), argnums=(0, 1)), x, w)
+  assert (backward.count('stablehlo.dot_general'),
+          backward.count('stablehlo.convolution') > 1) == ((2, False) if matmuls else (0, True))
+
+
+@pytest.mark.parametrize('x_shape,kernel,strides,padding', [
+    ((2, 8, 9, 3), (3, 3, 3, 4), (1, 1), 'SAME'),   # stride 1: stacked-rows weight gradient
+    ((2, 8, 9, 6), (3, 3, 6, 2), (1, 1), 'SAME'),   # fewer outputs: dy transposed
+    ((2, 8, 8, 3), (1, 1, 3, 4), (1, 1), 'SAME'),   # 1x1: a matrix product
+    ((2, 11, 11, 3), (7, 7, 3, 4), (2, 2), 'SAME'),  # strided: space-to-depth
+    ((1, 2, 2, 3), (3, 3, 3, 16), (1, 1), 'SAME'),  # few positions: matrix products
+])
+def test_gradients_are_chosen_by_lowering_platform(x_shape, kernel, strides, padding):
+  """Traced once, the value and both gradients lower for CUDA to lax's own convolutions (and
+  nothing else computing them), and for CPU to the rewrites (other convolutions, or none)."""
+  x, w = jnp.ones(x_shape), jnp.ones(kernel)
+  step = lambda conv_fn: jax.value_and_grad(lambda x, w: jnp.sum(conv_fn(
+      x, w, strides, padding, dimension_numbers=_DN)), argnums=(0, 1))
+  ours, plain = step(conv.conv_general_dilated), step(lax.conv_general_dilated)
+  cuda = _lowered(ours, x, w, platform='cuda')
+  assert _conv_ops(cuda) == _conv_ops(_lowered(plain, x, w, platform='cuda'))
+  assert len(_conv_ops(cuda)) == 3 and 'stablehlo.dot_general' not in cuda
+  assert 'stablehlo.transpose' not in cuda  # the rewrites' transposed activations
+  assert _conv_ops(_lowered(ours, x, w)) != _conv_ops(_lowered(plain, x, w))
 
 
 def test_space_to_depth_conv_matches_torch_strided_conv():

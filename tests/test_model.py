@@ -1,5 +1,6 @@
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,19 @@ def test_integer_upsampling_matches_torch_and_jax_image_resize(shape, size):
   np.testing.assert_allclose(jax.vjp(lambda x: layers.resize(x, *size), x)[1](dy)[0],
                              jax.vjp(jax_resize, x)[1](dy)[0], rtol=1e-5, atol=1e-5)
   assert layers.resize(x.astype(jnp.bfloat16), *size).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('shape,factor', [((2, 8, 12, 3), 2), ((1, 9, 10, 2), 4)])
+def test_downsample_equals_avg_pool(shape, factor):
+  """layers.downsample, a reshape-mean: nn.avg_pool's values (a partial last tile dropped) and
+  gradient."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  pool = lambda x: nn.avg_pool(x, (factor, factor), strides=(factor, factor))  # noqa: E731
+  ours = layers.downsample(x, factor)
+  np.testing.assert_allclose(ours, pool(x), rtol=1e-6, atol=1e-6)
+  dy = jax.random.normal(jax.random.PRNGKey(1), ours.shape)
+  np.testing.assert_allclose(jax.vjp(lambda x: layers.downsample(x, factor), x)[1](dy)[0],
+                             jax.vjp(pool, x)[1](dy)[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('remat', [False, True])

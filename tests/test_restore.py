@@ -1,5 +1,6 @@
 """The restore command: sizes, tiling, odd files, folders, references, export round trip."""
 
+import json
 import os
 import subprocess
 import sys
@@ -201,3 +202,43 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
 
   with pytest.raises(restore.RestoreError, match='not an exported checkpoint'):
     restore.load_generator(checkpoint=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_workdir, capsys,
+                                                         monkeypatch):
+  """export --format=stablehlo (the command) writes a jax.export artifact that restore runs
+  with no model code, giving the orbax export's output (to 1e-5)."""
+  artifact, orbax = str(tmp_path / 'artifact'), str(tmp_path / 'orbax')
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.export', f'--workdir={trained_workdir}',
+       f'--output={artifact}', '--format=stablehlo', '--platforms=cpu,cuda'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(artifact)) == ['export.json', restore.EXPORT_ARTIFACT]
+  with open(os.path.join(artifact, 'export.json')) as f:
+    meta = json.load(f)
+  assert meta['platforms'] == ['cpu', 'cuda'] and meta['multiple'] == 32
+  assert meta['model'] == json.loads(restore.read_config(
+      os.path.join(trained_workdir, 'config.json')).model.to_json_best_effort())
+  export.export(trained_workdir, orbax)
+  with pytest.raises(restore.RestoreError, match='stablehlo'):
+    restore.load_generator(checkpoint=artifact)
+
+  image, reference = _photo(37, 50) / 255.0, skimage.data.coffee() / 255.0
+  model, variables, _ = restore.load_generator(checkpoint=orbax)
+  expected = restore.Restorer(model, variables, reference_size=64)(image, reference)
+  Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
+  outs = {}
+  for name, path in (('orbax', orbax), ('artifact', artifact)):
+    if name == 'artifact':  # from here on, building a model fails
+      monkeypatch.setattr(restore.pikfix, 'build_generator', None)
+      exported = restore.ExportedRestorer(artifact, reference_size=64)
+      np.testing.assert_allclose(exported(image, reference), expected, rtol=0, atol=1e-5)
+      assert exported.last_info['padded'] == (64, 64)
+    out = str(tmp_path / f'{name}.png')
+    code, _ = restore.run(_options(tmp_path, input=str(tmp_path / 'in.png'), output=out,
+                                   reference_size=64, checkpoint=path))
+    assert code == 0, capsys.readouterr().err
+    outs[name] = np.asarray(Image.open(out), np.int32)
+  assert np.abs(outs['artifact'] - outs['orbax']).max() <= 1  # 8-bit rounding of 1e-5

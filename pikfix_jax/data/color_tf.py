@@ -5,16 +5,15 @@ Same formulas, constants and normalisation as the JAX version in `pikfix_jax/ops
 `skimage.color.rgb2lab` and the JAX functions.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from pikfix_jax.ops import color as jax_color
 
 L_SCALE = jax_color.L_SCALE
 AB_SCALE = jax_color.AB_SCALE
-_RGB_TO_XYZ = np.asarray(jax_color._RGB_TO_XYZ, np.float32)  # pylint: disable=protected-access
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
-_WHITE = np.asarray(jax_color._D65_WHITE, np.float32)  # pylint: disable=protected-access
+_RGB_TO_XYZ = jax_color._RGB_TO_XYZ  # pylint: disable=protected-access
+_XYZ_TO_RGB = jax_color._XYZ_TO_RGB  # pylint: disable=protected-access
+_WHITE = jax_color._D65_WHITE  # pylint: disable=protected-access
 _EPS = 6.0 / 29.0
 
 

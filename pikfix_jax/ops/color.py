@@ -1,18 +1,20 @@
 """Differentiable sRGB <-> CIE Lab (D65) in JAX, and the Pik-Fix normalisation.
 
-Conventions (DESIGN.md, "The model"): RGB in [0, 1] (sRGB gamma); Lab in CIE units
-(L in [0, 100], a/b roughly [-110, 110]); the network sees L/100 in [0, 1] and ab/110
+Conventions (docs/CONTRACTS.md, "Colour conventions"): RGB in [0, 1] (sRGB gamma); Lab in CIE
+units (L in [0, 100], a/b roughly [-110, 110]); the network sees L/100 in [0, 1] and ab/110
 clipped to [-1, 1]. Matches `skimage.color.rgb2lab` / `lab2rgb` (illuminant D65, 2 deg).
 """
 
 import jax.numpy as jnp
+import numpy as np
 
+# NumPy constants (data/color_tf.py uses the same): importing this module runs no JAX.
 # sRGB (linear) -> XYZ, D65; the same matrix scikit-image uses.
-_RGB_TO_XYZ = jnp.array([[0.412453, 0.357580, 0.180423],
-                         [0.212671, 0.715160, 0.072169],
-                         [0.019334, 0.119193, 0.950227]], dtype=jnp.float32)
-_XYZ_TO_RGB = jnp.linalg.inv(_RGB_TO_XYZ)
-_D65_WHITE = jnp.array([0.95047, 1.0, 1.08883], dtype=jnp.float32)
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
+                        [0.212671, 0.715160, 0.072169],
+                        [0.019334, 0.119193, 0.950227]], dtype=np.float32)
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
 _EPS = 6.0 / 29.0  # CIE f(t) knee: t > eps**3 uses the cube root.
 L_SCALE = 100.0
 AB_SCALE = 110.0

@@ -1,34 +1,36 @@
 """2-D convolution whose gradients are fast on XLA:CPU; a drop-in for
 `lax.conv_general_dilated` (every conv of the model, `nn.Conv(conv_general_dilated=...)`).
 
-Same function and same gradients as `lax.conv_general_dilated`; only how they are computed
-on CPU differs (docs/BENCHMARKS.md, "Training step", has the measurements):
+Same function and same gradients as `lax.conv_general_dilated`; only how the gradients are
+computed on CPU differs (docs/MODEL.md, "Performance rewrites"; docs/BENCHMARKS.md, "Training
+step", has the measurements). Each CPU form is chosen when the program is lowered
+(`lax.platform_dependent`), so a step traced on a CPU host and lowered for a GPU (`jax.export`)
+carries lax's convolution and gradients there:
+
+* Outputs smaller than the kernel (ResNet-34's layer4 on small inputs: 2 x 2 outputs of a
+  3 x 3 kernel), forward and both gradients: one im2col matrix product (`conv_by_matmul`),
+  where XLA:CPU's convolution runs ~100x slower than its matrix product.
 
 * Stride-1 convs, weight gradient. JAX's rule computes dW as a convolution whose "batch" is
   the input channel and whose "features" are the images, so XLA:CPU transposes every
-  activation to (C, H, W, N); with N = 2 that transpose (fused with recomputing the
-  activation) moved ~0.3 GB/s and was ~19 % of the paper-config training step. Here:
+  activation to (C, H, W, N), a slow copy fused with recomputing the activation. Here:
   1x1 kernels: dW = X^T dY, one matrix product over the N*H*W positions; k x k kernels: the
   activation transposed as a 2-D (N*H*W, C) -> (C, N*H*W) array, padded per image and read
   as the images stacked along the rows, (C, N*Hp, Wp, 1); dW is one "valid" convolution of
   that with dY stacked the same way (its rows zero-padded per image so no product crosses
   two images), read as a (C, kh, kw, O) kernel (`kernel_gradient`). When the conv has fewer
-  output than input channels, the roles swap and dy is the tensor transposed (per conv,
-  weight gradient alone at 2 x 256 x 256: the RDN's 3x3 192->64 fusion 282 -> 226 ms, its
-  64->1 output 47 -> 15 ms; with more outputs than inputs it would be slower: 64->128
-  179 -> 211 ms).
+  output than input channels, the roles swap and dy is the tensor transposed (faster there,
+  slower with more outputs than inputs).
 * Few output positions, many output channels (2 * N * H_out * W_out <= O), both gradients:
   two matrix products with the kernel in its own layout (`gradients_by_matmul`), where XLA
-  would copy a (3, 3, 1281, 1024) kernel transposed for the input gradient (per conv at
-  2 x 16 x 16, 1281->1024: input gradient 112 -> 58 ms, weight gradient 138 -> 98 ms).
+  would copy a (3, 3, 1281, 1024) kernel transposed for the input gradient.
 * Strided convs, both gradients. The input gradient of a strided conv is an lhs-dilated
-  conv, which XLA:CPU runs with a slow generic kernel (~30 GFLOP/s for the colorizer's 7x7/2
-  stem). The forward stays XLA's strided conv; the backward is that of the same conv written
-  as a stride-1 conv of the space-to-depth input (`space_to_depth_conv`), so both gradients
-  take the stride-1 paths above.
+  conv, which XLA:CPU runs with a slow generic kernel. The forward stays XLA's strided conv;
+  the backward is that of the same conv written as a stride-1 conv of the space-to-depth
+  input (`space_to_depth_conv`), so both gradients take the stride-1 paths above.
 
-Dilated and grouped convolutions, and other backends (GPU/TPU, where cuDNN and XLA compute
-both gradients natively) use `lax.conv_general_dilated` unchanged.
+Dilated and grouped convolutions use `lax.conv_general_dilated` unchanged, and so do both
+gradients on other platforms (GPU/TPU, where cuDNN and XLA compute them natively).
 """
 
 import functools
@@ -49,14 +51,15 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jnp.ndarray:
-  """`lax.conv_general_dilated`, with the CPU gradients above where they apply."""
+  """`lax.conv_general_dilated`, with the CPU gradients above where they apply (decided here
+  from the shapes and options; the platform is decided at lowering, `_conv_bwd`)."""
   plain = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  if lhs.ndim != 4 or jax.default_backend() != 'cpu':
+  if lhs.ndim != 4:
     return plain(lhs, rhs)
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if (numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
@@ -76,16 +79,21 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple, precision: Any
           ) -> jnp.ndarray:
-  """The NHWC conv (non-negative explicit pads), differentiated by `_conv_bwd`: XLA's conv,
-  or `conv_by_matmul` when the output is smaller than the kernel along an axis."""
+  """The NHWC conv (non-negative explicit pads), differentiated by `_conv_bwd`: XLA's conv;
+  lowered for CPU, `conv_by_matmul` when the output is smaller than the kernel."""
+  xla = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=pads,
+                          dimension_numbers=_NHWC, precision=precision)
   if _output_smaller_than_kernel(x.shape, kernel.shape, strides, pads):
-    return conv_by_matmul(x, kernel, strides, pads, precision)
-  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
-                                  precision=precision)
+    return lax.platform_dependent(
+        x, kernel, default=xla,
+        cpu=functools.partial(conv_by_matmul, strides=strides, pads=pads, precision=precision))
+  return xla(x, kernel)
 
 
 def _output_smaller_than_kernel(x_shape: Sequence[int], kernel_shape: Sequence[int],
                                 strides: Sequence[int], pads: Sequence[tuple[int, int]]) -> bool:
+  if not all(isinstance(d, int) for d in x_shape[1:3]):
+    return False  # symbolic sizes (jax.export): any size, most of them large
   out_h, out_w = _output_size(x_shape, kernel_shape, strides, pads)
   return out_h < kernel_shape[0] or out_w < kernel_shape[1]
 
@@ -126,7 +134,20 @@ def _conv_fwd(x, kernel, strides, pads, precision):
 
 
 def _conv_bwd(strides, pads, precision, residuals, dy):
+  """(dx, dW): the CPU rewrites where the program is lowered for CPU, lax's elsewhere."""
   x, kernel = residuals
+  return lax.platform_dependent(
+      x, kernel, dy, cpu=functools.partial(_cpu_gradients, strides, pads, precision),
+      default=functools.partial(_lax_gradients, strides, pads, precision))
+
+
+def _lax_gradients(strides, pads, precision, x, kernel, dy):
+  _, pullback = jax.vjp(lambda x_, k_: lax.conv_general_dilated(
+      x_, k_, strides, pads, dimension_numbers=_NHWC, precision=precision), x, kernel)
+  return pullback(dy)
+
+
+def _cpu_gradients(strides, pads, precision, x, kernel, dy):
   if _output_smaller_than_kernel(x.shape, kernel.shape, strides, pads):
     _, pullback = jax.vjp(
         lambda x_, k_: conv_by_matmul(x_, k_, strides, pads, precision), x, kernel)

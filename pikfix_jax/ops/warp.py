@@ -63,7 +63,8 @@ def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
   v = values.astype(jnp.float32)
   v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)  # [v, 1]
   b, n_q, c = q.shape
-  if n_q <= chunk:
+  # A symbolic n_q (export --format=stablehlo) has no known size to compare: always chunked.
+  if not jax.export.is_symbolic_dim(n_q) and n_q <= chunk:
     return _warp_block(q, k, v, temperature)
   num_chunks = -(-n_q // chunk)
   pad = num_chunks * chunk - n_q
