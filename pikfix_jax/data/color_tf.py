@@ -5,6 +5,8 @@ Same formulas, constants and normalisation as the JAX version in `pikfix_jax/ops
 `skimage.color.rgb2lab` and the JAX functions.
 """
 
+import math
+
 import tensorflow as tf
 
 from pikfix_jax.ops import color as jax_color
@@ -70,7 +72,7 @@ def rotate_hue(rgb: tf.Tensor, degrees) -> tf.Tensor:
   """sRGB (..., 3) with its CIE Lab hue rotated by `degrees` (a scalar), L kept, clipped to
   the sRGB gamut (as `pikfix_jax.ops.color.rotate_hue`)."""
   lab = rgb_to_lab(rgb)
-  theta = tf.cast(degrees, tf.float32) * (np.pi / 180.0)
+  theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
   cos, sin = tf.cos(theta), tf.sin(theta)
   a, b = lab[..., 1], lab[..., 2]
   return lab_to_rgb(tf.stack([lab[..., 0], cos * a - sin * b, sin * a + cos * b], axis=-1))
