@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Synthetic degradation (Wan et al. 2020 sec. 4.2 + Pik-Fix sec. 4.1).
   d = c.data.degradation = ml_collections.ConfigDict()
   d.drop_prob = 0.3  # Each unstructured degradation is skipped with this probability.
+  # Training: probability that an example's input is left clean, so the restoration sub-net
+  # also learns to keep what needs no repair (0 = always degraded, the paper's recipe).
+  d.clean_prob = 0.0
   d.noise_sigma = (5.0, 50.0)  # Gaussian noise std, 8-bit units.
   d.blur_kernel_sizes = (3, 5, 7)  # Gaussian blur kernel sizes.
   d.blur_sigma = (1.0, 5.0)  # Gaussian blur std (pixels).

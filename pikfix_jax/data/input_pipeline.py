@@ -176,7 +176,9 @@ def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_
 
 
 # -------------------------------------------------------------------------- example builders
-_HUE_STREAM = 3  # stateless_fold_in key of the hue angle (s[0..2] are crop, degradation, reference)
+# stateless_fold_in keys of further per-example draws (s[0..2] are crop, degradation, reference).
+_HUE_STREAM = 3
+_CLEAN_STREAM = 4
 
 
 def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: int):
@@ -216,7 +218,12 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
     target = _rgb_to_lab_xla(crop)
     input_l = target[..., :1]
     if d.degrade:
-      input_l = degrade_luminance(input_l, s[1], config, bank, xla=True)
+      degraded = degrade_luminance(input_l, s[1], config, bank, xla=True)
+      if d.degradation.clean_prob:
+        coin = tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(seed, _CLEAN_STREAM))
+        degraded = tf.where(coin < d.degradation.clean_prob, input_l, degraded)
+      input_l = degraded
     return {'input_l': input_l, 'target_lab': target, 'reference_rgb': reference,
             'id': example['id']}
 
