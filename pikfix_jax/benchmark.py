@@ -19,6 +19,7 @@ import numpy as np
 import skimage.data
 
 from pikfix_jax import cli
+from pikfix_jax import image_io
 from pikfix_jax import models
 from pikfix_jax import restore
 from pikfix_jax import retrieval
@@ -358,7 +359,7 @@ def bench_restore(config) -> None:
                                           jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
   init_s = time.perf_counter() - start
   restorer = restore.Restorer(model, variables)
-  image = restore.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
+  image = image_io.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
   reference = skimage.data.coffee() / np.float32(255)
   start = time.perf_counter()
   restorer(image, reference)

@@ -12,8 +12,7 @@ import contextlib
 import functools
 import os
 import signal
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -26,10 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import dm_pix
 from jax.experimental import multihost_utils
 
+from pikfix_jax import checkpoints
 from pikfix_jax import distributed
 from pikfix_jax import image_io
 from pikfix_jax import losses
@@ -41,7 +40,6 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
-FROZEN_BACKBONE = 'resnet34'
 LOSS_TERMS = ('total', 'l1_luminance', 'perceptual', 'emd', 'l1_chroma', 'adversarial')
 SCALARS = LOSS_TERMS + ('d_loss', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm',
                         'd_grad_norm', 'learning_rate')
@@ -54,36 +52,12 @@ class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training (and is checkpointed)."""
   step: jnp.ndarray
   g_params: Any  # Trainable generator parameters.
-  g_frozen: Any  # Frozen generator parameters (the ResNet-34 unless model.similarity.train_backbone).
+  g_frozen: Any  # Frozen generator parameters (checkpoints.split_frozen).
   g_batch_stats: Any  # BatchNorm statistics of the backbones (inference mode, never updated).
   d_params: Any
   g_opt_state: Any
   d_opt_state: Any
   rng: jnp.ndarray
-
-
-# ----------------------------------------------------------------------------- parameters
-
-def split_frozen(params: dict, train_backbone: bool) -> tuple[dict, dict]:
-  """Splits generator params into (trainable, frozen); frozen holds the ResNet-34 subtree."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  is_frozen = lambda path: (not train_backbone) and FROZEN_BACKBONE in path
-  trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
-  frozen = {k: v for k, v in flat.items() if is_frozen(k)}
-  return (flax.traverse_util.unflatten_dict(trainable),
-          flax.traverse_util.unflatten_dict(frozen))
-
-
-def merge_params(trainable: dict, frozen: dict) -> dict:
-  flat = flax.traverse_util.flatten_dict(trainable)
-  flat.update(flax.traverse_util.flatten_dict(frozen))
-  return flax.traverse_util.unflatten_dict(flat)
-
-
-def generator_variables(state: TrainState) -> dict:
-  """The generator's full variable dict (what `export` writes and `restore` applies)."""
-  return {'params': merge_params(state.g_params, state.g_frozen),
-          'batch_stats': state.g_batch_stats}
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -146,7 +120,8 @@ class Trainer:
       resnet = weights.maybe_load_backbone(c.backbones.resnet34, 'resnet34', resnet)
       g_vars['params']['similarity_net']['resnet34'] = resnet['params']
       g_vars['batch_stats']['similarity_net']['resnet34'] = resnet['batch_stats']
-    g_params, g_frozen = split_frozen(g_vars['params'], c.model.similarity.train_backbone)
+    g_params, g_frozen = checkpoints.split_frozen(g_vars['params'],
+                                                  c.model.similarity.train_backbone)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
         g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
@@ -179,7 +154,7 @@ class Trainer:
     target_ab = batch['target_lab'][..., 1:]
 
     def forward(g_params):
-      variables = {'params': merge_params(g_params, state.g_frozen),
+      variables = {'params': checkpoints.merge_params(g_params, state.g_frozen),
                    'batch_stats': state.g_batch_stats}
       return self.generator.apply(variables, batch['input_l'], batch['reference_rgb'],
                                   train=True, rngs={'dropout': step_rng})
@@ -248,7 +223,7 @@ class Trainer:
 
   # ------------------------------------------------------------------------- evaluate
   def _predict(self, state: TrainState, batch: dict) -> dict:
-    outputs = self.generator.apply(generator_variables(state), batch['input_l'],
+    outputs = self.generator.apply(checkpoints.generator_variables(state), batch['input_l'],
                                    batch['reference_rgb'])
     return {k: outputs[k] for k in ('rgb', 'restored_l', 'ab')}
 
@@ -352,32 +327,6 @@ def total_steps(config: ml_collections.ConfigDict, spe: int) -> int:
   return config.train.num_epochs * spe
 
 
-def checkpoint_managers(workdir: str, config: ml_collections.ConfigDict
-                        ) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-  """(latest k checkpoints, best checkpoint by validation PSNR)."""
-  # Both managers may save the same step; multi-host barrier names must not collide.
-  latest = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.train.keep_checkpoints, create=True,
-          enable_async_checkpointing=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix='latest')))
-  best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'best'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m['val_psnr'], best_mode='max', create=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix='best')))
-  return latest, best
-
-
-def restore_state(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                  step: Optional[int] = None) -> TrainState:
-  step = manager.latest_step() if step is None else step
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-
-
 class _Terminate:
   """Remembers a SIGTERM so the loop can checkpoint and exit cleanly."""
 
@@ -428,11 +377,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_steps = total_steps(config, spe)
   trainer = Trainer(config, spe)
   state = trainer.init_state(config.seed)
-  latest, best = checkpoint_managers(workdir, config)
+  latest, best = checkpoints.checkpoint_managers(workdir, config)
   last_saved = latest.latest_step()
   if last_saved is not None:
     logging.info('Resuming from %s/checkpoints step %d.', workdir, last_saved)
-    state = restore_state(latest, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
+    state = checkpoints.restore_state(latest, state)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
@@ -474,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def save(step: int) -> None:
     nonlocal last_saved
-    latest.save(step, args=ocp.args.StandardSave(state))
+    checkpoints.save_state(latest, step, state)
     last_saved = step
 
   train_metrics = None
@@ -509,7 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_images(step, {'train': image_grid(batch, outs)[None]})
       if step % config.train.eval_every == 0 or is_last:
         _check_finite(*pending, workdir, last_saved)
-        best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step, is_last))
+        checkpoints.save_state(best, step, state, metrics=run_eval(step, is_last))
       if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
         _check_finite(*pending, workdir, last_saved)
         save(step)

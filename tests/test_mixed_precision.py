@@ -15,6 +15,7 @@ from skimage import data as skdata
 from skimage import transform as sktransform
 
 from conftest import tiny_config
+from pikfix_jax import checkpoints
 from pikfix_jax import train
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -87,7 +88,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   for k, v in scalars.items():
     assert v.dtype == jnp.float32, k
 
-  outputs = jax.jit(trainer.generator.apply)(train.generator_variables(state),
+  outputs = jax.jit(trainer.generator.apply)(checkpoints.generator_variables(state),
                                              batch['input_l'], batch['reference_rgb'])
   for key in ('restored_l', 'ab', 'rgb', 'output_hist', 'reference_hist'):
     assert outputs[key].dtype == jnp.float32, key
