@@ -11,13 +11,14 @@ An exported model (`python -m pikfix_jax.export`): config.json and variables/ (t
 export.json either way.
 
 `load_generator` reads a generator from either (its variables only: an orbax partial restore);
-the training loop saves and resumes through `checkpoint_managers`, `save_state` and
-`restore_state`.
+the training loop saves and resumes through `checkpoint_managers`, `save_state`,
+`finish_writes` and `restore_state`.
 """
 
+import contextlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from absl import logging
 import flax
@@ -256,6 +257,17 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any,
                metrics: Optional[dict] = None) -> None:
   """Writes a whole `train.TrainState` as `step` (`metrics`: what best/ ranks by)."""
   manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+
+
+@contextlib.contextmanager
+def finish_writes(*managers: ocp.CheckpointManager) -> Iterator[None]:
+  """Waits for the managers' asynchronous saves however the block ends, so a checkpoint that
+  an error names as kept is complete on disk when the error propagates."""
+  try:
+    yield
+  finally:
+    for manager in managers:
+      manager.wait_until_finished()
 
 
 def restore_state(manager: ocp.CheckpointManager, like: Any, step: Optional[int] = None) -> Any:

@@ -74,8 +74,21 @@ def learning_rate(config: ml_collections.ConfigDict, step, steps_per_epoch: int)
   return config.optim.learning_rate * config.optim.decay_rate ** (step // steps_per_epoch)
 
 
+def _seed_keys(seed: int) -> tuple[jnp.ndarray, ...]:
+  """(generator init, discriminator init, VGG-19 init, dropout) keys of a training seed."""
+  return tuple(jax.random.split(jax.random.PRNGKey(seed), 4))
+
+
 class Trainer:
-  """Builds the models and the jitted, sharded step functions for one config."""
+  """Builds the models and the jitted, sharded step functions for one config.
+
+  It holds nothing that changes: the state comes from `init_state` (or a checkpoint), the
+  perceptual loss's frozen VGG-19 from `init_vgg`, and both are passed to the jitted steps:
+    train_step(state, batch, vgg_variables) -> (state, scalars): one optimisation step on a
+      global batch (`shard`); `state` is donated.
+    predict_step(state, batch) -> {'rgb', 'restored_l', 'ab'}: the generator in inference
+      mode on a global batch.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int,
                mesh: Optional[jax.sharding.Mesh] = None):
@@ -90,10 +103,9 @@ class Trainer:
     self.d_tx = make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=tuple(config.loss.perceptual_layers),
                              dtype=pikfix.dtype_from_name(config.model.dtype))
-    self.vgg_variables = None
-    self._train_step = jax.jit(self._step, donate_argnums=(0,),
-                               out_shardings=(self.replicated, self.replicated))
-    self._predict_step = jax.jit(self._predict)
+    self.train_step = jax.jit(self._train_step, donate_argnums=(0,),
+                              out_shardings=(self.replicated, self.replicated))
+    self.predict_step = jax.jit(self._predict_step)
 
   # --------------------------------------------------------------------------- state
   def init_state(self, seed: int) -> TrainState:
@@ -102,7 +114,7 @@ class Trainer:
     size = c.data.image_size
     l = jnp.zeros((1, size, size, 1), jnp.float32)
     rgb = jnp.zeros((1, size, size, 3), jnp.float32)
-    g_key, d_key, vgg_key, rng = jax.random.split(jax.random.PRNGKey(seed), 4)
+    g_key, d_key, _, rng = _seed_keys(seed)
 
     def init(g_key, d_key):
       g_vars = self.generator.init(g_key, l, rgb)
@@ -128,11 +140,12 @@ class Trainer:
         g_opt_state=models.jit_init(self.g_tx.init)(g_params),
         d_opt_state=models.jit_init(self.d_tx.init)(d_vars['params']),
         rng=rng)
-    self.vgg_variables = self.load_vgg(vgg_key)
     return jax.device_put(state, self.replicated)
 
-  def load_vgg(self, key: jnp.ndarray) -> dict:
-    """Frozen VGG-19 of the perceptual loss (deterministic random init when no weights)."""
+  def init_vgg(self, seed: int) -> dict:
+    """Frozen VGG-19 variables of the perceptual loss: config.backbones.vgg19, or a random
+    init from `seed` when no weights are given (the same for the same seed)."""
+    _, _, key, _ = _seed_keys(seed)
     size = self.config.data.image_size
     init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
     variables = weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
@@ -145,8 +158,9 @@ class Trainer:
     hist = outputs['reference_hist']
     return jax.lax.stop_gradient(hist.reshape(hist.shape[0], -1))
 
-  def _step(self, state: TrainState, batch: dict, vgg_variables: dict
-            ) -> tuple[TrainState, Any]:
+  def _train_step(self, state: TrainState, batch: dict, vgg_variables: dict
+                  ) -> tuple[TrainState, dict]:
+    """`train_step` before jit (class docstring)."""
     c = self.config
     vgg_features = functools.partial(self.vgg.apply, vgg_variables)
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -211,10 +225,6 @@ class Trainer:
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)
     return new_state, scalars
 
-  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimisation step on a global batch (host-local numpy arrays per process)."""
-    return self._train_step(state, self.shard(batch), self.vgg_variables)
-
   def shard(self, batch: dict) -> dict:
     """Host-local batch -> global arrays sharded along the 'data' mesh axis."""
     arrays = {k: v for k, v in batch.items() if k != 'id'}
@@ -222,7 +232,8 @@ class Trainer:
             for k, v in arrays.items()}
 
   # ------------------------------------------------------------------------- evaluate
-  def _predict(self, state: TrainState, batch: dict) -> dict:
+  def _predict_step(self, state: TrainState, batch: dict) -> dict:
+    """`predict_step` before jit (class docstring)."""
     outputs = self.generator.apply(checkpoints.generator_variables(state), batch['input_l'],
                                    batch['reference_rgb'])
     return {k: outputs[k] for k in ('rgb', 'restored_l', 'ab')}
@@ -231,7 +242,7 @@ class Trainer:
     """The generator's rgb, restored_l and ab for this process's rows (NumPy; every process
     calls it with its own rows of the global batch)."""
     batch = self.shard({'input_l': input_l, 'reference_rgb': reference_rgb})
-    return host_local(self._predict_step(state, batch))
+    return host_local(self.predict_step(state, batch))
 
   def evaluate(self, state: TrainState, batches, scorer: scoring.Scorer
                ) -> tuple[dict[str, float], Optional[np.ndarray], list[dict]]:
@@ -361,12 +372,8 @@ def _check_finite(step: int, scalars: dict, workdir: str, last_saved: Optional[i
         f'Training stopped; the last good checkpoint in {workdir}/checkpoints ({kept}) is kept.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       nan_at_step: Optional[int] = None) -> TrainState:
-  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates periodically.
-
-  `nan_at_step` injects a NaN into the batch of that step (used by tests of the NaN guard).
-  """
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates periodically."""
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
   if config.train.batch_size % jax.device_count():
@@ -377,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_steps = total_steps(config, spe)
   trainer = Trainer(config, spe)
   state = trainer.init_state(config.seed)
+  vgg_variables = trainer.init_vgg(config.seed)
   latest, best = checkpoints.checkpoint_managers(workdir, config)
   last_saved = latest.latest_step()
   if last_saved is not None:
@@ -433,11 +441,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          batch_size=per_process_batch,
                                          process_index=process_index,
                                          process_count=process_count)
-  with _Terminate() as terminate, contextlib.closing(batches):
+  with (_Terminate() as terminate, contextlib.closing(batches),
+        checkpoints.finish_writes(latest, best)):
     for batch in batches if step < num_steps else ():
-      if nan_at_step is not None and step + 1 == nan_at_step:
-        batch = dict(batch, input_l=np.full_like(batch['input_l'], np.nan))
-      state, scalars = trainer.train_step(state, batch)
+      state, scalars = trainer.train_step(state, trainer.shard(batch), vgg_variables)
       step += 1
       if pending is not None:
         _check_finite(*pending, workdir, last_saved)
@@ -466,8 +473,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
   if pending is not None:
     _check_finite(*pending, workdir, last_saved)
-  latest.wait_until_finished()
-  best.wait_until_finished()
   writer.flush()
   if terminate.requested:
     logging.warning('Stopped by SIGTERM at step %d; checkpoint written. Rerun to resume.', step)

@@ -118,7 +118,8 @@ def restore_latest(workdir: str, config) -> tuple:
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(config, train.steps_per_epoch(config))
   latest, _ = checkpoints.checkpoint_managers(workdir, config)
-  return latest.latest_step(), checkpoints.restore_state(latest, trainer.init_state(config.seed))
+  state = checkpoints.restore_state(latest, trainer.init_state(config.seed))
+  return latest.latest_step(), state
 
 
 # The longest tests (subprocesses, many steps) first: with `pytest -n 2` the short ones then

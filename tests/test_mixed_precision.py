@@ -52,11 +52,12 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   config.train.batch_size = len(batch['input_l'])
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(0)
+  vgg_variables = trainer.init_vgg(0)
 
   # Structure of the compiled step: convolutions in bf16 (all but the SSIM metric's filters),
   # every exp (softmaxes of the warp and SPHist, sigmoids) in f32, all outputs f32.
   sharded = trainer.shard(batch)
-  lowered = trainer._train_step.lower(state, sharded, trainer.vgg_variables)
+  lowered = trainer.train_step.lower(state, sharded, vgg_variables)
   hlo = lowered.as_text()
   convs = re.findall(r'stablehlo\.convolution.*', hlo)
   bf16 = [c for c in convs if re.search(r'->\s*tensor<[^>]*bf16>', c)]
@@ -67,7 +68,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   step = lowered.compile()
   history = []
   for _ in range(15):  # l1_chroma: 0.339 at step 1, 0.13 at step 6, 0.115 at step 15
-    state, scalars = step(state, sharded, trainer.vgg_variables)
+    state, scalars = step(state, sharded, vgg_variables)
     h = {k: float(scalars[k]) for k in ('total', 'l1_chroma', 'adversarial')}
     # The objective without the adversarial term (which need not fall in a GAN game).
     h['reconstruction'] = h['total'] - config.loss.eta * h['adversarial']
