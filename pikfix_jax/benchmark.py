@@ -19,6 +19,7 @@ import numpy as np
 import skimage.data
 
 from pikfix_jax import cli
+from pikfix_jax import image_io
 from pikfix_jax import models
 from pikfix_jax import restore
 from pikfix_jax import retrieval
@@ -137,26 +138,27 @@ def bench_train(config, steps: int) -> None:
     raise ValueError(f'--batch_size={batch_size} must be divisible by the {len(devices)} devices.')
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(config.seed)
+  vgg_variables = trainer.init_vgg(config.seed)
   rng = np.random.default_rng(config.seed)
   batches = [trainer.shard(_random_train_batch(rng, batch_size, size)) for _ in range(2)]
 
   start = time.perf_counter()
-  lowered = trainer._train_step.lower(state, batches[0], trainer.vgg_variables)  # pylint: disable=protected-access
+  lowered = trainer.train_step.lower(state, batches[0], vgg_variables)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   xla_flops = _flops(compiled.cost_analysis()) * len(devices)  # per-device SPMD program
-  model_flops = _model_flops(config, lowered, state, batches[0], trainer.vgg_variables)
+  model_flops = _model_flops(config, lowered, state, batches[0], vgg_variables)
 
   warmup = 2
   for i in range(warmup):
-    state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
+    state, scalars = compiled(state, batches[i % 2], vgg_variables)
   jax.block_until_ready((state, scalars))
   steps = max(steps, 1)
   start = time.perf_counter()
   for i in range(steps):
-    state, scalars = compiled(state, batches[i % 2], trainer.vgg_variables)
+    state, scalars = compiled(state, batches[i % 2], vgg_variables)
   jax.block_until_ready((state, scalars))
   step_s = (time.perf_counter() - start) / steps
   if not np.isfinite(float(scalars['total'])):
@@ -269,6 +271,7 @@ def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> No
   size = config.data.image_size
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(config.seed)
+  vgg_variables = trainer.init_vgg(config.seed)
   example = _random_train_batch(np.random.default_rng(config.seed), 1, size)
   common = {'what': 'max_batch', 'device_kind': devices[0].device_kind, 'devices': len(devices),
             'dtype': config.model.dtype, 'remat': bool(config.model.remat), 'image_size': size,
@@ -280,7 +283,7 @@ def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> No
                                      sharding=trainer.data_sharding)
              for k, v in example.items()}
     start = time.perf_counter()
-    lowered = trainer._train_step.lower(state, batch, trainer.vgg_variables)  # pylint: disable=protected-access
+    lowered = trainer.train_step.lower(state, batch, vgg_variables)
     try:
       needed = step_memory_bytes(lowered.compile().memory_analysis())
     except jax.errors.JaxRuntimeError as e:  # e.g. autotuning buffers for a huge batch
@@ -332,7 +335,7 @@ def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
   flops_config.model.remat = False
   flops_config.model.similarity.query_chunk = config.data.image_size ** 2
   trainer = train.Trainer(flops_config, steps_per_epoch=1000)
-  return _flops(trainer._train_step.lower(state, batch, vgg_variables).cost_analysis())  # pylint: disable=protected-access
+  return _flops(trainer.train_step.lower(state, batch, vgg_variables).cost_analysis())
 
 
 def _random_train_batch(rng, batch_size: int, size: int) -> dict:
@@ -358,7 +361,7 @@ def bench_restore(config) -> None:
                                           jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
   init_s = time.perf_counter() - start
   restorer = restore.Restorer(model, variables)
-  image = restore.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
+  image = image_io.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
   reference = skimage.data.coffee() / np.float32(255)
   start = time.perf_counter()
   restorer(image, reference)

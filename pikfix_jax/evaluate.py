@@ -25,7 +25,6 @@ unavailable, never computed from random features).
 import csv
 import datetime
 import functools
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -40,6 +39,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import metrics
@@ -129,8 +129,8 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], height: int = 256) -> np.nd
   """Rows of panels (float RGB) resized to `height`, padded white to the widest row."""
   out = []
   for panels in rows:
-    resized = [restore.resize_float(np.clip(p, 0, 1), height,
-                                    max(1, round(p.shape[1] * height / p.shape[0])))
+    resized = [image_io.resize_float(np.clip(p, 0, 1), height,
+                                     max(1, round(p.shape[1] * height / p.shape[0])))
                for p in panels]
     gap = np.ones((height, 4, 3), np.float32)
     row = resized[0]
@@ -399,7 +399,7 @@ def main(argv):
     sys.exit(2)
   try:
     ranks = parse_ranks(f['reference_rank'])
-    model, variables, trained, info = restore.load_generator_info(
+    model, variables, trained, info = checkpoints.load_generator_info(
         f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
     config = f['config']
     check_model_config(config, trained)
@@ -417,7 +417,7 @@ def main(argv):
             f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
       if not rank:
         print(scoring.summary_markdown(summary['scores']))
-  except (restore.RestoreError, ValueError, FileNotFoundError) as e:
+  except (checkpoints.RestoreError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

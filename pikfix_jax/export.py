@@ -5,8 +5,8 @@ PATH (a new directory) receives, with the default --format=orbax,
                optimiser state, no discriminator, no training step;
   config.json  the resolved training config (the `model` section defines the architecture);
   export.json  where it came from (workdir, step, latest/best) and its size.
-`python -m pikfix_jax.restore --checkpoint=PATH ...` and `restore.load_generator(checkpoint=PATH)`
-read it. With --format=stablehlo [--platforms=cpu,cuda] it receives instead
+`python -m pikfix_jax.restore --checkpoint=PATH ...` and `checkpoints.load_generator(checkpoint=
+PATH)` read it. With --format=stablehlo [--platforms=cpu,cuda] it receives instead
   restore_forward.jax_export  the serialized `jax.export` of the generator's forward pass
                (`restore_forward`, variables inside) for those platforms, spatial sizes
                symbolic multiples of 32 (`export_forward`);
@@ -26,8 +26,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
+from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import restore
 from pikfix_jax.models import pikfix
@@ -102,12 +102,12 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
   output = os.path.abspath(output)
   if os.path.exists(output):
     if not force:
-      raise restore.RestoreError(f'--output={output} exists; pass --force to replace it')
-    if not (restore.is_export(output) or restore.is_stablehlo_export(output)):
-      raise restore.RestoreError(f'--output={output} exists and is not an exported model; '
-                                 'refusing to replace it')
+      raise checkpoints.RestoreError(f'--output={output} exists; pass --force to replace it')
+    if not (checkpoints.is_export(output) or checkpoints.is_stablehlo_export(output)):
+      raise checkpoints.RestoreError(f'--output={output} exists and is not an exported model; '
+                                     'refusing to replace it')
     shutil.rmtree(output)
-  model, variables, config, info = restore.load_generator_info(
+  model, variables, config, info = checkpoints.load_generator_info(
       workdir=workdir, use_best=use_best, step=step)
   os.makedirs(output)
   variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), variables)
@@ -116,11 +116,11 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
             'step': info['step'], 'use_best': bool(use_best), 'num_variables': num_params}
   if export_format == 'stablehlo':
     exported = export_forward(model, variables, platforms)
-    with open(os.path.join(output, restore.EXPORT_ARTIFACT), 'wb') as f:
+    with open(os.path.join(output, checkpoints.EXPORT_ARTIFACT), 'wb') as f:
       f.write(exported.serialize())
     m = pikfix.MULTIPLE
     record.update({
-        'format': 'stablehlo', 'artifact': restore.EXPORT_ARTIFACT,
+        'format': 'stablehlo', 'artifact': checkpoints.EXPORT_ARTIFACT,
         'platforms': list(exported.platforms),
         'inputs': {'luminance': f'float32 (1, {m}*h, {m}*w, 1): CIE L / 100 of the photo, '
                                 f'padded to multiples of {m}',
@@ -133,20 +133,11 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
         'calling_convention_version': exported.calling_convention_version,
         'model': json.loads(config.model.to_json_best_effort())})
   else:
-    _write_orbax(output, variables, config)
+    checkpoints.write_export(output, variables, config)
   record['bytes'] = directory_size(output)
-  with open(os.path.join(output, restore.EXPORT_META), 'w') as f:
+  with open(os.path.join(output, checkpoints.EXPORT_META), 'w') as f:
     json.dump(record, f, indent=2)
   return record
-
-
-def _write_orbax(output: str, variables: dict, config) -> None:
-  """variables/ and config.json of --format=orbax."""
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(output, restore.EXPORT_VARIABLES), variables)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(output, restore.CONFIG_FILE), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
 
 
 def main(argv):
@@ -160,7 +151,7 @@ def main(argv):
   try:
     record = export(f['workdir'], f['output'], f['use_best'], f['step'], f['force'],
                     f['format'], f['platforms'])
-  except (restore.RestoreError, FileNotFoundError, ValueError) as e:
+  except (checkpoints.RestoreError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(f'exported step {record["step"]} of {record["checkpoint"]} -> {f["output"]} '

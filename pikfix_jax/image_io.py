@@ -79,6 +79,15 @@ def write_image(path: PathLike, rgb: np.ndarray, *, quality: int = 95) -> None:
   Image.fromarray(arr).save(path, format=fmt, **kwargs)
 
 
+def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Float (H, W, C) -> (height, width, C), PIL bilinear (antialiased when shrinking)."""
+  if image.shape[:2] == (height, width):
+    return np.asarray(image, np.float32)
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32))
+                              .resize((width, height), Image.Resampling.BILINEAR))
+                   for c in range(image.shape[-1])], axis=-1)
+
+
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
   """Float [0, 1] -> uint8 with rounding (uint8 input is passed through)."""
   rgb = np.asarray(rgb)

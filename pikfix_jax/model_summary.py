@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax.models import pikfix
 
@@ -34,9 +35,8 @@ def abstract_variables(config: ml_collections.ConfigDict, image_size: int):
   k = config.model.histogram.num_bins
   cond = (jax.ShapeDtypeStruct((1, 2 * k), jnp.float32)
           if config.model.discriminator.condition_on_reference else None)
-  key = jax.random.PRNGKey(0)
-  g_vars = jax.eval_shape(g.init, key, l, rgb)
-  d_vars = jax.eval_shape(d.init, key, l, ab, cond)
+  g_vars = checkpoints.abstract_variables(g, image_size)
+  d_vars = jax.eval_shape(d.init, jax.random.PRNGKey(0), l, ab, cond)
   return g, g_vars, d_vars, (l, rgb)
 
 
@@ -57,8 +57,8 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
     sub = params[name]
     rows.append((f'generator/{name}', count(sub)))
     if name == 'similarity_net':
-      frozen = count(sub.get('resnet34', {}))
-      rows.append(('  of which ResNet-34 (frozen by default)', frozen))
+      _, frozen = checkpoints.split_frozen({name: sub}, train_backbone=False)
+      rows.append(('  of which ResNet-34 (frozen by default)', count(frozen)))
   rows.append(('generator total', count(params)))
   rows.append(('discriminator (PatchGAN)', count(d_vars['params'])))
   flops = forward_flops(g, g_vars, inputs)

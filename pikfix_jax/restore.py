@@ -38,21 +38,19 @@ from typing import Callable, Optional, Sequence, Union
 from absl import app
 from absl import flags
 from absl import logging
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 from PIL import ImageOps
 import tqdm
 
+from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import retrieval
-from pikfix_jax import train
 from pikfix_jax import weights
 from pikfix_jax.models import pikfix
 from pikfix_jax.models.restoration_net import RestorationNet
@@ -66,145 +64,12 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '
 ALPHA_FORMATS = ('.png', '.tif', '.tiff', '.webp')
 WRITE_EXTENSIONS = tuple(image_io._WRITE_FORMATS)  # pylint: disable=protected-access
 COMPARE_MAX_HEIGHT = 1024  # Panels of the --compare image are at most this high.
-EXPORT_VARIABLES = 'variables'  # Sub-directory of an exported checkpoint (orbax).
-CONFIG_FILE = 'config.json'
-EXPORT_META = 'export.json'  # Where an exported checkpoint came from (informational).
-EXPORT_ARTIFACT = 'restore_forward.jax_export'  # Serialized jax.export (--format=stablehlo).
 
-
-class RestoreError(ValueError):
-  """A problem the user can fix; the message is one line."""
+RestoreError = checkpoints.RestoreError  # What restore and model loading raise for the user.
 
 
 class InputTooSmallError(RestoreError):
   """The input photo is smaller than MIN_SIDE on a side."""
-
-
-# ----------------------------------------------------------------------------- loading
-
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-  """A config written with `to_json_best_effort` -> ConfigDict (JSON lists back to tuples)."""
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
-
-
-def read_config(path: str) -> ml_collections.ConfigDict:
-  with open(path) as f:
-    return config_from_json(f.read())
-
-
-def _abstract_variables(model: pikfix.PikFix) -> dict:
-  """Shapes of the generator's variables (no compute)."""
-  l = jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32)
-  rgb = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return flax.core.unfreeze(jax.eval_shape(model.init, jax.random.PRNGKey(0), l, rgb))
-
-
-def _restore_args(tree):
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
-
-
-def is_export(path: str) -> bool:
-  return (os.path.isdir(os.path.join(path, EXPORT_VARIABLES)) and
-          os.path.exists(os.path.join(path, CONFIG_FILE)))
-
-
-def is_stablehlo_export(path: str) -> bool:
-  """Whether `path` holds a `python -m pikfix_jax.export --format=stablehlo` artifact."""
-  return os.path.isfile(os.path.join(path, EXPORT_ARTIFACT))
-
-
-def is_workdir(path: str) -> bool:
-  return (os.path.exists(os.path.join(path, CONFIG_FILE)) and
-          (os.path.isdir(os.path.join(path, 'checkpoints')) or
-           os.path.isdir(os.path.join(path, 'best'))))
-
-
-def load_generator(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
-                   use_best: bool = False, step: Optional[int] = None
-                   ) -> tuple[pikfix.PikFix, dict, ml_collections.ConfigDict]:
-  """(model, variables, config) from a training workdir or an exported checkpoint.
-
-  See `load_generator_info`, which also says where the variables came from.
-  """
-  return load_generator_info(workdir, checkpoint, use_best, step)[:3]
-
-
-def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
-                        use_best: bool = False, step: Optional[int] = None
-                        ) -> tuple[pikfix.PikFix, dict, ml_collections.ConfigDict, dict]:
-  """(model, variables, config, info) from a training workdir or an exported checkpoint.
-
-  workdir: a training directory (config.json + checkpoints/ + best/): its latest checkpoint,
-    or with `use_best` the best one by validation PSNR (or `step`). Only the generator's
-    variables are read (no optimiser state, no discriminator).
-  checkpoint: a directory written by `python -m pikfix_jax.export` (config.json +
-    variables/). A training workdir is accepted here too.
-  Returns the generator module, {'params': ..., 'batch_stats': ...}, the config it was
-  trained with (config.json) and info {'source': path, 'step': training step or None}.
-  """
-  if bool(workdir) == bool(checkpoint):
-    raise RestoreError('give exactly one of --workdir (a training directory) or --checkpoint '
-                       '(an exported model)')
-  path = os.path.abspath(workdir or checkpoint)
-  if not os.path.isdir(path):
-    raise RestoreError(f'{path}: no such directory')
-  if checkpoint and not is_export(path):
-    if is_workdir(path):
-      workdir = path
-    elif is_stablehlo_export(path):
-      raise RestoreError(f'{path}: a --format=stablehlo export holds no variables; only '
-                         '`restore --checkpoint` runs it (export --format=orbax for the rest)')
-    else:
-      raise RestoreError(f'{path}: not an exported checkpoint (expected {CONFIG_FILE} and '
-                         f'{EXPORT_VARIABLES}/ written by python -m pikfix_jax.export)')
-  config_path = os.path.join(path, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise RestoreError(f'{path}: no {CONFIG_FILE} (the training run writes it; it names the '
-                       'model architecture)')
-  config = read_config(config_path)
-  model = pikfix.build_generator(config.model)
-  shapes = _abstract_variables(model)
-  if not workdir:  # exported
-    target = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                       sharding=jax.sharding.SingleDeviceSharding(
-                                           jax.local_devices()[0])), shapes)
-    variables = ocp.StandardCheckpointer().restore(os.path.join(path, EXPORT_VARIABLES), target)
-    info = {'source': path, 'step': None}
-    meta_path = os.path.join(path, EXPORT_META)
-    if os.path.exists(meta_path):
-      with open(meta_path) as f:
-        info['step'] = json.load(f).get('step')
-    return model, flax.core.unfreeze(variables), config, info
-
-  sub = 'best' if use_best else 'checkpoints'
-  directory = os.path.join(path, sub)
-  if not os.path.isdir(directory):
-    raise RestoreError(f'{path}: no {sub}/ directory (has training written a checkpoint?)')
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  if step is None:
-    step = manager.latest_step()
-  if step is None:
-    raise RestoreError(f'{directory}: no checkpoint yet')
-  g_params, g_frozen = train.split_frozen(shapes['params'], config.model.similarity.train_backbone)
-  item = {'g_params': g_params, 'g_frozen': g_frozen,
-          'g_batch_stats': shapes.get('batch_stats', {})}
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=_restore_args(item), partial_restore=True))
-  variables = {'params': train.merge_params(restored['g_params'], restored['g_frozen'])}
-  if restored.get('g_batch_stats'):
-    variables['batch_stats'] = restored['g_batch_stats']
-  logging.info('Loaded the generator of %s step %d.', directory, step)
-  return model, flax.core.unfreeze(variables), config, {'source': directory, 'step': int(step)}
 
 
 # ------------------------------------------------------------------------------ tiling
@@ -276,15 +141,6 @@ def reference_shape(height: int, width: int, reference_size: int, input_hw: Sequ
   return (longest, short) if height >= width else (short, longest)
 
 
-def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Float (H, W, C) -> (height, width, C), PIL bilinear (antialiased when shrinking)."""
-  if image.shape[:2] == (height, width):
-    return np.asarray(image, np.float32)
-  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32))
-                              .resize((width, height), Image.Resampling.BILINEAR))
-                   for c in range(image.shape[-1])], axis=-1)
-
-
 class PhotoRestorer(abc.ABC):
   """What every restorer does around the network: a photo of any size reduced to its L and
   padded to multiples of 32, its reference resized (`reference_shape`), the network's sRGB
@@ -302,7 +158,7 @@ class PhotoRestorer(abc.ABC):
     """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`)."""
     hw = reference_shape(reference_rgb.shape[0], reference_rgb.shape[1], self.reference_size,
                          input_hw)
-    return resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
+    return image_io.resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
 
   @abc.abstractmethod
   def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
@@ -432,9 +288,9 @@ class ExportedRestorer(PhotoRestorer):
 
   def __init__(self, path: str, reference_size: int = DEFAULT_REFERENCE_SIZE):
     super().__init__(reference_size)
-    with open(os.path.join(path, EXPORT_META)) as f:
+    with open(os.path.join(path, checkpoints.EXPORT_META)) as f:
       self.meta = json.load(f)
-    with open(os.path.join(path, EXPORT_ARTIFACT), 'rb') as f:
+    with open(os.path.join(path, checkpoints.EXPORT_ARTIFACT), 'rb') as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     backend = jax.default_backend()
     if not set(_EXPORT_PLATFORMS.get(backend, (backend,))) & set(exported.platforms):
@@ -554,7 +410,7 @@ def read_alpha(path: str) -> Optional[np.ndarray]:
 def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
   h, w = image.shape[:2]
   width = max(1, int(round(w * height / h)))
-  return resize_float(image, height, width)
+  return image_io.resize_float(image, height, width)
 
 
 def compare_image(image: np.ndarray, reference: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -690,14 +546,15 @@ def run(options: Options, restorer: Optional[Restorer] = None,
     check_reference_source(options)
     pairs = plan(options)
     config = None
-    if restorer is None and options.checkpoint and is_stablehlo_export(options.checkpoint):
+    if (restorer is None and options.checkpoint and
+        checkpoints.is_stablehlo_export(options.checkpoint)):
       if options.dtype or options.query_chunk:
         raise RestoreError('--dtype and --query_chunk cannot change a --format=stablehlo export '
                            '(they are compiled in)')
       restorer = ExportedRestorer(options.checkpoint, options.reference_size)
     elif restorer is None:
-      model, variables, config = load_generator(options.workdir or None,
-                                                options.checkpoint or None, options.use_best)
+      model, variables, config = checkpoints.load_generator(
+          options.workdir or None, options.checkpoint or None, options.use_best)
       restorer = Restorer(model, variables, options.reference_size, options.tile_size,
                           options.color_max_pixels, options.dtype or None,
                           options.query_chunk or None)

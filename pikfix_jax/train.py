@@ -12,8 +12,7 @@ import contextlib
 import functools
 import os
 import signal
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -26,10 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import dm_pix
 from jax.experimental import multihost_utils
 
+from pikfix_jax import checkpoints
 from pikfix_jax import distributed
 from pikfix_jax import image_io
 from pikfix_jax import losses
@@ -41,7 +40,6 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
-FROZEN_BACKBONE = 'resnet34'
 LOSS_TERMS = ('total', 'l1_luminance', 'perceptual', 'emd', 'l1_chroma', 'adversarial')
 SCALARS = LOSS_TERMS + ('d_loss', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm',
                         'd_grad_norm', 'learning_rate')
@@ -54,36 +52,12 @@ class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training (and is checkpointed)."""
   step: jnp.ndarray
   g_params: Any  # Trainable generator parameters.
-  g_frozen: Any  # Frozen generator parameters (the ResNet-34 unless model.similarity.train_backbone).
+  g_frozen: Any  # Frozen generator parameters (checkpoints.split_frozen).
   g_batch_stats: Any  # BatchNorm statistics of the backbones (inference mode, never updated).
   d_params: Any
   g_opt_state: Any
   d_opt_state: Any
   rng: jnp.ndarray
-
-
-# ----------------------------------------------------------------------------- parameters
-
-def split_frozen(params: dict, train_backbone: bool) -> tuple[dict, dict]:
-  """Splits generator params into (trainable, frozen); frozen holds the ResNet-34 subtree."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  is_frozen = lambda path: (not train_backbone) and FROZEN_BACKBONE in path
-  trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
-  frozen = {k: v for k, v in flat.items() if is_frozen(k)}
-  return (flax.traverse_util.unflatten_dict(trainable),
-          flax.traverse_util.unflatten_dict(frozen))
-
-
-def merge_params(trainable: dict, frozen: dict) -> dict:
-  flat = flax.traverse_util.flatten_dict(trainable)
-  flat.update(flax.traverse_util.flatten_dict(frozen))
-  return flax.traverse_util.unflatten_dict(flat)
-
-
-def generator_variables(state: TrainState) -> dict:
-  """The generator's full variable dict (what `export` writes and `restore` applies)."""
-  return {'params': merge_params(state.g_params, state.g_frozen),
-          'batch_stats': state.g_batch_stats}
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -100,8 +74,21 @@ def learning_rate(config: ml_collections.ConfigDict, step, steps_per_epoch: int)
   return config.optim.learning_rate * config.optim.decay_rate ** (step // steps_per_epoch)
 
 
+def _seed_keys(seed: int) -> tuple[jnp.ndarray, ...]:
+  """(generator init, discriminator init, VGG-19 init, dropout) keys of a training seed."""
+  return tuple(jax.random.split(jax.random.PRNGKey(seed), 4))
+
+
 class Trainer:
-  """Builds the models and the jitted, sharded step functions for one config."""
+  """Builds the models and the jitted, sharded step functions for one config.
+
+  It holds nothing that changes: the state comes from `init_state` (or a checkpoint), the
+  perceptual loss's frozen VGG-19 from `init_vgg`, and both are passed to the jitted steps:
+    train_step(state, batch, vgg_variables) -> (state, scalars): one optimisation step on a
+      global batch (`shard`); `state` is donated.
+    predict_step(state, batch) -> {'rgb', 'restored_l', 'ab'}: the generator in inference
+      mode on a global batch.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int,
                mesh: Optional[jax.sharding.Mesh] = None):
@@ -116,10 +103,9 @@ class Trainer:
     self.d_tx = make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=tuple(config.loss.perceptual_layers),
                              dtype=pikfix.dtype_from_name(config.model.dtype))
-    self.vgg_variables = None
-    self._train_step = jax.jit(self._step, donate_argnums=(0,),
-                               out_shardings=(self.replicated, self.replicated))
-    self._predict_step = jax.jit(self._predict)
+    self.train_step = jax.jit(self._train_step, donate_argnums=(0,),
+                              out_shardings=(self.replicated, self.replicated))
+    self.predict_step = jax.jit(self._predict_step)
 
   # --------------------------------------------------------------------------- state
   def init_state(self, seed: int) -> TrainState:
@@ -128,7 +114,7 @@ class Trainer:
     size = c.data.image_size
     l = jnp.zeros((1, size, size, 1), jnp.float32)
     rgb = jnp.zeros((1, size, size, 3), jnp.float32)
-    g_key, d_key, vgg_key, rng = jax.random.split(jax.random.PRNGKey(seed), 4)
+    g_key, d_key, _, rng = _seed_keys(seed)
 
     def init(g_key, d_key):
       g_vars = self.generator.init(g_key, l, rgb)
@@ -146,18 +132,20 @@ class Trainer:
       resnet = weights.maybe_load_backbone(c.backbones.resnet34, 'resnet34', resnet)
       g_vars['params']['similarity_net']['resnet34'] = resnet['params']
       g_vars['batch_stats']['similarity_net']['resnet34'] = resnet['batch_stats']
-    g_params, g_frozen = split_frozen(g_vars['params'], c.model.similarity.train_backbone)
+    g_params, g_frozen = checkpoints.split_frozen(g_vars['params'],
+                                                  c.model.similarity.train_backbone)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
         g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
         g_opt_state=models.jit_init(self.g_tx.init)(g_params),
         d_opt_state=models.jit_init(self.d_tx.init)(d_vars['params']),
         rng=rng)
-    self.vgg_variables = self.load_vgg(vgg_key)
     return jax.device_put(state, self.replicated)
 
-  def load_vgg(self, key: jnp.ndarray) -> dict:
-    """Frozen VGG-19 of the perceptual loss (deterministic random init when no weights)."""
+  def init_vgg(self, seed: int) -> dict:
+    """Frozen VGG-19 variables of the perceptual loss: config.backbones.vgg19, or a random
+    init from `seed` when no weights are given (the same for the same seed)."""
+    _, _, key, _ = _seed_keys(seed)
     size = self.config.data.image_size
     init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
     variables = weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
@@ -170,8 +158,9 @@ class Trainer:
     hist = outputs['reference_hist']
     return jax.lax.stop_gradient(hist.reshape(hist.shape[0], -1))
 
-  def _step(self, state: TrainState, batch: dict, vgg_variables: dict
-            ) -> tuple[TrainState, Any]:
+  def _train_step(self, state: TrainState, batch: dict, vgg_variables: dict
+                  ) -> tuple[TrainState, dict]:
+    """`train_step` before jit (class docstring)."""
     c = self.config
     vgg_features = functools.partial(self.vgg.apply, vgg_variables)
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -179,7 +168,7 @@ class Trainer:
     target_ab = batch['target_lab'][..., 1:]
 
     def forward(g_params):
-      variables = {'params': merge_params(g_params, state.g_frozen),
+      variables = {'params': checkpoints.merge_params(g_params, state.g_frozen),
                    'batch_stats': state.g_batch_stats}
       return self.generator.apply(variables, batch['input_l'], batch['reference_rgb'],
                                   train=True, rngs={'dropout': step_rng})
@@ -236,10 +225,6 @@ class Trainer:
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)
     return new_state, scalars
 
-  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimisation step on a global batch (host-local numpy arrays per process)."""
-    return self._train_step(state, self.shard(batch), self.vgg_variables)
-
   def shard(self, batch: dict) -> dict:
     """Host-local batch -> global arrays sharded along the 'data' mesh axis."""
     arrays = {k: v for k, v in batch.items() if k != 'id'}
@@ -247,8 +232,9 @@ class Trainer:
             for k, v in arrays.items()}
 
   # ------------------------------------------------------------------------- evaluate
-  def _predict(self, state: TrainState, batch: dict) -> dict:
-    outputs = self.generator.apply(generator_variables(state), batch['input_l'],
+  def _predict_step(self, state: TrainState, batch: dict) -> dict:
+    """`predict_step` before jit (class docstring)."""
+    outputs = self.generator.apply(checkpoints.generator_variables(state), batch['input_l'],
                                    batch['reference_rgb'])
     return {k: outputs[k] for k in ('rgb', 'restored_l', 'ab')}
 
@@ -256,7 +242,7 @@ class Trainer:
     """The generator's rgb, restored_l and ab for this process's rows (NumPy; every process
     calls it with its own rows of the global batch)."""
     batch = self.shard({'input_l': input_l, 'reference_rgb': reference_rgb})
-    return host_local(self._predict_step(state, batch))
+    return host_local(self.predict_step(state, batch))
 
   def evaluate(self, state: TrainState, batches, scorer: scoring.Scorer
                ) -> tuple[dict[str, float], Optional[np.ndarray], list[dict]]:
@@ -352,32 +338,6 @@ def total_steps(config: ml_collections.ConfigDict, spe: int) -> int:
   return config.train.num_epochs * spe
 
 
-def checkpoint_managers(workdir: str, config: ml_collections.ConfigDict
-                        ) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-  """(latest k checkpoints, best checkpoint by validation PSNR)."""
-  # Both managers may save the same step; multi-host barrier names must not collide.
-  latest = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.train.keep_checkpoints, create=True,
-          enable_async_checkpointing=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix='latest')))
-  best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'best'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m['val_psnr'], best_mode='max', create=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix='best')))
-  return latest, best
-
-
-def restore_state(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                  step: Optional[int] = None) -> TrainState:
-  step = manager.latest_step() if step is None else step
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-
-
 class _Terminate:
   """Remembers a SIGTERM so the loop can checkpoint and exit cleanly."""
 
@@ -412,12 +372,8 @@ def _check_finite(step: int, scalars: dict, workdir: str, last_saved: Optional[i
         f'Training stopped; the last good checkpoint in {workdir}/checkpoints ({kept}) is kept.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       nan_at_step: Optional[int] = None) -> TrainState:
-  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates periodically.
-
-  `nan_at_step` injects a NaN into the batch of that step (used by tests of the NaN guard).
-  """
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates periodically."""
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
   if config.train.batch_size % jax.device_count():
@@ -428,11 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_steps = total_steps(config, spe)
   trainer = Trainer(config, spe)
   state = trainer.init_state(config.seed)
-  latest, best = checkpoint_managers(workdir, config)
+  vgg_variables = trainer.init_vgg(config.seed)
+  latest, best = checkpoints.checkpoint_managers(workdir, config)
   last_saved = latest.latest_step()
   if last_saved is not None:
     logging.info('Resuming from %s/checkpoints step %d.', workdir, last_saved)
-    state = restore_state(latest, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
+    state = checkpoints.restore_state(latest, state)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
@@ -474,7 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def save(step: int) -> None:
     nonlocal last_saved
-    latest.save(step, args=ocp.args.StandardSave(state))
+    checkpoints.save_state(latest, step, state)
     last_saved = step
 
   train_metrics = None
@@ -484,11 +441,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          batch_size=per_process_batch,
                                          process_index=process_index,
                                          process_count=process_count)
-  with _Terminate() as terminate, contextlib.closing(batches):
+  with (_Terminate() as terminate, contextlib.closing(batches),
+        checkpoints.finish_writes(latest, best)):
     for batch in batches if step < num_steps else ():
-      if nan_at_step is not None and step + 1 == nan_at_step:
-        batch = dict(batch, input_l=np.full_like(batch['input_l'], np.nan))
-      state, scalars = trainer.train_step(state, batch)
+      state, scalars = trainer.train_step(state, trainer.shard(batch), vgg_variables)
       step += 1
       if pending is not None:
         _check_finite(*pending, workdir, last_saved)
@@ -509,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_images(step, {'train': image_grid(batch, outs)[None]})
       if step % config.train.eval_every == 0 or is_last:
         _check_finite(*pending, workdir, last_saved)
-        best.save(step, args=ocp.args.StandardSave(state), metrics=run_eval(step, is_last))
+        checkpoints.save_state(best, step, state, metrics=run_eval(step, is_last))
       if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
         _check_finite(*pending, workdir, last_saved)
         save(step)
@@ -517,8 +473,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
   if pending is not None:
     _check_finite(*pending, workdir, last_saved)
-  latest.wait_until_finished()
-  best.wait_until_finished()
   writer.flush()
   if terminate.requested:
     logging.warning('Stopped by SIGTERM at step %d; checkpoint written. Rerun to resume.', step)

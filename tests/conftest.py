@@ -91,12 +91,12 @@ TINY_TRAINING = pytest.mark.xdist_group('tiny_training')
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory) -> str:
   """A tiny workdir trained for 2 steps, with config.json as main.py writes it (read-only)."""
+  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp('trained_workdir'))
   config = tiny_train_config()
   config.train.num_train_steps = 2
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  checkpoints.write_config(os.path.join(path, checkpoints.CONFIG_FILE), config)
   train.train_and_evaluate(config, path)
   return path
 
@@ -114,13 +114,12 @@ def restore_latest(workdir: str, config) -> tuple:
   """(step, state) of the latest checkpoint of a training workdir, restored in this process."""
   # Imported here (also in state_params, trained_workdir): every test run imports this file,
   # most test files need neither train nor orbax, and both import TensorFlow or are heavy.
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(config, train.steps_per_epoch(config))
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                    trainer.init_state(config.seed))
-  latest, _ = train.checkpoint_managers(workdir, config)
-  return latest.latest_step(), train.restore_state(latest, abstract)
+  latest, _ = checkpoints.checkpoint_managers(workdir, config)
+  state = checkpoints.restore_state(latest, trainer.init_state(config.seed))
+  return latest.latest_step(), state
 
 
 # The longest tests (subprocesses, many steps) first: with `pytest -n 2` the short ones then

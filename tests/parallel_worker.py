@@ -175,10 +175,11 @@ def main():
   config = worker_config()
   trainer = train.Trainer(config, steps_per_epoch=2)  # crosses an lr decay at step 2
   state = trainer.init_state(config.seed)
+  vgg_variables = trainer.init_vgg(config.seed)
   losses = []
   for step in range(ARGS.steps):
     batch = local_slice(global_batch(step, ARGS.image_size, ARGS.global_batch))
-    state, scalars = trainer.train_step(state, batch)
+    state, scalars = trainer.train_step(state, trainer.shard(batch), vgg_variables)
     losses.append([float(np.asarray(scalars[k].addressable_data(0)))
                    for k in ('total', 'd_loss', 'g_grad_norm', 'd_grad_norm')])
   result['losses'] = np.asarray(losses)

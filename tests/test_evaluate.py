@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAINING, tiny_train_config
+from pikfix_jax import checkpoints
 from pikfix_jax import evaluate
-from pikfix_jax import restore
 from pikfix_jax import scoring
 from pikfix_jax import weights
+from pikfix_jax.models import pikfix
 
 pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ DEMO_TRAIN = ('astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hub
 
 @pytest.fixture(scope='module')
 def generator(trained_workdir):
-  return restore.load_generator_info(workdir=trained_workdir)
+  return checkpoints.load_generator_info(workdir=trained_workdir)
 
 
 def _rows(path):
@@ -138,8 +139,8 @@ def test_ablation_configs_build_their_model(name):
   table = name.split('_')[0]
   assert config.dataset == ('voc' if table == 'table6' else 'div2k')
   assert bool(config.data.degrade) == (table == 'table6')
-  model = restore.pikfix.build_generator(config.model)
-  params = restore._abstract_variables(model)['params']  # pylint: disable=protected-access
+  model = pikfix.build_generator(config.model)
+  params = checkpoints.abstract_variables(model)['params']
   assert ('similarity_net' in params) == (config.model.similarity.mode != 'none')
   levels = [k for k in params['restoration_net'] if k.startswith('level_x')]
   assert len(levels) == len(config.model.restoration.levels)

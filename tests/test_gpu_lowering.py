@@ -47,14 +47,13 @@ def test_training_step_lowers_for_cuda_without_cpu_code():
   config = _paper_config()
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
   trainer = train.Trainer(config, steps_per_epoch=100, mesh=mesh)
-  # Shapes only: init_state also sets trainer.vgg_variables, here to an abstract value too.
-  state, vgg_variables = jax.eval_shape(
-      lambda: (trainer.init_state(config.seed), trainer.vgg_variables))
+  state, vgg_variables = jax.eval_shape(  # shapes only
+      lambda: (trainer.init_state(config.seed), trainer.init_vgg(config.seed)))
   size = config.data.image_size
   batch = {name: jax.ShapeDtypeStruct((config.train.batch_size, size, size, channels),
                                       jnp.float32, sharding=trainer.data_sharding)
            for name, channels in (('input_l', 1), ('target_lab', 3), ('reference_rgb', 3))}
-  exported = jax.export.export(trainer._train_step, platforms=['cuda'])(  # pylint: disable=protected-access
+  exported = jax.export.export(trainer.train_step, platforms=['cuda'])(
       state, batch, vgg_variables)
   assert exported.platforms == ('cuda',)
   convolutions = _check_cuda_module(exported.mlir_module())

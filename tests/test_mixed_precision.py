@@ -15,6 +15,7 @@ from skimage import data as skdata
 from skimage import transform as sktransform
 
 from conftest import tiny_config
+from pikfix_jax import checkpoints
 from pikfix_jax import train
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -51,11 +52,12 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   config.train.batch_size = len(batch['input_l'])
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(0)
+  vgg_variables = trainer.init_vgg(0)
 
   # Structure of the compiled step: convolutions in bf16 (all but the SSIM metric's filters),
   # every exp (softmaxes of the warp and SPHist, sigmoids) in f32, all outputs f32.
   sharded = trainer.shard(batch)
-  lowered = trainer._train_step.lower(state, sharded, trainer.vgg_variables)
+  lowered = trainer.train_step.lower(state, sharded, vgg_variables)
   hlo = lowered.as_text()
   convs = re.findall(r'stablehlo\.convolution.*', hlo)
   bf16 = [c for c in convs if re.search(r'->\s*tensor<[^>]*bf16>', c)]
@@ -66,7 +68,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   step = lowered.compile()
   history = []
   for _ in range(15):  # l1_chroma: 0.339 at step 1, 0.13 at step 6, 0.115 at step 15
-    state, scalars = step(state, sharded, trainer.vgg_variables)
+    state, scalars = step(state, sharded, vgg_variables)
     h = {k: float(scalars[k]) for k in ('total', 'l1_chroma', 'adversarial')}
     # The objective without the adversarial term (which need not fall in a GAN game).
     h['reconstruction'] = h['total'] - config.loss.eta * h['adversarial']
@@ -87,7 +89,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   for k, v in scalars.items():
     assert v.dtype == jnp.float32, k
 
-  outputs = jax.jit(trainer.generator.apply)(train.generator_variables(state),
+  outputs = jax.jit(trainer.generator.apply)(checkpoints.generator_variables(state),
                                              batch['input_l'], batch['reference_rgb'])
   for key in ('restored_l', 'ab', 'rgb', 'output_hist', 'reference_hist'):
     assert outputs[key].dtype == jnp.float32, key

@@ -12,6 +12,7 @@ import pytest
 import skimage.data
 
 from conftest import TINY_TRAINING, tiny_train_config
+from pikfix_jax import checkpoints
 from pikfix_jax import export
 from pikfix_jax import image_io
 from pikfix_jax import restore
@@ -22,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def restorer(trained_workdir):
-  model, variables, config = restore.load_generator(workdir=trained_workdir)
+  model, variables, config = checkpoints.load_generator(workdir=trained_workdir)
   assert tuple(config.model.restoration.levels) == (1, 4, 8)  # JSON lists back to tuples
   return restore.Restorer(model, variables, reference_size=64)
 
@@ -181,12 +182,12 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
   record = export.export(trained_workdir, exported)
   assert record['step'] == 2 and record['bytes'] > 0
   assert sorted(os.listdir(exported)) == ['config.json', 'export.json', 'variables']
-  with pytest.raises(restore.RestoreError, match='exists'):
+  with pytest.raises(checkpoints.RestoreError, match='exists'):
     export.export(trained_workdir, exported)
 
-  model, variables, config = restore.load_generator(checkpoint=exported)
+  model, variables, config = checkpoints.load_generator(checkpoint=exported)
   assert set(variables) == {'params', 'batch_stats'}  # no optimiser, no discriminator
-  assert config.model.to_dict() == restore.read_config(
+  assert config.model.to_dict() == checkpoints.read_config(
       os.path.join(trained_workdir, 'config.json')).model.to_dict()
 
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
@@ -200,8 +201,8 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
     outs[name] = np.asarray(Image.open(out))
   np.testing.assert_array_equal(outs['export'], outs['workdir'])
 
-  with pytest.raises(restore.RestoreError, match='not an exported checkpoint'):
-    restore.load_generator(checkpoint=str(tmp_path))
+  with pytest.raises(checkpoints.RestoreError, match='not an exported checkpoint'):
+    checkpoints.load_generator(checkpoint=str(tmp_path))
 
 
 @pytest.mark.slow
@@ -215,18 +216,18 @@ def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_work
        f'--output={artifact}', '--format=stablehlo', '--platforms=cpu,cuda'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
-  assert sorted(os.listdir(artifact)) == ['export.json', restore.EXPORT_ARTIFACT]
+  assert sorted(os.listdir(artifact)) == ['export.json', checkpoints.EXPORT_ARTIFACT]
   with open(os.path.join(artifact, 'export.json')) as f:
     meta = json.load(f)
   assert meta['platforms'] == ['cpu', 'cuda'] and meta['multiple'] == 32
-  assert meta['model'] == json.loads(restore.read_config(
+  assert meta['model'] == json.loads(checkpoints.read_config(
       os.path.join(trained_workdir, 'config.json')).model.to_json_best_effort())
   export.export(trained_workdir, orbax)
-  with pytest.raises(restore.RestoreError, match='stablehlo'):
-    restore.load_generator(checkpoint=artifact)
+  with pytest.raises(checkpoints.RestoreError, match='stablehlo'):
+    checkpoints.load_generator(checkpoint=artifact)
 
   image, reference = _photo(37, 50) / 255.0, skimage.data.coffee() / 255.0
-  model, variables, _ = restore.load_generator(checkpoint=orbax)
+  model, variables, _ = checkpoints.load_generator(checkpoint=orbax)
   expected = restore.Restorer(model, variables, reference_size=64)(image, reference)
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   outs = {}

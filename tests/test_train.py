@@ -11,9 +11,25 @@ import pytest
 
 from conftest import TINY_TRAINING, restore_latest, state_params, tiny_train_config
 from pikfix_jax import train
+from pikfix_jax.data import input_pipeline
 
 pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inject_fault(monkeypatch, step: int, fault) -> None:
+  """The training loop's batch of `step` (counted from 1) goes through `fault` first."""
+  original = input_pipeline.train_batches
+
+  def train_batches(config, *, start_step, **kwargs):
+    batches = original(config, start_step=start_step, **kwargs)
+    try:
+      for i, batch in enumerate(batches, start=start_step + 1):
+        yield fault(batch) if i == step else batch
+    finally:
+      batches.close()
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', train_batches)
 
 
 def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path, trained_workdir):
@@ -41,27 +57,25 @@ def test_sigterm_writes_restorable_checkpoint(tmp_path, monkeypatch):
   config = tiny_train_config()
   config.train.checkpoint_every = 100
   config.train.eval_every = 100
-  original = train.Trainer.train_step
 
-  def step_then_sigterm(self, state, batch):
-    first = int(state.step) == 0  # read before the step donates `state`
-    out = original(self, state, batch)
-    if first:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return out
+  def sigterm(batch):
+    os.kill(os.getpid(), signal.SIGTERM)  # handled before step 1 ends
+    return batch
 
-  monkeypatch.setattr(train.Trainer, 'train_step', step_then_sigterm)
+  _inject_fault(monkeypatch, 1, sigterm)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1
   step, restored = restore_latest(str(tmp_path), config)
   assert step == 1 and int(restored.step) == 1
 
 
-def test_nan_loss_stops_with_named_error_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_stops_with_named_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   config = tiny_train_config()
   config.train.checkpoint_every = 2
+  _inject_fault(monkeypatch, 3, lambda batch: dict(
+      batch, input_l=np.full_like(batch['input_l'], np.nan)))
   with pytest.raises(train.NonFiniteLossError, match=r'step 3: .*total=nan'):
-    train.train_and_evaluate(config, str(tmp_path), nan_at_step=3)
+    train.train_and_evaluate(config, str(tmp_path))
   step, restored = restore_latest(str(tmp_path), config)
   assert step == 2
   assert all(np.all(np.isfinite(v)) for v in state_params(restored).values())
