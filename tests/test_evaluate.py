@@ -124,7 +124,8 @@ def test_cli(tmp_path, trained_workdir):
        '--config.train.eval_batch_size=2', '--config.data.degrade=False'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert '2 images: PSNR' in result.stdout
+  assert '8 images: PSNR' in result.stdout  # demo.py: 2 photos x 4 hue rotations
+  assert 'Reference control' in result.stdout
   assert "using the checkpoint's" in result.stderr  # demo.py's model differs from the tiny one
   assert os.path.exists(os.path.join(out, 'table.md'))
 
