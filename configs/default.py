@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_repeats = 1  # Passes over the training images per epoch (tiny datasets such as demo).
   c.data.cache = False  # Cache decoded images in memory (small datasets only).
   c.data.degrade = False  # Apply synthetic old-photo degradation to the input luminance.
-  c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (DESIGN.md).
+  c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (paper sec. 4.1).
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.
   c.data.eval_reference = 'auto'  # 'auto' (own/retrieval top-1/other eval image) or 'self' (docs/DATA.md).

@@ -16,6 +16,7 @@ jax.config.update('jax_compilation_cache_dir',
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 from configs import default  # noqa: E402
+from configs import tiny as tiny_settings  # noqa: E402
 from pikfix_jax import xla_cpu  # noqa: E402
 
 # Tests compile what `python -m pikfix_jax.main` compiles, with the test-only flags that shorten
@@ -29,31 +30,12 @@ if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
 
 
 def tiny_config(**model_overrides):
-  """The paper config with tiny widths (same structure, a few thousand times cheaper)."""
-  c = default.get_config()
-  m = c.model
-  m.restoration.features = 8
-  m.restoration.growth = 4
-  m.restoration.num_blocks = 1
-  m.restoration.num_units = 2
-  m.similarity.width = 8
-  m.similarity.query_chunk = 16
-  m.histogram.num_bins = 8
-  m.colorization.block_units = (2, 2, 2, 2)
-  m.colorization.growth = 4
-  m.colorization.bottleneck = 2
-  m.colorization.stem_features = 8
-  m.colorization.fusion_units = 1
-  m.discriminator.features = 8
-  m.discriminator.num_layers = 2
-  # The perceptual loss's VGG-19 has ImageNet widths whatever the model's: the first two blocks
-  # (still two layers summed) instead of the paper's relu2_2..relu5_2 (its 13 convolutions)
-  # save ~8 s of tracing and compiling per training step. (tests/parallel_worker.py keeps the
-  # paper's layers: its float32 comparisons need that better conditioned term.)
-  c.loss.perceptual_layers = ('relu1_2', 'relu2_2')
+  """The paper config with tiny widths (configs/tiny.py), 32 px crops, batch 2;
+  `model_overrides` as {'section.field': value}."""
+  c = tiny_settings.tiny_model(default.get_config())
   for key, value in model_overrides.items():
     section, field = key.split('.')
-    m[section][field] = value
+    c.model[section][field] = value
   c.data.image_size = 32
   c.train.batch_size = 2
   return c
@@ -65,21 +47,8 @@ def tiny():
 
 
 def tiny_train_config():
-  """`tiny_config` on the bundled demo photos, 32 px crops, a few steps."""
-  c = tiny_config()
-  c.dataset = 'demo'
-  c.data.image_size = 32
-  c.data.eval_image_size = 32
-  c.train.batch_size = 2
-  c.train.steps_per_epoch = 2
-  c.train.num_train_steps = 4
-  c.train.log_every = 1
-  c.train.image_every = 2
-  c.train.eval_every = 2
-  c.train.checkpoint_every = 2
-  c.train.num_eval_batches = 1
-  c.train.eval_batch_size = 2
-  return c
+  """configs/tiny.py: the tiny model on the bundled demo photos, 32 px crops, a few steps."""
+  return tiny_settings.get_config()
 
 
 # Tests that train the tiny model run on one xdist worker (`--dist loadgroup`, pyproject.toml)

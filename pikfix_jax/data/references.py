@@ -1,4 +1,4 @@
-"""Colour references for training and evaluation (Pik-Fix sec. 4.1, DESIGN.md).
+"""Colour references for training and evaluation (Pik-Fix sec. 4.1; ROMNet sec. 4.1).
 
 Training alternates two strategies, one per epoch:
   1. a crop of the same colour image at another location (never the input's own), colour-
