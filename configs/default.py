@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   m = c.model = ml_collections.ConfigDict()
   m.dtype = 'float32'  # Compute dtype of convolutions/matmuls: float32 or bfloat16 (params stay f32).
   m.remat = False  # Rematerialise dense blocks in the backward pass (saves GPU memory; XLA:CPU
-  # merges the recomputation back, docs/BENCHMARKS.md "Largest batch").
+  # merges the recomputation back, docs/BENCHMARKS.md "Paper config").
 
   r = m.restoration = ml_collections.ConfigDict()
   r.levels = (1, 4, 8)  # Downsampling factor of each RDN level (Table 6 single-level: (1,)).

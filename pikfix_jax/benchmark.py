@@ -20,8 +20,8 @@ import skimage.data
 
 from pikfix_jax import cli
 from pikfix_jax import image_io
+from pikfix_jax import inference
 from pikfix_jax import models
-from pikfix_jax import restore
 from pikfix_jax import retrieval
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
@@ -348,7 +348,7 @@ def _random_train_batch(rng, batch_size: int, size: int) -> dict:
 
 def bench_restore(config) -> None:
   """Full-resolution restore of one image_size^2 photo with randomly initialised config.model
-  (no checkpoint): `pikfix_jax.restore.Restorer`, as the restore command runs it (default
+  (no checkpoint): `pikfix_jax.inference.Restorer`, as the restore command runs it (default
   tiling, 512 px reference). Reports the first call (compile + run), the median of --steps
   further calls and the process's peak RSS (ru_maxrss, including start-up and compilation).
   main() turns the persistent compilation cache off, so compile times are cold."""
@@ -360,7 +360,7 @@ def bench_restore(config) -> None:
   variables = models.jit_init(model.init)(jax.random.PRNGKey(config.seed), tiny,
                                           jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
   init_s = time.perf_counter() - start
-  restorer = restore.Restorer(model, variables)
+  restorer = inference.Restorer(model, variables)
   image = image_io.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
   reference = skimage.data.coffee() / np.float32(255)
   start = time.perf_counter()

@@ -42,8 +42,8 @@ import numpy as np
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
+from pikfix_jax import inference
 from pikfix_jax import metrics
-from pikfix_jax import restore
 from pikfix_jax import scoring
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.data import references
@@ -256,7 +256,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
 
   variables = jax.device_put(variables)
   forward = _forward(model)
-  restorer = restore.Restorer(model, variables) if full_size else None
+  restorer = inference.Restorer(model, variables) if full_size else None
 
   def predict(l: np.ndarray, reference: np.ndarray) -> dict:
     if full_size:

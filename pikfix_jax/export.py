@@ -11,7 +11,7 @@ PATH)` read it. With --format=stablehlo [--platforms=cpu,cuda] it receives inste
                (`restore_forward`, variables inside) for those platforms, spatial sizes
                symbolic multiples of 32 (`export_forward`);
   export.json  where it came from and what the artifact expects (inputs, platforms, model).
-`restore --checkpoint=PATH` runs it without the model code (`restore.ExportedRestorer`).
+`restore --checkpoint=PATH` runs it without the model code (`inference.ExportedRestorer`).
 """
 
 import functools
@@ -29,7 +29,7 @@ import numpy as np
 
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
-from pikfix_jax import restore
+from pikfix_jax import inference
 from pikfix_jax.models import pikfix
 
 FORMATS = ('orbax', 'stablehlo')
@@ -128,7 +128,7 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
                                 f'multiples of {m}'},
         'output': f'float32 (1, {m}*h, {m}*w, 3): sRGB in [0, 1]',
         'multiple': m,
-        'reference_size': restore.DEFAULT_REFERENCE_SIZE,  # what restore resizes to by default
+        'reference_size': inference.DEFAULT_REFERENCE_SIZE,  # what restore resizes to by default
         'jax_version': jax.__version__,
         'calling_convention_version': exported.calling_convention_version,
         'model': json.loads(config.model.to_json_best_effort())})

@@ -34,7 +34,7 @@ def luminance_perceptual_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str,
   """Perceptual loss on restored vs ground-truth L, each shown to VGG-19 as a grey RGB image
   (the backbone applies the ImageNet normalisation). Two VGG passes, not one on the stacked
   pair: the target's pass needs no backward, which a stacked pass would compute for the whole
-  batch (the target half with a zero cotangent; ~2x the VGG backward, docs/BENCHMARKS.md)."""
+  batch (the target half with a zero cotangent; ~2x the VGG backward, docs/MODEL.md "Performance rewrites")."""
   target = jax.lax.stop_gradient(vgg_features(color.gray_to_rgb(target_l)))
   return perceptual_loss(vgg_features(color.gray_to_rgb(jnp.clip(restored_l, 0, 1))), target)
 

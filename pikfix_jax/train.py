@@ -192,7 +192,7 @@ class Trainer:
 
     def d_updates(d_params, d_opt_state):
       # Unrolled, not lax.scan: inside a loop body XLA:CPU lowers D's weight-gradient
-      # convolutions to a naive kernel (~20x slower; docs/BENCHMARKS.md, "Training step").
+      # convolutions to a naive kernel (~20x slower; docs/MODEL.md, "Performance rewrites").
       for _ in range(c.train.d_steps):
         d_params, d_opt_state, aux = d_update(d_params, d_opt_state)
       return d_params, d_opt_state, aux

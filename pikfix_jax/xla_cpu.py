@@ -4,7 +4,7 @@ XLA reads $XLA_FLAGS once, at a process's first compilation, so the flags are se
 `cli.setup()` (the command-line tools) and tests/conftest.py before anything compiles.
 GPU/TPU compilations ignore XLA:CPU's flags, and `init_compiler_options` is used on CPU only
 (`models.jit_init`). A user's own $XLA_FLAGS setting of an option always wins.
-docs/BENCHMARKS.md has the measurements behind each choice.
+The measurements behind each choice are in the history of docs/BENCHMARKS.md.
 """
 
 import os

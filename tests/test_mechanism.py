@@ -16,7 +16,7 @@ from pikfix_jax import scoring
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
 
-STEPS = 300
+STEPS = 900  # the tiny model follows its reference from ~750 steps (max error 27° there, 19° at 900)
 
 
 def mechanism_config():

@@ -15,7 +15,9 @@ from conftest import TINY_TRAINING, tiny_train_config
 from pikfix_jax import checkpoints
 from pikfix_jax import export
 from pikfix_jax import image_io
+from pikfix_jax import inference
 from pikfix_jax import restore
+from pikfix_jax.models import pikfix
 
 pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def restorer(trained_workdir):
   model, variables, config = checkpoints.load_generator(workdir=trained_workdir)
   assert tuple(config.model.restoration.levels) == (1, 4, 8)  # JSON lists back to tuples
-  return restore.Restorer(model, variables, reference_size=64)
+  return inference.Restorer(model, variables, reference_size=64)
 
 
 def _photo(h, w, grey=False):
@@ -56,11 +58,11 @@ def test_odd_sizes_come_back_at_input_size_and_tiling_is_exact(restorer):
   assert restorer.last_info['reference'] == (32, 64)  # longer side 64, aspect ~2:3, x32
 
   # Windows overlapping by the receptive field reproduce the untiled restoration.
-  padded, _ = restore.pikfix.pad_to_multiple(jnp.asarray(_photo(300, 451)[None] / 255.0,
+  padded, _ = pikfix.pad_to_multiple(jnp.asarray(_photo(300, 451)[None] / 255.0,
                                                          jnp.float32))
   l = restorer._to_l(padded)  # pylint: disable=protected-access
   whole = np.asarray(restorer.restore_luminance(l))
-  tiled = restore.Restorer(restorer.model, restorer.variables, reference_size=64,
+  tiled = inference.Restorer(restorer.model, restorer.variables, reference_size=64,
                            tile_size=2 * restorer.halo + 32)
   np.testing.assert_allclose(np.asarray(tiled.restore_luminance(l)), whole, atol=1e-5)
   assert tiled.last_info['windows'] > 1
@@ -69,19 +71,19 @@ def test_odd_sizes_come_back_at_input_size_and_tiling_is_exact(restorer):
   assert np.abs(out_tiled - out_whole).max() < 2e-3  # < 1/2 of an 8-bit step
 
   # Above color_max_pixels the colour runs at a lower resolution; the size is unchanged.
-  small = restore.Restorer(restorer.model, restorer.variables, reference_size=64,
+  small = inference.Restorer(restorer.model, restorer.variables, reference_size=64,
                            color_max_pixels=160 * 224)
   out = small(_photo(300, 451) / 255.0, reference)
   assert out.shape == (300, 451, 3) and small.last_info['color'] == (128, 224)
 
-  with pytest.raises(restore.InputTooSmallError, match='1x1 px.*8x8'):
+  with pytest.raises(inference.InputTooSmallError, match='1x1 px.*8x8'):
     restorer(np.zeros((1, 1, 3), np.float32), reference)
 
 
 def test_window_layout_covers_every_pixel_once():
   for size, window, halo in ((2048, 1152, 128), (4096, 1536, 128), (320, 160, 64), (64, 64, 64)):
-    starts = restore.window_starts(size, window, halo)
-    cores = restore._cores(starts, window, halo, size)  # pylint: disable=protected-access
+    starts = inference.window_starts(size, window, halo)
+    cores = inference._cores(starts, window, halo, size)  # pylint: disable=protected-access
     assert cores[0][0] == 0 and cores[-1][1] == size
     for (a0, a1), (b0, b1), s in zip(cores, cores[1:], starts):
       assert a1 == b0 and a0 < a1
@@ -232,13 +234,13 @@ def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_work
   # same values, summed in another order.
   image, reference = _photo(70, 100) / 255.0, skimage.data.coffee() / 255.0
   model, variables, _ = checkpoints.load_generator(checkpoint=orbax)
-  expected = restore.Restorer(model, variables, reference_size=128)(image, reference)
+  expected = inference.Restorer(model, variables, reference_size=128)(image, reference)
   Image.fromarray(_photo(70, 100)).save(tmp_path / 'in.png')
   outs = {}
   for name, path in (('orbax', orbax), ('artifact', artifact)):
     if name == 'artifact':  # from here on, building a model fails
-      monkeypatch.setattr(restore.pikfix, 'build_generator', None)
-      exported = restore.ExportedRestorer(artifact, reference_size=128)
+      monkeypatch.setattr(pikfix, 'build_generator', None)
+      exported = inference.ExportedRestorer(artifact, reference_size=128)
       np.testing.assert_allclose(exported(image, reference), expected, rtol=0, atol=1e-5)
       assert exported.last_info['padded'] == (96, 128)
     out = str(tmp_path / f'{name}.png')

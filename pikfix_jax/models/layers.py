@@ -13,7 +13,7 @@ from pikfix_jax.ops import conv
 Dtype = Any
 
 # Every convolution of the models: nn.Conv (same parameters) computing with ops.conv, whose
-# gradients are fast on XLA:CPU (docs/BENCHMARKS.md, "Training step").
+# gradients are fast on XLA:CPU (docs/MODEL.md, "Performance rewrites").
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
 
 
@@ -22,7 +22,7 @@ def resize(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
 
   Upsampling by integer factors (the RDN's levels, the U-Net decoder) is computed as the
   stencil it is (`_upsample_axis`), not by jax.image.resize's matrix products and transposes:
-  same values, and on CPU ~1 % of the paper-config training step less (docs/BENCHMARKS.md)."""
+  same values, and on CPU ~1 % of the paper-config training step less (docs/MODEL.md, "Performance rewrites")."""
   h, w = x.shape[1:3]
   if (h, w) == (height, width):
     return x
@@ -65,7 +65,7 @@ def downsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   """Average-pools an NHWC tensor by an integer factor (exact box filter; floor, as
   nn.avg_pool). A reshape-mean, not avg_pool: same values, but its gradient is a broadcast,
   where avg_pool's is a strided reduce_window that costs seconds on the 64-channel
-  full-resolution SPHist on CPU (docs/BENCHMARKS.md, "Training step")."""
+  full-resolution SPHist on CPU (docs/MODEL.md, "Performance rewrites")."""
   if factor == 1:
     return x
   return jnp.mean(_tiles(x, factor), axis=(2, 4))
@@ -75,7 +75,7 @@ def max_pool_tiles(x: jnp.ndarray, size: int) -> jnp.ndarray:
   """`nn.max_pool(x, (size, size), strides=(size, size), padding='VALID')` (floor: a partial
   last row/column of tiles is dropped), computed as a reshape-max. Same values; the gradient
   is an elementwise mask where nn.max_pool's builds four int32 argmax-index tensors of the
-  input's size (the 2x2 pools of the VGG-19 perceptual loss, docs/BENCHMARKS.md). The one
+  input's size (the 2x2 pools of the VGG-19 perceptual loss, docs/MODEL.md "Performance rewrites"). The one
   difference: a tie inside a tile shares the gradient where max_pool gives it to the first
   maximum; after a ReLU, ties are at 0, where the ReLU's gradient is 0 either way."""
   return jnp.max(_tiles(x, size), axis=(2, 4))
@@ -133,8 +133,8 @@ class ResidualDenseBlock(nn.Module):
   convolved once with the input-channel slices of all later units' kernels (one wide conv in
   place of several narrow ones) and each unit sums its slices. Same function and parameters
   (unit{k}/kernel (3, 3, C + k*growth, growth), unit{k}/bias); on CPU the block's training
-  step is ~15% faster because wide convs have faster weight gradients (docs/BENCHMARKS.md,
-  "Training step"). `remat` recomputes the dense units in the backward pass, keeping only x.
+  step is ~15% faster because wide convs have faster weight gradients (docs/MODEL.md,
+  "Performance rewrites"). `remat` recomputes the dense units in the backward pass, keeping only x.
   """
   num_units: int
   growth: int

@@ -2,8 +2,7 @@
 `lax.conv_general_dilated` (every conv of the model, `nn.Conv(conv_general_dilated=...)`).
 
 Same function and same gradients as `lax.conv_general_dilated`; only how the gradients are
-computed on CPU differs (docs/MODEL.md, "Performance rewrites"; docs/BENCHMARKS.md, "Training
-step", has the measurements). Each CPU form is chosen when the program is lowered
+computed on CPU differs (docs/MODEL.md, "Performance rewrites"). Each CPU form is chosen when the program is lowered
 (`lax.platform_dependent`), so a step traced on a CPU host and lowered for a GPU (`jax.export`)
 carries lax's convolution and gradients there:
 
