@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   h.vmin = -1.0  # Bin centre initialisation range, eq. (4).
   h.vmax = 1.0
   h.learn_centers = True  # Bin centres u_k are learnable (paper).
+  # Centres of the EMD term's histograms (eq. 7): 'fixed' (eq. 4's, as the authors' loss) or
+  # 'learned' (the SPHist's learnable centres; the EMD can then fall by moving them).
+  h.loss_centers = 'fixed'
   h.fusion = 'histogram'  # Table 4: 'histogram' (SPHist) or 'ab' (raw reference ab).
   h.scales = 'multi'  # Table 4: 'multi' (all 4 encoder scales), 'single' (first scale), 'input'.
 
@@ -144,7 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --------------------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()
-  t.batch_size = 8  # Global batch size (all devices/processes).
+  # Global batch size (all devices/processes; a multiple of the device count). The paper gives
+  # none; the authors' released config trains with 2 (docs/REPRODUCE.md, "Notes").
+  t.batch_size = 2
   t.num_epochs = 20  # Paper: 20 epochs.
   t.num_train_steps = -1  # Stop after this many steps (-1: num_epochs).
   t.steps_per_epoch = -1  # Steps per epoch (-1: dataset size / batch size).

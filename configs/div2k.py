@@ -13,7 +13,6 @@ def get_config():
   c = default.get_config()
   c.dataset = 'div2k'
   c.data.degrade = False  # DIV2K experiments: no degradation (paper sec. 4.1).
-  c.train.batch_size = 8
   c.train.num_epochs = 20
   c.train.eval_every = 500
   c.train.checkpoint_every = 500

@@ -10,7 +10,6 @@ def get_config():
   c = default.get_config()
   c.dataset = 'voc'
   c.data.degrade = True
-  c.train.batch_size = 8
   c.train.num_epochs = 20
   c.train.eval_every = 2000
   c.train.checkpoint_every = 2000

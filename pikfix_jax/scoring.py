@@ -8,6 +8,9 @@ Every row is scored on the same inputs, references, ground truths and metric con
   colours, no structure): what the model gains from *where* the reference's colours are.
 * `tint`: the input's luminance, every pixel given the reference's mean (a, b): what a flat
   tint from the reference already gets.
+* `welsh`: the classical non-learned exemplar transfer for grey images (Welsh, Ashikhmin and
+  Mueller 2002, "Transferring color to greyscale images"; `welsh_transfer`). A global
+  colour-statistics transfer (Reinhard et al. 2001) reduces to `tint` for a grey input.
 * `zero_chroma`: the input's luminance as a grey image.
 * `restored_zero_chroma`: the model's restored luminance as a grey image (isolates the
   restoration sub-net).
@@ -30,6 +33,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from pikfix_jax import metrics
 from pikfix_jax.ops import color
@@ -37,12 +41,14 @@ from pikfix_jax.ops import color
 MODEL = 'model'
 SHUFFLED = 'shuffled_reference'
 TINT = 'tint'
+WELSH = 'welsh'
 ZERO_CHROMA = 'zero_chroma'
 RESTORED_ZERO_CHROMA = 'restored_zero_chroma'
-BASELINES = (TINT, ZERO_CHROMA, RESTORED_ZERO_CHROMA)
+BASELINES = (TINT, WELSH, ZERO_CHROMA, RESTORED_ZERO_CHROMA)
 ROWS = (MODEL, SHUFFLED) + BASELINES
 LABELS = {MODEL: 'model', SHUFFLED: 'model, shuffled reference (control)',
           TINT: 'input L + reference mean chroma (baseline)',
+          WELSH: 'Welsh et al. 2002 exemplar transfer (baseline)',
           ZERO_CHROMA: 'input L, zero chroma (baseline)',
           RESTORED_ZERO_CHROMA: 'restored L, zero chroma (baseline)'}
 CONTROL_ANGLES = (0.0, 90.0, 180.0, 270.0)
@@ -111,6 +117,58 @@ def tint(input_l: np.ndarray, reference_rgb: np.ndarray) -> np.ndarray:
   return lab_to_rgb(input_l, ab)
 
 
+WELSH_SAMPLES = 200  # jittered reference samples (Welsh et al. 2002, sec. 2: "about 200")
+WELSH_WINDOW = 5  # neighbourhood of the luminance standard deviation (their 5x5)
+
+
+def _local_std(l: np.ndarray, window: int) -> np.ndarray:
+  """Standard deviation of a (H, W) image over window x window neighbourhoods (edges
+  reflected)."""
+  mean = ndimage.uniform_filter(l, window, mode='reflect')
+  mean_sq = ndimage.uniform_filter(l * l, window, mode='reflect')
+  return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+
+
+def welsh_transfer(input_l: np.ndarray, reference_rgb: np.ndarray,
+                   samples: int = WELSH_SAMPLES, window: int = WELSH_WINDOW,
+                   seed: int = 0) -> np.ndarray:
+  """Baseline: Welsh, Ashikhmin and Mueller (2002), global matching, in CIE Lab.
+
+  The reference's luminance is remapped to the input's mean and standard deviation; about
+  `samples` reference pixels are drawn on a jittered grid; every input pixel takes the chroma
+  of the sample whose (luminance, `window`-neighbourhood standard deviation) is nearest, the
+  two weighted equally (squared distance); the input's luminance is kept. Welsh et al. work
+  in l-alpha-beta; CIE Lab is this project's colour space (docs/MODEL.md).
+
+  Args:
+    input_l: (B, H, W, 1) normalised luminance.
+    reference_rgb: (B, Hr, Wr, 3) sRGB in [0, 1].
+  Returns:
+    (B, H, W, 3) sRGB.
+  """
+  ref_l, ref_ab = (np.asarray(x) for x in _rgb_to_lab(jnp.asarray(reference_rgb, jnp.float32)))
+  rng = np.random.default_rng(seed)
+  out_ab = np.empty(input_l.shape[:3] + (2,), np.float32)
+  for i in range(len(input_l)):
+    l, rl, rab = input_l[i, ..., 0].astype(np.float64), ref_l[i, ..., 0], ref_ab[i]
+    rl = (rl - rl.mean()) * (l.std() / max(rl.std(), 1e-6)) + l.mean()
+    h, w = rl.shape
+    cells = max(1, int(round(math.sqrt(samples))))
+    ys = ((np.arange(cells)[:, None] + rng.random((cells, cells))) * h / cells).astype(int)
+    xs = ((np.arange(cells)[None, :] + rng.random((cells, cells))) * w / cells).astype(int)
+    ys, xs = np.minimum(ys, h - 1).ravel(), np.minimum(xs, w - 1).ravel()
+    sample_features = np.stack([rl[ys, xs], _local_std(rl, window)[ys, xs]], -1)
+    features = np.stack([l, _local_std(l, window)], -1).reshape(-1, 2)
+    nearest = np.empty(len(features), np.int64)
+    for start in range(0, len(features), 65536):  # bounded memory on whole photos
+      f = features[start:start + 65536]
+      distance = (0.5 * np.square(f[:, None, 0] - sample_features[None, :, 0]) +
+                  0.5 * np.square(f[:, None, 1] - sample_features[None, :, 1]))
+      nearest[start:start + len(f)] = np.argmin(distance, axis=1)
+    out_ab[i] = rab[ys, xs][nearest].reshape(l.shape + (2,))
+  return lab_to_rgb(input_l, out_ab)
+
+
 def grey(l: np.ndarray) -> np.ndarray:
   """Normalised luminance (B, H, W, 1) -> the sRGB grey image of that lightness."""
   return lab_to_rgb(l, np.zeros(l.shape[:3] + (2,), np.float32))
@@ -174,6 +232,8 @@ class Scorer:
       images[SHUFFLED] = predict(l, shuffle_pixels(reference, indices))['rgb']
     if TINT in self.rows:
       images[TINT] = tint(l, reference)
+    if WELSH in self.rows:
+      images[WELSH] = welsh_transfer(l, reference)
     if ZERO_CHROMA in self.rows:
       images[ZERO_CHROMA] = grey(l)
     if RESTORED_ZERO_CHROMA in self.rows:

@@ -42,7 +42,8 @@ from pikfix_jax.ops import color
 
 LOSS_TERMS = ('total', 'l1_luminance', 'perceptual', 'emd', 'l1_chroma', 'adversarial')
 SCALARS = LOSS_TERMS + ('d_loss', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm',
-                        'd_grad_norm', 'learning_rate')
+                        'd_grad_norm', 'learning_rate', 'bin_center_min', 'bin_center_max',
+                        'bin_gap_mean', 'bin_gap_min')
 
 TrainMetrics = metrics.Collection.create(
     **{name: metrics.Average.from_output(name) for name in SCALARS})
@@ -221,6 +222,7 @@ class Trainer:
     scalars['ssim'] = jnp.mean(dm_pix.ssim(outputs['rgb'], target_rgb))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
     scalars['learning_rate'] = learning_rate(c, state.step, self.steps_per_epoch)
+    scalars.update(bin_center_spread(g_params['bin_centers']))
     new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)
     return new_state, scalars
@@ -288,6 +290,14 @@ def host_local(tree):
       rows.setdefault(shard.index[0].start or 0, shard.data)
     return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)], axis=0)
   return jax.tree_util.tree_map(local, tree)
+
+
+def bin_center_spread(centers: jnp.ndarray) -> dict:
+  """The SPHist's learnable bin centres (eq. 4) in four numbers, to watch for a collapse
+  (gaps near 0) or a drift out of [-1, 1]."""
+  gaps = jnp.diff(jnp.sort(centers, axis=-1), axis=-1)
+  return {'bin_center_min': jnp.min(centers), 'bin_center_max': jnp.max(centers),
+          'bin_gap_mean': jnp.mean(gaps), 'bin_gap_min': jnp.min(gaps)}
 
 
 def image_grid(batch: dict, outputs: dict, max_rows: int = 4) -> np.ndarray:
@@ -409,7 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       batches = batches.take(config.train.num_eval_batches)
     scorer = (scoring.Scorer(control_angles=scoring.CONTROL_ANGLES,
                              restoration=config.data.degrade) if final else
-              scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.ZERO_CHROMA)))
+              scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.WELSH,
+                                   scoring.ZERO_CHROMA)))
     results, grid, records = trainer.evaluate(state, batches.as_numpy_iterator(), scorer)
     writer.write_scalars(step, results)
     if grid is not None:

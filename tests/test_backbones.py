@@ -103,6 +103,7 @@ def test_parameter_names_follow_torchvision():
   assert keys == torch_keys
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32():
   model32 = backbones.ResNet34()
   model16 = backbones.ResNet34(dtype=jnp.bfloat16)

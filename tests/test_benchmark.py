@@ -62,6 +62,7 @@ def test_largest_fitting_says_when_one_example_per_device_does_not_fit():
     benchmark.largest_fitting(lambda k: k * 2.0 * 2**30, 2**30)
 
 
+@pytest.mark.slow
 def test_train_record_and_max_batch_search_on_the_tiny_model(capsys):
   """--what=train prints a consistent record; --what=max_batch compiles the same step (its
   memory at that batch is the train record's) and reports the largest batch under the limit."""

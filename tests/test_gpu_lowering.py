@@ -7,6 +7,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import default
 from pikfix_jax import export
@@ -43,6 +44,7 @@ def _check_cuda_module(text: str) -> list[str]:
   return convolutions
 
 
+@pytest.mark.slow
 def test_training_step_lowers_for_cuda_without_cpu_code():
   config = _paper_config()
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))

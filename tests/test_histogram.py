@@ -1,7 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
+from configs import default
+from pikfix_jax.models import pikfix
 from pikfix_jax.ops import histogram
 from pikfix_jax.ops import warp
 
@@ -93,3 +97,63 @@ def test_chunked_warp_equals_dense_values_and_gradients():
                      argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(g_dense, g_chunk):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _emd_between(out_ab, ref_ab, centers):
+  p = histogram.global_histogram(histogram.sphist(out_ab, centers, 0.1))
+  q = histogram.global_histogram(histogram.sphist(ref_ab, centers, 0.1))
+  return histogram.emd_loss(p, q), p, q
+
+
+def test_emd_alone_moves_learnable_centres_to_a_trivial_solution():
+  """Why the EMD term's histograms use fixed centres (model.histogram.loss_centers='fixed'):
+  trained on the EMD alone, shared learnable centres make two different colour distributions'
+  histograms equal by moving out of the colours' range, the colours unchanged."""
+  rng = np.random.default_rng(0)
+  out_ab = jnp.asarray(np.clip(rng.normal(0.3, 0.1, (1, 16, 16, 2)), -1, 1), jnp.float32)
+  ref_ab = jnp.asarray(np.clip(rng.normal(-0.3, 0.1, (1, 16, 16, 2)), -1, 1), jnp.float32)
+  centers = histogram.init_bin_centers(16)
+  before = float(_emd_between(out_ab, ref_ab, centers)[0])
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(centers)
+  step = jax.jit(jax.value_and_grad(lambda c: _emd_between(out_ab, ref_ab, c)[0]))
+  for _ in range(300):
+    _, grads = step(centers)
+    updates, opt_state = tx.update(grads, opt_state, centers)
+    centers = optax.apply_updates(centers, updates)
+  after, p, q = _emd_between(out_ab, ref_ab, centers)
+  assert float(after) < 0.02 * before, (before, float(after))
+  # Both distributions land in the same one bin: the histograms no longer see the colours.
+  assert float(jnp.min(jnp.max(p, axis=-1))) > 0.9 and float(jnp.min(jnp.max(q, axis=-1))) > 0.9
+
+
+@pytest.mark.parametrize('mode', ['fixed', 'learned'])
+def test_emd_reaches_the_bin_centres_only_when_the_loss_centres_are_learned(mode):
+  config = default.get_config().model
+  config.histogram.num_bins = 8
+  config.histogram.loss_centers = mode
+  model = pikfix.build_generator(config)
+  rng = np.random.default_rng(1)
+  out_ab, ref_ab = (jnp.asarray(rng.uniform(-0.5, 0.5, (1, 8, 8, 2)), jnp.float32)
+                    for _ in range(2))
+
+  def emd(centers):
+    loss_centers = model.apply({'params': {'bin_centers': centers}},
+                               method=pikfix.PikFix.loss_centers)
+    return _emd_between(out_ab, ref_ab, loss_centers)[0]
+
+  grads = jax.grad(emd)(histogram.init_bin_centers(8) + 0.01)
+  if mode == 'fixed':
+    assert float(jnp.abs(grads).max()) == 0.0
+    assert float(emd(histogram.init_bin_centers(8) + 0.3)) == float(
+        emd(histogram.init_bin_centers(8)))  # the model's centres do not enter the loss
+  else:
+    assert float(jnp.abs(grads).max()) > 1e-4
+
+
+def test_bin_center_spread_logged_in_training():
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  spread = train.bin_center_spread(jnp.array([0.5, -1.0, 0.0, 0.25]))
+  np.testing.assert_allclose([float(spread[k]) for k in ('bin_center_min', 'bin_center_max',
+                                                          'bin_gap_mean', 'bin_gap_min')],
+                             [-1.0, 0.5, 0.5, 0.25])

@@ -76,6 +76,7 @@ def _local(workdir, steps: int, cwd: str) -> subprocess.CompletedProcess:
       cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_local_sh_trains_demo_on_two_cpu_devices(tmp_path):
   # Resuming is train.train_and_evaluate's (tests/test_train.py); a second launch that resumes
   # here cost ~70 s of the suite for no other code path.

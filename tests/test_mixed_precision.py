@@ -11,6 +11,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from skimage import data as skdata
 from skimage import transform as sktransform
 
@@ -38,6 +39,7 @@ def _leaves(tree):
   return jax.tree_util.tree_leaves(tree)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_overfits_and_keeps_float32_state():
   config = tiny_config()
   config.model.dtype = 'bfloat16'
@@ -114,6 +116,7 @@ def _generator_grads(remat: bool, b: dict, variables) -> dict:
   return flax.traverse_util.flatten_dict(jax.device_get(grads), sep='/')
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients():
   b = _batch(_photos()[:2])
   model = pikfix.build_generator(tiny_config().model)  # remat leaves the parameters as they are

@@ -111,6 +111,7 @@ def test_residual_dense_block_matches_torch_concatenating_rdb(remat):
 
 
 @pytest.mark.parametrize('name', sorted(ABLATIONS))
+@pytest.mark.slow
 def test_ablation_builds_and_runs(name):
   config = tiny_config(**ABLATIONS[name])
   _, variables, out = _init_apply(config, (2, 64, 32, 1), (2, 32, 64, 3))
@@ -133,6 +134,7 @@ def test_ablation_builds_and_runs(name):
 
 
 @pytest.mark.parametrize('shape', [(1, 32, 32), (2, 96, 64)])
+@pytest.mark.slow
 def test_input_sizes_and_different_reference_size(shape):
   b, h, w = shape
   _, _, out = _init_apply(tiny_config(), (b, h, w, 1), (b, 64, 96, 3))
@@ -155,6 +157,7 @@ def _photo_batch(size=32):
   return jnp.asarray(rgb, jnp.float32)
 
 
+@pytest.mark.slow
 def test_overfit_two_images_and_every_subnet_gets_gradients():
   config = tiny_config()
   model = pikfix.build_generator(config.model)

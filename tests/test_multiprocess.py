@@ -82,6 +82,7 @@ def train_scalars(workdir) -> dict[str, np.ndarray]:
   return {tag: np.asarray([steps[k] for k in sorted(steps)]) for tag, steps in values.items()}
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
   one_dir, shared = tmp_path / 'one_device', tmp_path / 'two_processes'
   one = run_worker(tmp_path / 'one.npz', f'--loop={one_dir}', *STRICT, timeout=TIMEOUT_S)

@@ -139,6 +139,7 @@ def test_folder_with_bad_files_restores_the_rest(tmp_path, restorer, capsys):
   assert image_io.read_image(tmp_path / 'flat.jpg').shape == (37, 50, 3)
 
 
+@pytest.mark.slow
 def test_reference_dir_uses_the_retrieval_top_match(tmp_path, restorer, capsys, monkeypatch):
   monkeypatch.setenv('PIKFIX_CACHE_DIR', str(tmp_path / 'cache'))
   corpus = tmp_path / 'corpus'
@@ -179,6 +180,7 @@ def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, trained_workdir):
   assert not (tmp_path / 'out.png').exists()
 
 
+@pytest.mark.slow
 def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_workdir, capsys):
   exported = str(tmp_path / 'model')
   record = export.export(trained_workdir, exported)

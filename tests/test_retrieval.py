@@ -92,6 +92,7 @@ def test_neighbors_exclude_self_and_match_scores(index_path):
   np.testing.assert_array_equal(with_self[:, 1:], stored)
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_resumes(corpus, index_path, tmp_path, monkeypatch):
   paths = corpus[0]
   real_read, real_stats = image_io.read_image, retrieval.image_stats
@@ -168,6 +169,7 @@ def test_converted_vgg19_changes_features_and_is_required_to_query(corpus, tmp_p
   assert top[0][0] == corpus[0][2]
 
 
+@pytest.mark.slow
 def test_build_reference_index_cli(corpus, tmp_path):
   images = tmp_path / 'photos'
   (images / 'sub').mkdir(parents=True)

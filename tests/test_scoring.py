@@ -89,8 +89,12 @@ def test_scorer_rows_match_skimage_and_the_controls_tell_followers_from_priors()
   errors = [e for r in red for e in r['hue_error'].values()]
   assert max(errors) > 90 and np.mean(np.array(errors) <= scoring.HUE_TOLERANCE) <= 0.5
 
+  # Against the tint alone the tint model never wins (ties are not wins).
+  assert scoring.summarize(records, rows=(scoring.MODEL, scoring.TINT, scoring.ZERO_CHROMA))[
+      'beats_best_baseline'] == 0.0
   summary = scoring.summarize(records)
-  assert summary['images'] == 2 and summary['beats_best_baseline'] == 0.0
+  assert summary['images'] == 2 and summary['best_baseline'] in scoring.BASELINES
+  assert '| Welsh et al. 2002 exemplar transfer (baseline) |' in scoring.summary_markdown(summary)
   assert summary['reference_control']['within_tolerance'] == 1.0
   assert summary['rows'][scoring.MODEL]['psnr'] == pytest.approx(
       np.mean([r[scoring.MODEL]['psnr'] for r in records]))
@@ -106,3 +110,58 @@ def test_masked_rows_are_not_scored():
   assert [(r['id'], r['index']) for r in records] == [('a', 4)]
   with pytest.raises(ValueError, match='unknown score rows'):
     scoring.Scorer(rows=('model', 'oracle'))
+
+
+def _welsh_loops(l, reference_rgb, ys, xs, window):
+  """Welsh et al. 2002 written out pixel by pixel with scikit-image's Lab (the test's
+  reference): remap, 5x5 standard deviations, nearest sample, its chroma."""
+  ref = skcolor.rgb2lab(reference_rgb)
+  rl, rab = ref[..., 0] / 100.0, ref[..., 1:] / 110.0
+  rl = (rl - rl.mean()) * (l.std() / rl.std()) + l.mean()
+
+  def local_std(img, y, x):
+    r = window // 2
+    pad = np.pad(img, r, mode='symmetric')
+    return pad[y:y + window, x:x + window].std()
+
+  samples = [(rl[y, x], local_std(rl, y, x), rab[y, x]) for y, x in zip(ys, xs)]
+  ab = np.zeros(l.shape + (2,))
+  for y in range(l.shape[0]):
+    for x in range(l.shape[1]):
+      f = (l[y, x], local_std(l, y, x))
+      d = [0.5 * (f[0] - s[0]) ** 2 + 0.5 * (f[1] - s[1]) ** 2 for s in samples]
+      ab[y, x] = samples[int(np.argmin(d))][2]
+  return ab
+
+
+def test_welsh_transfer_matches_a_pixel_by_pixel_transcription():
+  batch = _batch(n=1, size=16)
+  l, reference = batch['input_l'][:1], batch['reference_rgb'][:1]
+  samples = 16
+  out = scoring.welsh_transfer(l, reference, samples=samples, seed=5)
+  # The same jittered grid as welsh_transfer draws (4 x 4 cells, seed 5).
+  rng, h, w, cells = np.random.default_rng(5), 16, 16, 4
+  ys = ((np.arange(cells)[:, None] + rng.random((cells, cells))) * h / cells).astype(int).ravel()
+  xs = ((np.arange(cells)[None, :] + rng.random((cells, cells))) * w / cells).astype(int).ravel()
+  expected_ab = _welsh_loops(l[0, ..., 0].astype(np.float64), reference[0], ys, xs, 5)
+  got_ab = skcolor.rgb2lab(out[0])[..., 1:] / 110.0
+  # Lab round trip through sRGB clipping aside, the chosen chroma is the transcription's.
+  agree = np.mean(np.abs(got_ab - expected_ab).max(-1) < 0.02)
+  assert agree > 0.95, agree
+
+
+def test_welsh_transfer_colours_by_luminance_where_a_tint_cannot():
+  """Dark pixels red, light pixels blue in the reference; the input's dark and light regions
+  get those colours back, so Welsh beats the flat tint on the ground truth."""
+  size = 32
+  lab = np.zeros((size, size, 3))
+  lab[:, :size // 2] = (30, 45, 30)   # dark red
+  lab[:, size // 2:] = (75, -5, -40)  # light blue
+  lab[..., 0] += np.random.default_rng(0).normal(0, 1.0, (size, size))
+  truth = np.clip(skcolor.lab2rgb(lab), 0, 1).astype(np.float32)
+  reference = truth[:, ::-1].copy()  # same colours, other places
+  l = (skcolor.rgb2lab(truth)[..., :1] / 100.0).astype(np.float32)[None]
+  welsh = scoring.welsh_transfer(l, reference[None])
+  tint = scoring.tint(l, reference[None])
+  psnr = lambda x: skmetrics.peak_signal_noise_ratio(truth, x[0], data_range=1.0)
+  assert psnr(welsh) > psnr(tint) + 10, (psnr(welsh), psnr(tint))

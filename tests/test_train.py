@@ -32,6 +32,7 @@ def _inject_fault(monkeypatch, step: int, fault) -> None:
   monkeypatch.setattr(input_pipeline, 'train_batches', train_batches)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path, trained_workdir):
   config = tiny_train_config()
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
@@ -53,6 +54,7 @@ def test_resume_equals_uninterrupted_run_and_checkpoint_restores(tmp_path, train
     np.testing.assert_array_equal(v, expected[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_restorable_checkpoint(tmp_path, monkeypatch):
   config = tiny_train_config()
   config.train.checkpoint_every = 100
@@ -69,6 +71,7 @@ def test_sigterm_writes_restorable_checkpoint(tmp_path, monkeypatch):
   assert step == 1 and int(restored.step) == 1
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_named_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   config = tiny_train_config()
   config.train.checkpoint_every = 2

@@ -32,6 +32,7 @@ SCALE_STRIDE = {i: 2 ** (i + 1) for i in range(1, NUM_SCALES + 1)}  # scale i ->
 
 SIMILARITY_MODES = ('multi', 'single', 'none')
 FUSIONS = ('histogram', 'ab')
+LOSS_CENTERS = ('fixed', 'learned')
 FUSION_SCALES = ('multi', 'single', 'input')
 
 
@@ -55,6 +56,9 @@ class PikFix(nn.Module):
       raise ValueError(f'model.histogram.fusion={c.histogram.fusion!r}: use one of {FUSIONS}')
     if c.histogram.scales not in FUSION_SCALES:
       raise ValueError(f'model.histogram.scales={c.histogram.scales!r}: use one of {FUSION_SCALES}')
+    if self.loss_centers_mode() not in LOSS_CENTERS:
+      raise ValueError(f'model.histogram.loss_centers={self.loss_centers_mode()!r}: use one of '
+                       f'{LOSS_CENTERS}')
     dtype = dtype_from_name(c.dtype)
     r, s, z = c.restoration, c.similarity, c.colorization
     self.restoration_net = RestorationNet(
@@ -83,6 +87,19 @@ class PikFix(nn.Module):
     if self.config.histogram.learn_centers:
       return self.bin_centers
     return jax.lax.stop_gradient(self.bin_centers)
+
+  def loss_centers_mode(self) -> str:
+    # Configs written before the field existed trained with the learnable centres.
+    return self.config.histogram.get('loss_centers', 'learned')
+
+  def loss_centers(self) -> jnp.ndarray:
+    """Bin centres of the EMD term's histograms (eq. 7). 'fixed': eq. (4)'s, as the authors'
+    loss keeps them: shared learnable centres let the EMD fall by moving the centres (collapsed
+    or outside [-1, 1], both histograms become equal whatever the colours; docs/MODEL.md)."""
+    h = self.config.histogram
+    if self.loss_centers_mode() == 'fixed':
+      return histogram.init_bin_centers(h.num_bins, h.vmin, h.vmax)
+    return self.centers()
 
   def reference_values(self, reference_ab: jnp.ndarray) -> jnp.ndarray:
     """The per-pixel reference colour representation that is warped: SPHist or raw ab."""
@@ -139,7 +156,7 @@ class PikFix(nn.Module):
 
     lab = jnp.concatenate([restored_l, ab], axis=-1)
     rgb = color.lab_normalized_to_rgb(jnp.clip(restored_l, 0.0, 1.0), ab)
-    centers, sigma = self.centers(), c.histogram.sigma
+    centers, sigma = self.loss_centers(), c.histogram.sigma
     return {
         'restored_l': restored_l,
         'ab': ab,
