@@ -86,6 +86,23 @@ def check_model_config(config: ml_collections.ConfigDict,
                     'checkpoint\'s (its config.json).', ', '.join(diff[:8]))
 
 
+def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict,
+                    workdir: str) -> None:
+  """Refuses to score a best/ checkpoint on the split it was chosen on.
+
+  Training keeps best/ by validation PSNR on its config's evaluation split
+  (`sources.EVAL_SPLIT`), which for the paper's datasets is the test split: a checkpoint chosen
+  there and scored there reports an optimistic number. Scoring it on another dataset (a VOC
+  model on RealOld) is fine."""
+  chosen = (trained.dataset, sources.EVAL_SPLIT.get(trained.dataset))
+  scored = (config.dataset, sources.EVAL_SPLIT.get(config.dataset))
+  if chosen == scored:
+    raise ValueError(
+        f'--use_best: {os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
+        f'{chosen[0]}/{chosen[1]}, the split this evaluation scores; drop --use_best to score '
+        'the final checkpoint (model selection must not see the reported split)')
+
+
 def _plain(tree):
   if isinstance(tree, dict):
     return {k: _plain(v) for k, v in tree.items()}
@@ -368,7 +385,8 @@ def define_flags() -> dict:
       'checkpoint': flags.DEFINE_string('checkpoint', '', 'Exported model instead of --workdir '
                                         '(python -m pikfix_jax.export).'),
       'use_best': flags.DEFINE_bool('use_best', False, 'The best checkpoint by validation PSNR '
-                                    'instead of the latest.'),
+                                    'instead of the latest; refused when that validation split '
+                                    'is the one scored (paper tables: the final checkpoint).'),
       'reference_control': flags.DEFINE_bool(
           'reference_control', True, 'Also score the reference control: every reference '
           'hue-rotated by 0, 90, 180, 270 degrees (ground truth not); does the hue of the '
@@ -402,6 +420,8 @@ def main(argv):
     model, variables, trained, info = checkpoints.load_generator_info(
         f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
     config = f['config']
+    if f['use_best']:
+      check_selection(config, trained, info['source'])
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips

@@ -148,3 +148,11 @@ def test_ablation_configs_build_their_model(name):
   assert ('similarity_net' in params) == (config.model.similarity.mode != 'none')
   levels = [k for k in params['restoration_net'] if k.startswith('level_x')]
   assert len(levels) == len(config.model.restoration.levels)
+
+
+def test_use_best_is_refused_on_the_split_it_was_chosen_on():
+  from configs import div2k, pascal_voc, realold_eval  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r'--use_best: .*best was chosen by PSNR on div2k/validation'):
+    evaluate.check_selection(div2k.get_config(), div2k.get_config(), '/runs/div2k')
+  # A VOC model's best/ (chosen on voc/test) may be scored on RealOld.
+  evaluate.check_selection(realold_eval.get_config(), pascal_voc.get_config(), '/runs/voc')
