@@ -45,6 +45,7 @@ DEFAULT_REFERENCE_SIZE = 512
 DEFAULT_TILE_SIZE = 1536
 DEFAULT_COLOR_MAX_PIXELS = 2048 * 2048
 
+
 class InputTooSmallError(checkpoints.RestoreError):
   """The input photo is smaller than MIN_SIDE on a side."""
 

@@ -61,11 +61,9 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ['JAX_PLATFORMS'] = 'cpu'
 # Compiled with conftest.py's test flags (no LLVM optimisation, elemental loop emitters), in
 # the one-device and the multi-device runs alike: the comparisons are between data-parallel
-# layouts of one program, not about one compiler setting. LLVM level 3 compiled the loop's
-# training step in 63 s against 24 s (batch 8, 2026-12-01). Before STRICT's Adam eps went from
-# 1e-6 to 1e-5, unoptimised code moved one weight of the two-process run by 1.7e-5 (see
-# tests/test_parallel.py for why eps matters); with 1e-5 the two-process test's largest
-# deviation is 2.7e-7 (similarity_net/project3/kernel, 2026-12-01).
+# layouts of one program, not about one compiler setting, and unoptimised code compiles the
+# loop's training step ~2.5x faster. STRICT's Adam eps is 1e-5: with 1e-6, rounding noise in
+# near-zero gradients became parameter noise above the tests' 1e-5 (tests/test_parallel.py).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
@@ -110,8 +108,7 @@ def shared_settings(c):
 
   conftest's tiny configs use VGG-19's relu1_2 and relu2_2 only. With a random VGG that term is
   ~5e-4, and float32 summation-order noise (5e-8) is 1e-4 of it, over the 1e-5 these
-  comparisons allow (one run, 2026-12-02). The paper's deeper layers keep the term well
-  conditioned.
+  comparisons allow. The paper's deeper layers keep the term well conditioned.
   """
   c.loss.perceptual_layers = default.get_config().loss.perceptual_layers
   for item in ARGS.set:
