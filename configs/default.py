@@ -76,6 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
   d.grain_prob = 0.5  # Probability of film grain.
   d.grain_sigma = (2.0, 10.0)  # Film grain std, 8-bit units.
 
+  # -------------------------------------------------------------------------- metrics
+  c.metrics = ml_collections.ConfigDict()
+  # SSIM of validation and evaluate: 'authors' (their released code's Gaussian 11x11 window,
+  # zero padding; paper tables) or 'skimage' (scikit-image's defaults). pikfix_jax/metrics.py.
+  c.metrics.convention = 'authors'
+
   # ---------------------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
   m.dtype = 'float32'  # Compute dtype of convolutions/matmuls: float32 or bfloat16 (params stay f32).

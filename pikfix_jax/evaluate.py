@@ -17,7 +17,8 @@ of --config; the model architecture and weights of --workdir) and writes into --
 writes per_image_rank{k}.csv, grid_rank{k}.png and one row per rank in
 reference_sensitivity.csv / .md (rows of other ranks already there are kept).
 
-Metrics follow `pikfix_jax.metrics` (8-bit sRGB; scikit-image's PSNR and SSIM conventions;
+Metrics follow `pikfix_jax.metrics` (8-bit sRGB; SSIM by config.metrics.convention: 'authors',
+as their released code, or 'skimage';
 LPIPS VGG v0.1 only with converted weights in config.backbones.lpips, otherwise reported as
 unavailable, never computed from random features).
 """
@@ -60,11 +61,25 @@ PAPER = {
 }
 # Fig. 5 (DIV2K): only the end points are given in the text.
 PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
-CONVENTIONS = ('sRGB, 8-bit [0, 255] quantised output and ground truth; PSNR per image '
-               '(skimage peak_signal_noise_ratio, data_range 255), averaged over images; SSIM '
-               'per image as skimage structural_similarity(channel_axis=-1, data_range=255): '
-               '7x7 uniform window, sample covariance, K1 0.01, K2 0.03, mean over channels; '
-               'LPIPS VGG v0.1 on x/127.5-1, spatial mean')
+_SSIM_TEXT = {
+    'authors': "SSIM per image as the authors' released code (utils/ssim.py): images / 255, "
+               '11x11 Gaussian window sigma 1.5, zero padding, C1 0.01^2, C2 0.03^2, mean over '
+               'positions and channels',
+    'skimage': 'SSIM per image as skimage structural_similarity(channel_axis=-1, '
+               'data_range=255): 7x7 uniform window, sample covariance, K1 0.01, K2 0.03, mean '
+               'over channels',
+}
+
+
+def conventions_text(convention: str) -> str:
+  """The metric conventions of a table, in words (`metrics.CONVENTIONS`)."""
+  metrics.check_convention(convention)
+  return (f'{convention}: sRGB, 8-bit [0, 255] quantised output and ground truth; PSNR per image '
+          '(skimage peak_signal_noise_ratio, data_range 255), averaged over images; '
+          f'{_SSIM_TEXT[convention]}; LPIPS VGG v0.1 on x/127.5-1, spatial mean (the authors\' '
+          'code scores LPIPS with AlexNet, not available here)')
+
+
 SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'method', 'images', 'psnr', 'ssim', 'lpips',
                   'reference', 'eval_image_size', 'checkpoint', 'step', 'date', 'conventions',
                   'lpips_note')
@@ -197,7 +212,7 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
   lines += ['', f'{summary["images"]} images of the `{summary["split"]}` split; reference: '
             f'{summary["reference"]}; checkpoint {summary["checkpoint"]} (step '
             f'{summary["step"]}); eval_image_size {summary["eval_image_size"]}.', '',
-            f'Conventions: {CONVENTIONS}.']
+            f'Conventions: {summary["conventions"]}.']
   if not has_lpips:
     lines += ['', f'¹ LPIPS not computed: {lpips_note}']
   if not paper:
@@ -218,7 +233,8 @@ def sensitivity_markdown(rows: Sequence[dict]) -> str:
                  f'{num(_float(row["ssim"]), 3)} | {num(_float(row["lpips"]), 3) or "n/a"} | '
                  f'{" | ".join(p)} | {row["images"]} |')
   lines += ['', 'Paper: DIV2K, rank 1 -> rank 10 (only the end points are given in the text).',
-            f'Conventions: {CONVENTIONS}.']
+            'Conventions: ' + '; '.join(sorted({r.get('conventions') or 'not recorded'
+                                                for r in rows})) + '.']
   return '\n'.join(lines) + '\n'
 
 
@@ -284,7 +300,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
 
   scorer = scoring.Scorer(
       lpips_metric, control_angles=scoring.CONTROL_ANGLES if reference_control else (),
-      restoration=bool(config.data.degrade))
+      restoration=bool(config.data.degrade), convention=config.metrics.convention)
   records, references, grid = [], [], []
   index = 0
   batches = input_pipeline.eval_dataset(config, batch_size=batch_size)
@@ -324,7 +340,8 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
       'reference': (f'rank {reference_rank} training image' if reference_rank
                     else f'data.eval_reference={config.data.eval_reference}'),
       'eval_image_size': config.data.eval_image_size, 'checkpoint': source, 'step': step,
-      'date': datetime.date.today().isoformat(), 'conventions': CONVENTIONS,
+      'date': datetime.date.today().isoformat(),
+      'conventions': conventions_text(config.metrics.convention),
       'lpips_note': lpips_note, 'scores': scores,
   }
   per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'reference')
@@ -342,8 +359,9 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
     kept = [r for r in _read_csv(path) if int(r['rank']) != reference_rank]
     kept.append(printable({'rank': reference_rank, 'psnr': summary['psnr'],
                            'ssim': summary['ssim'], 'lpips': summary['lpips'],
-                           'images': len(records), 'checkpoint': source, 'step': step}))
-    fields = ('rank', 'psnr', 'ssim', 'lpips', 'images', 'checkpoint', 'step')
+                           'images': len(records), 'checkpoint': source, 'step': step,
+                           'conventions': summary['conventions']}))
+    fields = ('rank', 'psnr', 'ssim', 'lpips', 'images', 'checkpoint', 'step', 'conventions')
     kept.sort(key=lambda r: int(r['rank']))
     _write_csv(path, fields, kept)
     with open(os.path.join(output_dir, 'reference_sensitivity.md'), 'w') as f:

@@ -16,6 +16,11 @@ Conventions (docs/RESTORE.md, "Metrics"):
   over positions and channels. `gaussian=True` gives skimage's `gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False` variant (11x11 Gaussian window, Wang et al.'s own
   setting). Computed in float64 with NumPy, so it matches skimage to ~1e-12.
+* Two named conventions for SSIM (`CONVENTIONS`, config.metrics.convention): 'authors', the
+  authors' released code (their utils/ssim.py; the default for paper tables): images / 255 in
+  [0, 1], an 11x11 Gaussian window (sigma 1.5) with zero padding at the borders ('same' size),
+  population variances, C1 = 0.01^2, C2 = 0.03^2, the mean over all positions and channels;
+  and 'skimage', the scikit-image defaults above. PSNR is the same in both.
 * LPIPS (Zhang et al. 2018), VGG variant v0.1 (`pikfix_jax.models.lpips`), inputs x / 127.5 - 1
   of the same 8-bit images, spatially averaged (the lpips package's default). Needs the
   converted weights (`config.backbones.lpips`, docs/WEIGHTS.md); without them there is no
@@ -119,6 +124,48 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float = DATA_RANGE
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
   out = s.mean(axis=(1, 2, 3))
   return float(out[0]) if single else out
+
+
+AUTHORS_WINDOW = 11  # the authors' utils/ssim.py: window_size 11, sigma 1.5
+CONVENTIONS = ('authors', 'skimage')
+
+
+def _same_filter_zero_padded(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+  """Separable correlation of (B, H, W, C) with a 1-D kernel along H and W, zero padding,
+  output the input's size (torch's conv2d with padding = window // 2)."""
+  r = len(kernel) // 2
+  p = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
+  return _valid_filter(p, kernel)
+
+
+def ssim_authors(reference: np.ndarray, test: np.ndarray):
+  """Mean SSIM as the authors' released code computes it (module docstring, 'authors') of
+  8-bit images (H, W, C) -> float, or (B, H, W, C) -> (B,)."""
+  a, b, single = _batched(reference, test)
+  a, b = a / DATA_RANGE, b / DATA_RANGE
+  x = np.arange(AUTHORS_WINDOW, dtype=np.float64) - AUTHORS_WINDOW // 2
+  kernel = np.exp(-x ** 2 / (2 * GAUSSIAN_SIGMA ** 2))
+  kernel /= kernel.sum()
+  ux, uy = _same_filter_zero_padded(a, kernel), _same_filter_zero_padded(b, kernel)
+  vx = _same_filter_zero_padded(a * a, kernel) - ux * ux
+  vy = _same_filter_zero_padded(b * b, kernel) - uy * uy
+  vxy = _same_filter_zero_padded(a * b, kernel) - ux * uy
+  c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+  s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+  out = s.mean(axis=(1, 2, 3))
+  return float(out[0]) if single else out
+
+
+def ssim_by_convention(reference: np.ndarray, test: np.ndarray, convention: str):
+  """SSIM of 8-bit images under a named convention (`CONVENTIONS`)."""
+  check_convention(convention)
+  return ssim_authors(reference, test) if convention == 'authors' else ssim(reference, test)
+
+
+def check_convention(convention: str) -> None:
+  if convention not in CONVENTIONS:
+    raise ValueError(f'metrics.convention={convention!r}: use one of {CONVENTIONS} '
+                     '(--config.metrics.convention=authors for paper tables)')
 
 
 # ----------------------------------------------------------------------------------- LPIPS

@@ -187,11 +187,12 @@ class Scorer:
     rows: which of `ROWS` to score.
     control_angles: reference hue rotations of the reference control; () to skip it.
     restoration: whether to score the restoration checks (L channel; clean-input pass).
+    convention: SSIM convention (`metrics.CONVENTIONS`).
   """
 
   def __init__(self, lpips: Optional[metrics.LPIPSMetric] = None,
                rows: Sequence[str] = ROWS, control_angles: Sequence[float] = (),
-               restoration: bool = False):
+               restoration: bool = False, convention: str = 'authors'):
     unknown = set(rows) - set(ROWS)
     if unknown:
       raise ValueError(f'unknown score rows {sorted(unknown)}; known: {ROWS}')
@@ -199,10 +200,13 @@ class Scorer:
     self.rows = tuple(r for r in ROWS if r in rows)
     self.control_angles = tuple(float(a) for a in control_angles)
     self.restoration = restoration
+    metrics.check_convention(convention)
+    self.convention = convention
 
   def _image_scores(self, target8: np.ndarray, rgb: np.ndarray) -> list[dict]:
     out8 = metrics.quantize(rgb)
-    psnr, ssim = metrics.psnr(target8, out8), metrics.ssim(target8, out8)
+    psnr = metrics.psnr(target8, out8)
+    ssim = metrics.ssim_by_convention(target8, out8, self.convention)
     lp = self.lpips(target8, out8) if self.lpips is not None else [None] * len(out8)
     return [{'psnr': float(psnr[i]), 'ssim': float(ssim[i]),
              'lpips': None if lp[i] is None else float(lp[i])} for i in range(len(out8))]
@@ -254,7 +258,7 @@ class Scorer:
       for name, lum in (('degraded', l), ('restored', outputs['restored_l'])):
         lum8 = _luminance8(lum)
         restoration[f'{name}_l_psnr'] = metrics.psnr(gt_l8, lum8)
-        restoration[f'{name}_l_ssim'] = metrics.ssim(gt_l8, lum8)
+        restoration[f'{name}_l_ssim'] = metrics.ssim_by_convention(gt_l8, lum8, self.convention)
       clean = predict(target_l, reference)
       restoration['clean_restored_l_psnr'] = metrics.psnr(gt_l8, _luminance8(clean['restored_l']))
       restoration['clean_output_psnr'] = metrics.psnr(target8, metrics.quantize(clean['rgb']))

@@ -417,10 +417,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                           process_count=process_count)
     if config.train.num_eval_batches > 0:
       batches = batches.take(config.train.num_eval_batches)
+    convention = config.metrics.convention
     scorer = (scoring.Scorer(control_angles=scoring.CONTROL_ANGLES,
-                             restoration=config.data.degrade) if final else
-              scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.WELSH,
-                                   scoring.ZERO_CHROMA)))
+                             restoration=config.data.degrade, convention=convention) if final
+              else scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.WELSH,
+                                        scoring.ZERO_CHROMA), convention=convention))
     results, grid, records = trainer.evaluate(state, batches.as_numpy_iterator(), scorer)
     writer.write_scalars(step, results)
     if grid is not None:

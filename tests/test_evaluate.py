@@ -60,7 +60,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
     s = summary['scores']['rows'][method]
     assert f'| {scoring.LABELS[method]} | {s["psnr"]:.2f} | {s["ssim"]:.3f} | n/a ¹ |' in table
   assert 'Reference control' in table and 'Restoration (L channel' in table
-  assert 'LPIPS not computed' in table and '7x7 uniform window' in table
+  assert 'LPIPS not computed' in table and "authors: sRGB" in table and '11x11 Gaussian' in table
   assert summary['lpips'] is None
 
   # The paper's row appears for the paper's datasets (layout only: no data needed).

@@ -91,3 +91,43 @@ def test_lpips_refused_without_weights(tmp_path):
     metrics.LPIPSMetric.load(str(tmp_path / 'missing.msgpack'))
   metric, note = metrics.maybe_lpips('')
   assert metric is None and 'LPIPS' in note
+
+
+def _authors_ssim_torch(a8: np.ndarray, b8: np.ndarray) -> np.ndarray:
+  """The authors' SSIM formula (Pik-Fix utils/ssim.py) written in torch: images / 255 as
+  (N, C, H, W), an 11x11 Gaussian (sigma 1.5) window per channel, zero padding 5, C1 0.01^2,
+  C2 0.03^2, the map's mean per image."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  x = torch.tensor(a8, dtype=torch.float64).permute(0, 3, 1, 2) / 255.0
+  y = torch.tensor(b8, dtype=torch.float64).permute(0, 3, 1, 2) / 255.0
+  c = x.shape[1]
+  g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+  g = g / g.sum()
+  window = (g[:, None] @ g[None, :]).expand(c, 1, 11, 11).contiguous()
+  conv = lambda t: F.conv2d(t, window, padding=5, groups=c)
+  mx, my = conv(x), conv(y)
+  vx, vy, vxy = conv(x * x) - mx ** 2, conv(y * y) - my ** 2, conv(x * y) - mx * my
+  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  m = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+  return m.mean(dim=(1, 2, 3)).numpy()
+
+
+def test_authors_ssim_matches_a_torch_transcription_of_their_formula():
+  rng = np.random.default_rng(3)
+  a = rng.integers(0, 256, (2, 23, 30, 3), dtype=np.uint8)
+  b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+  np.testing.assert_allclose(metrics.ssim_authors(a, b), _authors_ssim_torch(a, b), atol=1e-6)
+  real = skimage.data.astronaut()[:96, :128][None]
+  noisy = np.clip(real + rng.normal(0, 12, real.shape), 0, 255).astype(np.uint8)
+  np.testing.assert_allclose(metrics.ssim_authors(real, noisy), _authors_ssim_torch(real, noisy),
+                             atol=1e-6)
+  # A different number from scikit-image's convention on the same images.
+  assert abs(metrics.ssim_authors(real, noisy)[0] - metrics.ssim(real, noisy)[0]) > 1e-3
+  assert metrics.ssim_by_convention(real, noisy, 'skimage') == metrics.ssim(real, noisy)
+
+
+def test_unknown_convention_is_a_named_error():
+  with pytest.raises(ValueError, match="metrics.convention='paper': use one of"):
+    metrics.ssim_by_convention(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8),
+                               'paper')

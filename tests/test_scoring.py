@@ -67,7 +67,8 @@ def _red_model(l, reference):
 
 def test_scorer_rows_match_skimage_and_the_controls_tell_followers_from_priors():
   batch = _batch()
-  scorer = scoring.Scorer(control_angles=scoring.CONTROL_ANGLES, restoration=True)
+  scorer = scoring.Scorer(control_angles=scoring.CONTROL_ANGLES, restoration=True,
+                          convention='skimage')
   records, _ = scorer.score_batch(_tint_model, batch)
   assert [r['id'] for r in records] == ['a', 'b'] and [r['index'] for r in records] == [0, 1]
   target = np.clip(skcolor.lab2rgb(np.concatenate(
