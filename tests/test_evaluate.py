@@ -86,6 +86,32 @@ def test_lpips_is_reported_with_weights(tmp_path, generator):
   assert 'n/a' not in open(tmp_path / 'eval' / 'table.md').read()
 
 
+def _tensorboard_scalars(workdir: str, step: int) -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  values = {}
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith('events.out.tfevents'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for v in event.summary.value:
+          value = tf.make_ndarray(v.tensor) if v.HasField('tensor') else None
+          if event.step == step and value is not None and value.ndim == 0:
+            values[v.tag] = float(value)
+  return values
+
+
+def test_tensorboard_validation_equals_the_table_for_the_same_checkpoint(tmp_path, generator,
+                                                                          trained_workdir):
+  """Training-time validation and evaluate score with the same code and convention."""
+  model, variables, _, info = generator
+  summary = evaluate.evaluate(tiny_train_config(), model, variables, str(tmp_path / 'eval'),
+                              source=info['source'], step=info['step'])
+  logged = _tensorboard_scalars(trained_workdir, info['step'])
+  assert logged['val_psnr'] == pytest.approx(summary['psnr'], abs=1e-4)
+  assert logged['val_ssim'] == pytest.approx(summary['ssim'], abs=1e-5)
+  assert logged['val_tint_psnr'] == pytest.approx(
+      summary['scores']['rows'][scoring.TINT]['psnr'], abs=1e-4)
+
+
 def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
   model, variables, _, _ = generator
   config = tiny_train_config()
