@@ -35,7 +35,7 @@ def get_config():
   c.data.eval_hue_rotations = (0.0, 90.0, 180.0, 270.0)
   c.data.hue_rotation = 180.0
   c.data.reference_strategies = (1,)
-  # Within a sixteenth of the photo: the nearer the reference, the more of it the similarity
+  # Within a sixteenth of the crop side (4 px): the nearer the reference, the more of it the similarity
   # sub-net can match to the input (docs/MODEL.md, "Why the reference steers").
   c.data.reference_max_shift = 0.0625
   c.data.train_repeats = 32  # 224 examples (56 steps) per epoch

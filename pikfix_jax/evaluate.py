@@ -109,13 +109,21 @@ def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.C
   (`sources.EVAL_SPLIT`), which for the paper's datasets is the test split: a checkpoint chosen
   there and scored there reports an optimistic number. Scoring it on another dataset (a VOC
   model on RealOld) is fine."""
-  chosen = (trained.dataset, sources.EVAL_SPLIT.get(trained.dataset))
-  scored = (config.dataset, sources.EVAL_SPLIT.get(config.dataset))
-  if chosen == scored:
+  if _evaluation_split(trained) == _evaluation_split(config):
     raise ValueError(
         f'--use_best: {os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
-        f'{chosen[0]}/{chosen[1]}, the split this evaluation scores; drop --use_best to score '
-        'the final checkpoint (model selection must not see the reported split)')
+        f'{trained.dataset}/{sources.EVAL_SPLIT.get(trained.dataset)}, the split this '
+        'evaluation scores; drop --use_best to score the final checkpoint (model selection '
+        'must not see the reported split)')
+
+
+def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:
+  """What decides a config's evaluation split: the dataset, and for datasets split by a seed,
+  the fields that draw the split."""
+  d = config.data
+  fields = {'voc': ('split_seed', 'voc_num_train', 'voc_num_test'),
+            'image_folder': ('image_folder', 'val_fraction', 'split_seed')}
+  return (config.dataset,) + tuple(d.get(k) for k in fields.get(config.dataset, ()))
 
 
 def _plain(tree):
@@ -438,8 +446,8 @@ def main(argv):
     model, variables, trained, info = checkpoints.load_generator_info(
         f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
     config = f['config']
-    if f['use_best']:
-      check_selection(config, trained, info['source'])
+    if f['use_best'] and checkpoints.is_workdir(os.path.dirname(info['source'])):
+      check_selection(config, trained, os.path.dirname(info['source']))
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips

@@ -143,9 +143,8 @@ def ssim_authors(reference: np.ndarray, test: np.ndarray):
   8-bit images (H, W, C) -> float, or (B, H, W, C) -> (B,)."""
   a, b, single = _batched(reference, test)
   a, b = a / DATA_RANGE, b / DATA_RANGE
-  x = np.arange(AUTHORS_WINDOW, dtype=np.float64) - AUTHORS_WINDOW // 2
-  kernel = np.exp(-x ** 2 / (2 * GAUSSIAN_SIGMA ** 2))
-  kernel /= kernel.sum()
+  kernel = _gaussian_kernel(GAUSSIAN_SIGMA, GAUSSIAN_TRUNCATE)  # the same 11 taps
+  assert len(kernel) == AUTHORS_WINDOW
   ux, uy = _same_filter_zero_padded(a, kernel), _same_filter_zero_padded(b, kernel)
   vx = _same_filter_zero_padded(a * a, kernel) - ux * ux
   vy = _same_filter_zero_padded(b * b, kernel) - uy * uy

@@ -229,7 +229,7 @@ def plan(options: Options) -> list[tuple[str, str]]:
   return [(src, dst)]
 
 
-def restore_file(restorer: inference.Restorer, picker: ReferencePicker, src: str, dst: str,
+def restore_file(restorer: inference.PhotoRestorer, picker: ReferencePicker, src: str, dst: str,
                  options: Options, notice: Callable[[str], None]) -> Result:
   """Restores one file (raises on failure)."""
   image = image_io.read_image(src)
@@ -271,7 +271,7 @@ def check_reference_source(options: Options) -> None:
     raise checkpoints.RestoreError(f'--reference={options.reference}: no such file')
 
 
-def run(options: Options, restorer: Optional[inference.Restorer] = None,
+def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
         out=None) -> tuple[int, list[Result]]:
   """Restores every input; returns (exit code, results). Messages go to `out` (stderr).
 

@@ -160,8 +160,8 @@ def welsh_transfer(input_l: np.ndarray, reference_rgb: np.ndarray,
     sample_features = np.stack([rl[ys, xs], _local_std(rl, window)[ys, xs]], -1)
     features = np.stack([l, _local_std(l, window)], -1).reshape(-1, 2)
     nearest = np.empty(len(features), np.int64)
-    for start in range(0, len(features), 65536):  # bounded memory on whole photos
-      f = features[start:start + 65536]
+    for start in range(0, len(features), 16384):  # bounded memory on whole photos
+      f = features[start:start + 16384]
       distance = (0.5 * np.square(f[:, None, 0] - sample_features[None, :, 0]) +
                   0.5 * np.square(f[:, None, 1] - sample_features[None, :, 1]))
       nearest[start:start + len(f)] = np.argmin(distance, axis=1)

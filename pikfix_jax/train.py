@@ -420,8 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     convention = config.metrics.convention
     scorer = (scoring.Scorer(control_angles=scoring.CONTROL_ANGLES,
                              restoration=config.data.degrade, convention=convention) if final
-              else scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.WELSH,
-                                        scoring.ZERO_CHROMA), convention=convention))
+              else scoring.Scorer(rows=(scoring.MODEL, scoring.TINT, scoring.ZERO_CHROMA),
+                                  convention=convention))
     results, grid, records = trainer.evaluate(state, batches.as_numpy_iterator(), scorer)
     writer.write_scalars(step, results)
     if grid is not None:
