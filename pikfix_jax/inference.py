@@ -127,7 +127,8 @@ class PhotoRestorer(abc.ABC):
   def __init__(self, reference_size: int = DEFAULT_REFERENCE_SIZE):
     m = pikfix.MULTIPLE
     if reference_size < m or reference_size % m:
-      raise checkpoints.RestoreError(f'--reference_size={reference_size} must be a positive multiple of {m}')
+      raise checkpoints.RestoreError(
+          f'--reference_size={reference_size} must be a positive multiple of {m}')
     self.reference_size = reference_size
     self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
     self.last_info: dict = {}
@@ -183,7 +184,8 @@ class Restorer(PhotoRestorer):
     super().__init__(reference_size)
     m = pikfix.MULTIPLE
     if tile_size and tile_size % m:
-      raise checkpoints.RestoreError(f'--tile_size={tile_size} must be a multiple of {m} (0: no tiling)')
+      raise checkpoints.RestoreError(
+          f'--tile_size={tile_size} must be a multiple of {m} (0: no tiling)')
     model_config = (model.config.as_configdict()
                     if isinstance(model.config, ml_collections.FrozenConfigDict)
                     else ml_collections.ConfigDict(model.config))
@@ -272,8 +274,9 @@ class ExportedRestorer(PhotoRestorer):
       exported = jax.export.deserialize(bytearray(f.read()))
     backend = jax.default_backend()
     if not set(_EXPORT_PLATFORMS.get(backend, (backend,))) & set(exported.platforms):
-      raise checkpoints.RestoreError(f'{path} was exported for {", ".join(exported.platforms)}; JAX runs '
-                         f'on {backend} here (export again with --platforms)')
+      raise checkpoints.RestoreError(
+          f'{path} was exported for {", ".join(exported.platforms)}; JAX runs '
+          f'on {backend} here (export again with --platforms)')
     self._forward = jax.jit(exported.call)  # compiled once per padded shape
 
   def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:

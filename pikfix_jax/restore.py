@@ -85,8 +85,9 @@ class ReferencePicker:
     if index and os.path.exists(index):
       self.index = retrieval.ReferenceIndex.load(index, vgg)
       if self.index.meta.get('pretrained') and vgg is None:
-        raise checkpoints.RestoreError(f'--index={index} was built with pretrained VGG-19 weights; pass '
-                           'the same file as --vgg19=FILE')
+        raise checkpoints.RestoreError(
+            f'--index={index} was built with pretrained VGG-19 weights; pass '
+            'the same file as --vgg19=FILE')
       if reference_dir:
         corpus = list_images(reference_dir)
         missing = set(map(os.path.abspath, corpus)) - set(map(os.path.abspath, self.index.paths))
@@ -95,8 +96,9 @@ class ReferencePicker:
                           len(missing), reference_dir, index)
       return
     if not reference_dir:
-      raise checkpoints.RestoreError(f'--index={index}: no such file (and no --reference_dir to build it '
-                         'from)')
+      raise checkpoints.RestoreError(
+          f'--index={index}: no such file (and no --reference_dir to build it '
+          'from)')
     corpus = [os.path.abspath(p) for p in list_images(reference_dir)]
     if not corpus:
       raise checkpoints.RestoreError(f'--reference_dir={reference_dir}: no images found')
@@ -106,7 +108,8 @@ class ReferencePicker:
     self.index = retrieval.build_index(corpus, path, vgg_variables=vgg, image_size=image_size,
                                        neighbors_k=0, batch_size=min(16, len(corpus)))
     if not self.index.paths:
-      raise checkpoints.RestoreError(f'--reference_dir={reference_dir}: none of its images is readable')
+      raise checkpoints.RestoreError(
+          f'--reference_dir={reference_dir}: none of its images is readable')
 
   def _resolve(self, path: str) -> str:
     if os.path.exists(path) or not self.reference_dir:
@@ -205,10 +208,12 @@ def plan(options: Options) -> list[tuple[str, str]]:
                        f'{sorted(e[1:] for e in WRITE_EXTENSIONS)}')
   if os.path.isdir(src):
     if os.path.exists(dst) and not os.path.isdir(dst):
-      raise checkpoints.RestoreError(f'--input is a folder, so --output must be a folder; {dst} is a file')
+      raise checkpoints.RestoreError(
+          f'--input is a folder, so --output must be a folder; {dst} is a file')
     files = list_images(src, exclude=dst)
     if not files:
-      raise checkpoints.RestoreError(f'--input={src}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
+      raise checkpoints.RestoreError(
+          f'--input={src}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
     pairs = []
     for f in files:
       stem, ext = os.path.splitext(os.path.relpath(f, src))
@@ -287,8 +292,9 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
     if (restorer is None and options.checkpoint and
         checkpoints.is_stablehlo_export(options.checkpoint)):
       if options.dtype or options.query_chunk:
-        raise checkpoints.RestoreError('--dtype and --query_chunk cannot change a --format=stablehlo export '
-                           '(they are compiled in)')
+        raise checkpoints.RestoreError(
+            '--dtype and --query_chunk cannot change a --format=stablehlo export '
+            '(they are compiled in)')
       restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
     elif restorer is None:
       model, variables, config = checkpoints.load_generator(
@@ -366,11 +372,13 @@ def define_flags() -> dict:
   d['format'] = flags.DEFINE_string('format', '', 'Output format for folders (png, jpg, tif, '
                                     '...); default: the input\'s.')
   d['tile_size'] = flags.DEFINE_integer(
-      'tile_size', inference.DEFAULT_TILE_SIZE, 'Largest restoration window side (px, multiple of 32; '
-      '0: whole image at once). Tiling is exact.')
+      'tile_size', inference.DEFAULT_TILE_SIZE,
+      'Largest restoration window side (px, multiple of 32; 0: whole image at once). Tiling is '
+      'exact.')
   d['color_max_pixels'] = flags.DEFINE_integer(
-      'color_max_pixels', inference.DEFAULT_COLOR_MAX_PIXELS, 'Larger images are colorized at this many '
-      'pixels and the colour upsampled (0: always at full resolution).')
+      'color_max_pixels', inference.DEFAULT_COLOR_MAX_PIXELS,
+      'Larger images are colorized at this many pixels and the colour upsampled (0: always at '
+      'full resolution).')
   d['dtype'] = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
                                  'Compute dtype override (default: the model config\'s).')
   d['query_chunk'] = flags.DEFINE_integer('query_chunk', 0, 'Similarity warp chunk override '
