@@ -105,16 +105,19 @@ def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.C
                     workdir: str) -> None:
   """Refuses to score a best/ checkpoint on the split it was chosen on.
 
-  Training keeps best/ by validation PSNR on its config's evaluation split
-  (`sources.EVAL_SPLIT`), which for the paper's datasets is the test split: a checkpoint chosen
-  there and scored there reports an optimistic number. Scoring it on another dataset (a VOC
-  model on RealOld) is fine."""
+  Training keeps best/ by validation PSNR on `sources.validation_split`: images held out of
+  the training split when data.selection_size > 0 (never an evaluation split: allowed), else
+  the config's evaluation split (`sources.EVAL_SPLIT`), which for the paper's datasets is the
+  test split: a checkpoint chosen there and scored there reports an optimistic number.
+  Scoring it on another dataset (a VOC model on RealOld) is fine."""
+  if trained.data.get('selection_size', 0):
+    return
   if _evaluation_split(trained) == _evaluation_split(config):
     raise ValueError(
         f'--use_best: {os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
         f'{trained.dataset}/{sources.EVAL_SPLIT.get(trained.dataset)}, the split this '
-        'evaluation scores; drop --use_best to score the final checkpoint (model selection '
-        'must not see the reported split)')
+        'evaluation scores; drop --use_best to score the final checkpoint, or retrain with '
+        '--config.data.selection_size=N to choose best/ on held-out training images')
 
 
 def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:

@@ -36,6 +36,7 @@ from pikfix_jax import models
 from pikfix_jax import scoring
 from pikfix_jax import weights
 from pikfix_jax.data import input_pipeline
+from pikfix_jax.data import sources
 from pikfix_jax.models import backbones
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -407,6 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.write_hparams(_flat_hparams(config))
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
   eval_batch = config.train.eval_batch_size // process_count
+  validation_split = sources.validation_split(config)
 
   def run_eval(step: int, final: bool) -> dict:
     """Validation: the model beside the baselines that need no forward pass; at the end also
@@ -414,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     table in the log and WORKDIR/validation_table.md (pikfix_jax.scoring)."""
     batches = input_pipeline.eval_dataset(config, batch_size=eval_batch,
                                           process_index=process_index,
-                                          process_count=process_count)
+                                          process_count=process_count, split=validation_split)
     if config.train.num_eval_batches > 0:
       batches = batches.take(config.train.num_eval_batches)
     convention = config.metrics.convention
@@ -433,7 +435,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                  results['val_tint_ssim'])
     if final and process_index == 0 and records:
       # This process's images (all of them on one process).
-      table = (f'Validation at step {step}, {len(records)} images of {config.dataset} '
+      table = (f'Validation at step {step}, {len(records)} images of {config.dataset}/'
+               f'{sources.canonical_split(config, validation_split)} '
                f'(process {process_index}):\n\n' +
                scoring.summary_markdown(scoring.summarize(records)))
       logging.info('\n%s', table)

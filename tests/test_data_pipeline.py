@@ -428,6 +428,42 @@ def test_voc_subset_with_mock_data(tmp_path):
   _check_train_batch(batches[0], 2)
 
 
+def _ids(config, split):
+  return [e['id'].decode() for e in ip.images(config, split).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize('dataset', ['demo', 'div2k'])
+def test_selection_split_is_held_out_of_training(tmp_path, dataset):
+  """data.selection_size images leave 'train' for 'selection' (random-access demo, sequential
+  tfds div2k); the evaluation split is untouched; the draw follows data.split_seed."""
+  c = _config(dataset, data_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=6):
+    everything = _ids(c, 'train')
+    evaluation = _ids(c, 'validation')
+    c.data.selection_size = 2
+    train, selection = _ids(c, 'train'), _ids(c, 'selection')
+    assert ip.num_examples(c, 'train') == len(everything) - 2 == len(train)
+    assert len(selection) == 2 and not set(train) & set(selection)
+    assert sorted(train + selection) == sorted(everything)
+    assert [i for i in everything if i in train] == train  # canonical order kept
+    assert _ids(c, 'validation') == evaluation
+    assert sources.validation_split(c) == 'selection'
+    batches = _batches(ip.eval_dataset(c, batch_size=1, split='selection'))
+    assert {b['id'][0].decode() for b in batches} == set(selection)
+    c.data.split_seed = 1
+    draws = {tuple(_ids(c, 'selection'))}
+    c.data.split_seed = 2
+    draws.add(tuple(_ids(c, 'selection')))
+    assert len(draws | {tuple(selection)}) > 1
+    c.data.selection_size = len(everything)
+    with pytest.raises(ValueError, match=r'config.data.selection_size=\d+ must be in'):
+      ip.num_examples(c, 'train')
+  c.data.selection_size = 0
+  assert sources.validation_split(c) == 'validation'
+  with pytest.raises(ValueError, match='selection_size'):
+    sources.get_split(c, 'selection')
+
+
 def test_realold_from_manual_dir(tmp_path):
   manual = tmp_path / 'manual'
   rng = np.random.default_rng(0)

@@ -182,3 +182,7 @@ def test_use_best_is_refused_on_the_split_it_was_chosen_on():
     evaluate.check_selection(div2k.get_config(), div2k.get_config(), '/runs/div2k')
   # A VOC model's best/ (chosen on voc/test) may be scored on RealOld.
   evaluate.check_selection(realold_eval.get_config(), pascal_voc.get_config(), '/runs/voc')
+  # best/ chosen on training images held out for selection may be scored on the test split.
+  held_out = div2k.get_config()
+  held_out.data.selection_size = 50
+  evaluate.check_selection(div2k.get_config(), held_out, '/runs/div2k')

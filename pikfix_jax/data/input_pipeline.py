@@ -144,8 +144,8 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, steps_p
 
 
 def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> tf.data.Dataset:
-  """The evaluation split, in order, sharded over processes; the last batch of every process is
+                 process_count: int = 1, split: str = 'validation') -> tf.data.Dataset:
+  """The evaluation split (or `split`: 'selection', sources.validation_split), in order, sharded over processes; the last batch of every process is
   padded with `mask` = 0 rows so all processes yield the same number of full batches.
 
   With config.data.eval_image_size = S > 0 images are centre-cropped to S x S (resized up first
@@ -156,7 +156,7 @@ def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_
   size = d.eval_image_size
   if size == 0 and batch_size != 1:
     raise ValueError('config.data.eval_image_size=0 (full images) needs eval batch_size 1.')
-  split = sources.get_split(config, 'validation')
+  split = sources.get_split(config, split)
   angles = eval_hue_rotations(config)
   per_process = math.ceil(split.count / process_count) * len(angles)
   total = math.ceil(per_process / batch_size) * batch_size
@@ -234,13 +234,15 @@ def _eval_example_fn(config, split: sources.Split):
   d = config.data
   size = d.eval_image_size
   ref_size = size or d.image_size
-  base_seed = seeds.seed_int(d.split_seed, 'eval')
+  # The selection split's degradations are drawn apart from the evaluation split's.
+  base_seed = seeds.seed_int(d.split_seed, 'selection' if split.name == 'selection' else 'eval')
   bank = texture_bank(config) if d.degrade else None
   if d.eval_reference not in ('auto', 'self'):
     raise ValueError(f"config.data.eval_reference must be 'auto' or 'self', got "
                      f'{d.eval_reference!r}.')
   auto = d.eval_reference == 'auto'
-  eval_pool = reference_pool(config, 'validation', ref_size) if auto and split.count > 1 else None
+  eval_pool = (reference_pool(config, 'selection' if split.name == 'selection' else 'validation',
+                              ref_size) if auto and split.count > 1 else None)
   top1 = train_pool = None
   if auto and d.retrieval_index and config.dataset != 'realold':
     train_split = sources.get_split(config, 'train')

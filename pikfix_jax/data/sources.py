@@ -12,6 +12,10 @@ access (`lookup`), which lets training permute them exactly; tfds splits are rea
 | realold      | (none)                             | test (manual dir, realold.py)|
 | image_folder | photos under data.image_folder, split by data.split_seed | data.val_fraction of them |
 | demo         | scikit-image photos (DEMO_TRAIN)   | DEMO_VALIDATION              |
+
+Model selection ('selection' split): with `data.selection_size` = n > 0, n training images
+(drawn by data.split_seed) are held out of 'train' and form the split that training-time
+validation scores and `best/` is chosen on, so selection never sees the evaluation split.
 """
 
 import dataclasses
@@ -66,7 +70,18 @@ def canonical_split(config: ml_collections.ConfigDict, split: str) -> str:
     return 'train'
   if split in ('validation', 'test', 'eval'):
     return EVAL_SPLIT[config.dataset]
-  raise ValueError(f'Unknown split {split!r}; use train, validation or test.')
+  if split == 'selection':
+    if config.dataset == 'realold' or not config.data.selection_size:
+      raise ValueError(f'{config.dataset} has no selection split: set '
+                       '--config.data.selection_size=N to hold N training images out for it.')
+    return 'selection'
+  raise ValueError(f'Unknown split {split!r}; use train, selection, validation or test.')
+
+
+def validation_split(config: ml_collections.ConfigDict) -> str:
+  """The split training-time validation scores and `best/` is chosen on: 'selection' (held out
+  of the training images) when data.selection_size > 0, else the evaluation split."""
+  return 'selection' if config.data.selection_size else 'validation'
 
 
 _SPLITS: dict[str, Split] = {}
@@ -76,16 +91,47 @@ def get_split(config: ml_collections.ConfigDict, split: str) -> Split:
   """The split, built once per process for each relevant part of the config."""
   split = canonical_split(config, split)
   d = config.data
+  held_out = d.selection_size if split in ('train', 'selection') else 0
   key = json.dumps([config.dataset, split, d.data_dir, d.manual_dir, d.image_folder,
-                    d.val_fraction, d.voc_num_train, d.voc_num_test, d.split_seed, d.cache])
+                    d.val_fraction, d.voc_num_train, d.voc_num_test, d.split_seed, d.cache,
+                    held_out])
   if key not in _SPLITS:
     builder = {'demo': _demo, 'div2k': _div2k, 'voc': _voc, 'realold': _realold,
                'image_folder': _image_folder}[config.dataset]
-    result = builder(config, split)
+    result = builder(config, 'train' if split == 'selection' else split)
     if d.cache and result.lookup is None and config.dataset != 'realold':
       result = _to_memory(result)
+    if held_out:
+      result = _hold_out(result, held_out, d.split_seed, selection=split == 'selection')
     _SPLITS[key] = result
   return _SPLITS[key]
+
+
+def _hold_out(split: Split, size: int, seed: int, selection: bool) -> Split:
+  """The `size` images of `split` drawn by `seed` (selection=True), or the others, in
+  canonical order and re-indexed from 0."""
+  if size < 0 or size >= split.count:
+    raise ValueError(f'config.data.selection_size={size} must be in [0, {split.count}): the '
+                     f'{split.dataset} training split has {split.count} images and at least '
+                     'one must still train.')
+  member = np.zeros(split.count, bool)
+  member[np.random.default_rng([seed, 0x5E1]).permutation(split.count)[:size]] = True
+  if not selection:
+    member = ~member
+  kept = np.flatnonzero(member)
+  name = 'selection' if selection else split.name
+  ids = [split.ids[i] for i in kept] if split.ids is not None else None
+  if split.lookup is not None:
+    kept_t, lookup = tf.constant(kept), split.lookup
+    return Split(split.dataset, name, len(kept),
+                 records=lambda: tf.data.Dataset.range(len(kept)).map(
+                     lambda i: (i, lookup(tf.gather(kept_t, i)))),
+                 decode=split.decode, lookup=lambda i: lookup(tf.gather(kept_t, i)), ids=ids)
+  member_t = tf.constant(member)
+  return Split(split.dataset, name, len(kept),
+               records=lambda: split.records().filter(
+                   lambda i, r: tf.gather(member_t, i)).map(lambda i, r: r).enumerate(),
+               decode=split.decode, ids=ids)
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
