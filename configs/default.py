@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.
   c.data.eval_reference = 'auto'  # 'auto' (own/retrieval top-1/other eval image) or 'self' (docs/DATA.md).
+  # With a retrieval index and eval_image_size > 0: query it with the evaluation crop ('crop',
+  # so the reference matches what the model sees) or the whole photo's index row ('image').
+  c.data.eval_reference_query = 'crop'
   # Evaluation: every image is scored once per angle (degrees), its ground truth and reference
   # hue-rotated together in the CIE ab plane (L kept): colours away from the training prior.
   c.data.eval_hue_rotations = (0.0,)

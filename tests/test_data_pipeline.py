@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from pikfix_jax.data import color_tf
+from pikfix_jax.data import files
 from pikfix_jax.data import input_pipeline as ip
 from pikfix_jax.data import references
 from pikfix_jax.data import sources
@@ -322,7 +323,8 @@ def test_eval_reference_from_retrieval_index(tmp_path):
   root = tmp_path / 'p'
   root.mkdir()
   _write_folder(root, [(40 * k, 40 * k, 40 * k) for k in range(6)])
-  c = _config('image_folder', image_folder=str(root), val_fraction=0.5)
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.5,
+              eval_reference_query='image')
   train_ids = sources.get_split(c, 'train').ids
   val_ids = sources.get_split(c, 'validation').ids
   # Index over train + the first two val images; their neighbours: another val image (not a
@@ -341,6 +343,39 @@ def test_eval_reference_from_retrieval_index(tmp_path):
   (b,) = _batches(ip.eval_dataset(c, batch_size=3))
   np.testing.assert_allclose(color_tf.rgb_to_lab_normalized(b['reference_rgb']).numpy(),
                              b['target_lab'], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_eval_reference_is_retrieved_for_the_crop_not_the_whole_photo(tmp_path):
+  """An evaluation photo whose centre looks like training photo A and whose border like B: the
+  whole photo's index row retrieves B, the evaluation crop (the default query) retrieves A."""
+  from pikfix_jax import retrieval  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'p'
+  (root / 'train').mkdir(parents=True)
+  (root / 'val').mkdir()
+  rng = np.random.default_rng(0)
+  stripes = np.where((np.arange(96) // 4) % 2, 40, 90)[:, None, None] * np.ones((96, 96, 3))
+  flat = np.full((96, 96, 3), 220.0)
+  photo = stripes.copy()
+  photo[32:64, 32:64] = 220.0  # The 32 px evaluation crop is flat and light.
+  for name, image in (('train/a.png', flat), ('train/b.png', stripes), ('val/c.png', photo)):
+    noisy = np.clip(image + rng.integers(-3, 4, image.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(root / name)
+  index = tmp_path / 'index.npz'
+  retrieval.build_index([str(root / n) for n in ('train/a.png', 'train/b.png', 'val/c.png')],
+                        str(index), batch_size=4, image_size=64)
+  c = _config('image_folder', image_folder=str(root), val_fraction=0.0,
+              retrieval_index=str(index))
+  # image_folder splits by a seeded fraction; here by hand: train = a, b; evaluation = c.
+  scanned, _ = files.scan_folder(str(root), min_size=32)
+  train = sources.file_split('image_folder', 'train',
+                             [f for f in scanned if f.id.startswith('train/')])
+  val = sources.file_split('image_folder', 'validation',
+                           [f for f in scanned if f.id.startswith('val/')])
+  a = train.ids.index('train/a.png')
+  assert ip.crop_references(c, val, train).tolist() == [a]
+  whole = references.load_neighbors(str(index), val.ids, train.ids, 1, exclude_self=False)
+  assert whole[:, 0].tolist() == [1 - a]
 
 
 def test_odd_files_are_decoded_or_skipped_with_one_warning_each(tmp_path, caplog):

@@ -14,6 +14,7 @@ evaluation depends only on config.data.split_seed and the example index.
 
 import concurrent.futures
 import functools
+import json
 import math
 from typing import Iterator, Optional
 
@@ -21,6 +22,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from pikfix_jax import retrieval
+from pikfix_jax import weights
 from pikfix_jax.data import color_tf
 from pikfix_jax.data import degradations
 from pikfix_jax.data import references
@@ -243,11 +246,18 @@ def _eval_example_fn(config, split: sources.Split):
   auto = d.eval_reference == 'auto'
   eval_pool = (reference_pool(config, 'selection' if split.name == 'selection' else 'validation',
                               ref_size) if auto and split.count > 1 else None)
+  if d.eval_reference_query not in ('crop', 'image'):
+    raise ValueError(f"config.data.eval_reference_query must be 'crop' or 'image', got "
+                     f'{d.eval_reference_query!r}.')
   top1 = train_pool = None
   if auto and d.retrieval_index and config.dataset != 'realold':
     train_split = sources.get_split(config, 'train')
-    top1 = tf.constant(references.load_neighbors(
-        d.retrieval_index, split_ids(split), split_ids(train_split), 1, exclude_self=False)[:, 0])
+    if size and d.eval_reference_query == 'crop':
+      top1 = tf.constant(crop_references(config, split, train_split))
+    else:
+      top1 = tf.constant(references.load_neighbors(
+          d.retrieval_index, split_ids(split), split_ids(train_split), 1,
+          exclude_self=False)[:, 0])
     train_pool = reference_pool(config, 'train', ref_size)
 
   def reference_for(i, seed, target):
@@ -292,6 +302,46 @@ def _eval_example_fn(config, split: sources.Split):
             'id': name, 'mask': tf.constant(1.0)}
 
   return make
+
+
+_CROP_REFERENCES: dict[str, np.ndarray] = {}
+
+
+def crop_references(config: ml_collections.ConfigDict, split: sources.Split,
+                    train_split: sources.Split) -> np.ndarray:
+  """The most similar training image of every evaluation image, queried with the centre crop
+  the model is scored on (data.eval_image_size), not the whole photo (docs/DATA.md).
+
+  The query is the crop's clean luminance: the index compares luminance only (retrieval.py),
+  and the crop is the same for every hue rotation. Returns int64 (N,) training indices; cached
+  per process.
+  """
+  d = config.data
+  key = json.dumps([d.retrieval_index, config.backbones.vgg19, d.eval_image_size, id(split),
+                    id(train_split)])
+  if key in _CROP_REFERENCES:
+    return _CROP_REFERENCES[key]
+  index = retrieval.ReferenceIndex.load(d.retrieval_index)
+  if index.meta['pretrained']:
+    if not config.backbones.vgg19:
+      raise ValueError(f'{d.retrieval_index} was built with pretrained VGG-19 weights: pass the '
+                       'same file as --config.backbones.vgg19 to query it with evaluation crops '
+                       "(or --config.data.eval_reference_query=image).")
+    index = retrieval.ReferenceIndex.load(d.retrieval_index, vgg_variables=weights.maybe_load_backbone(
+        config.backbones.vgg19, 'vgg19', weights.variable_shapes('vgg19')))
+  train_rows = references.match_rows(index.paths, split_ids(train_split))
+  indexed = np.flatnonzero(train_rows >= 0)
+  if not len(indexed):
+    raise ValueError(f'Retrieval index {d.retrieval_index}: none of the {train_split.count} '
+                     'training images is in it (rows are matched by path suffix); rebuild it '
+                     'over the training images.')
+  crops = split.records().map(
+      _plain(lambda i, r: center_crop(split.decode(r)['image'], d.eval_image_size)),
+      num_parallel_calls=_AUTOTUNE, deterministic=True)
+  top1 = [indexed[np.argmax(index.scores(crop / 255.0)[train_rows[indexed]])]
+          for crop in crops.as_numpy_iterator()]
+  _CROP_REFERENCES[key] = np.asarray(top1, np.int64)
+  return _CROP_REFERENCES[key]
 
 
 # ------------------------------------------------------------------------------- helpers
