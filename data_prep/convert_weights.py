@@ -5,10 +5,13 @@ r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.ba
   python -m data_prep.convert_weights --arch=lpips_vgg --input=vgg16-397923af.pth \
       --lpips_heads=lpips/weights/v0.1/vgg.pth --output=weights/lpips_vgg.msgpack
   python -m data_prep.convert_weights --arch=vgg19 --download --output=weights/vgg19.msgpack
+  python -m data_prep.convert_weights --arch=deeplabv3_mobilenet_v3_large \
+      --input=deeplabv3_mobilenet_v3_large-fc3c493d.pth --output=weights/deeplabv3_mbv3.msgpack
 
 --download (online machines only) fetches the torchvision weights from the Hugging Face Hub
 (timm's '*.tv_in1k' repositories hold torchvision's original weights under the same keys) and
-the LPIPS heads from the lpips GitHub repository. See docs/WEIGHTS.md.
+the LPIPS heads from the lpips GitHub repository; deeplabv3_mobilenet_v3_large comes from
+download.pytorch.org (TORCHVISION_URLS). See docs/WEIGHTS.md.
 """
 
 import os
@@ -31,12 +34,28 @@ _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Download cache (default: th
 # timm repositories holding torchvision's own ImageNet weights (same state-dict keys).
 HUB_REPOS = {'resnet34': 'timm/resnet34.tv_in1k', 'vgg19': 'timm/vgg19.tv_in1k',
              'vgg16': 'timm/vgg16.tv_in1k'}
+# torchvision files taken straight from download.pytorch.org (no huggingface_hub needed),
+# stored where torchvision keeps them (~/.cache/torch/hub/checkpoints) unless --cache_dir.
+TORCHVISION_URLS = {
+    'deeplabv3_mobilenet_v3_large':
+        'https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth',
+}
 LPIPS_HEADS_URL = ('https://github.com/richzhang/PerceptualSimilarity/raw/master/'
                    'lpips/weights/v0.1/vgg.pth')
 
 
 def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
-  """Downloads torchvision's ImageNet weights for resnet34/vgg19/vgg16; returns the path."""
+  """Downloads torchvision's weights for `arch` (resnet34/vgg19/vgg16 from the Hub, the
+  TORCHVISION_URLS ones from download.pytorch.org); returns the path."""
+  if arch in TORCHVISION_URLS:
+    url = TORCHVISION_URLS[arch]
+    directory = cache_dir or os.path.expanduser('~/.cache/torch/hub/checkpoints')
+    path = os.path.join(directory, url.rsplit('/', 1)[1])
+    if not os.path.exists(path):
+      os.makedirs(directory, exist_ok=True)
+      urllib.request.urlretrieve(url, path + '.tmp')
+      os.replace(path + '.tmp', path)
+    return path
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
   except ImportError as e:

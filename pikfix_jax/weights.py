@@ -3,7 +3,8 @@
 Key mapping (one-to-one, both directions): a torchvision key is the Flax path with each
 '_<index>' turned back into '.<index>' and the leaf renamed — kernel|scale -> weight, bias ->
 bias, mean -> running_mean, var -> running_var. Conv kernels go OIHW -> HWIO. Classifier
-heads ('fc.', 'classifier.', timm's 'pre_logits.'/'head.') and BatchNorm
+heads ('fc.', 'classifier.', timm's 'pre_logits.'/'head.'; for deeplabv3_mobilenet_v3_large,
+whose 'classifier.' is the segmentation head, only 'aux_classifier.') and BatchNorm
 'num_batches_tracked' are ignored; any other extra key, a missing key or a wrong shape is a
 ValueError naming the key and the file. Converted variables are stored as Flax msgpack.
 """
@@ -24,10 +25,15 @@ from safetensors import numpy as st_numpy
 
 from pikfix_jax import models
 from pikfix_jax.models import backbones
+from pikfix_jax.models import deeplab
 from pikfix_jax.models import lpips
 
-ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg')
+ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'deeplabv3_mobilenet_v3_large')
 _IGNORED_PREFIXES = ('fc.', 'classifier.', 'pre_logits.', 'head.')
+# Per-arch replacements of _IGNORED_PREFIXES. DeepLabV3's 'classifier.' is the segmentation
+# head (converted, so an extra key under it is an error); only the auxiliary FCN head, a
+# training-time loss on the stride-8 features that the Flax model does not build, is dropped.
+_ARCH_IGNORED_PREFIXES = {'deeplabv3_mobilenet_v3_large': ('aux_classifier.',)}
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
                   'mean': 'running_mean', 'var': 'running_var'}
 _WARNED: set = set()
@@ -42,6 +48,8 @@ def build_model(arch: str) -> flax.linen.Module:
     return backbones.VGG(depth=depth, outputs=(backbones.vgg_layer_names(depth)[-1],))
   if arch == 'lpips_vgg':
     return lpips.LPIPS()
+  if arch == 'deeplabv3_mobilenet_v3_large':
+    return deeplab.DeepLabV3MobileNetV3Large()
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
@@ -97,8 +105,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], shapes: dict,
-                       source: str = '<state dict>') -> dict:
-  """Maps a torchvision-layout state dict onto the Flax variable tree `shapes` (strict)."""
+                       source: str = '<state dict>',
+                       ignored_prefixes: tuple[str, ...] = _IGNORED_PREFIXES) -> dict:
+  """Maps a torchvision-layout state dict onto the Flax variable tree `shapes` (strict); extra
+  keys under `ignored_prefixes` (and BatchNorm counters) are dropped."""
   flat = flax.traverse_util.flatten_dict(shapes)
   expected, bn_modules = {}, set()
   for (collection, *path), leaf in flat.items():
@@ -106,7 +116,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], shapes: dict,
     if collection == 'batch_stats':
       bn_modules.add(torch_key(tuple(path)).rsplit('.', 1)[0])
   for key in state_dict:
-    ignored = key.startswith(_IGNORED_PREFIXES) or (
+    ignored = key.startswith(tuple(ignored_prefixes)) or (
         key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules)
     if key not in expected and not ignored:
       raise ValueError(f'{source}: unexpected key {key!r}')
@@ -135,6 +145,8 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
   """Reads torchvision weights (and, for lpips_vgg, the lpips heads file) into Flax variables."""
   shapes = variable_shapes(arch)
+  if arch in _ARCH_IGNORED_PREFIXES:
+    return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
   if arch != 'lpips_vgg':
     return convert_state_dict(read_state_dict(path), shapes, path)
   if not lpips_heads:

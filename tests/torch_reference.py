@@ -9,6 +9,7 @@ import numpy as np
 import safetensors.numpy
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -200,3 +201,171 @@ class ResidualDenseBlock(nn.Module):
     for k, unit in enumerate(self.units):
       copy(unit, params[f'unit{k}']['kernel'], params[f'unit{k}']['bias'])
     copy(self.local_fusion, params['local_fusion']['kernel'], params['local_fusion']['bias'])
+
+
+# DeepLabV3 + MobileNetV3-Large (torchvision.models.segmentation.deeplabv3_mobilenet_v3_large,
+# dilated backbone, aux head included so its keys are in the state dict).
+# (kernel, expanded, out, squeeze-excite, hardswish, stride, dilation), input 16 channels.
+MOBILENET_V3_LARGE_DILATED = [
+    (3, 16, 16, False, False, 1, 1), (3, 64, 24, False, False, 2, 1),
+    (3, 72, 24, False, False, 1, 1), (5, 72, 40, True, False, 2, 1),
+    (5, 120, 40, True, False, 1, 1), (5, 120, 40, True, False, 1, 1),
+    (3, 240, 80, False, True, 2, 1), (3, 200, 80, False, True, 1, 1),
+    (3, 184, 80, False, True, 1, 1), (3, 184, 80, False, True, 1, 1),
+    (3, 480, 112, True, True, 1, 1), (3, 672, 112, True, True, 1, 1),
+    (5, 672, 160, True, True, 2, 2), (5, 960, 160, True, True, 1, 2),
+    (5, 960, 160, True, True, 1, 2),
+]
+
+
+def make_divisible(v, divisor=8):
+  new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+  return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+class Conv2dNormActivation(nn.Sequential):
+  """torchvision.ops.Conv2dNormActivation: 0 conv (no bias), 1 BatchNorm, [2 activation]."""
+
+  def __init__(self, cin, cout, kernel, stride=1, groups=1, dilation=1, activation=nn.ReLU,
+               eps=1e-5):
+    layers = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2 * dilation,
+                        dilation=dilation, groups=groups, bias=False),
+              nn.BatchNorm2d(cout, eps=eps, momentum=0.01)]
+    if activation is not None:
+      layers.append(activation(inplace=True))
+    super().__init__(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+  """torchvision.ops.SqueezeExcitation with MobileNetV3's Hardsigmoid scale."""
+
+  def __init__(self, channels, squeeze):
+    super().__init__()
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc1 = nn.Conv2d(channels, squeeze, 1)
+    self.fc2 = nn.Conv2d(squeeze, channels, 1)
+    self.activation = nn.ReLU()
+    self.scale_activation = nn.Hardsigmoid()
+
+  def forward(self, x):
+    scale = self.fc2(self.activation(self.fc1(self.avgpool(x))))
+    return self.scale_activation(scale) * x
+
+
+class InvertedResidual(nn.Module):
+
+  def __init__(self, cin, kernel, expanded, cout, use_se, use_hs, stride, dilation):
+    super().__init__()
+    act = nn.Hardswish if use_hs else nn.ReLU
+    layers = []
+    if expanded != cin:
+      layers.append(Conv2dNormActivation(cin, expanded, 1, activation=act, eps=1e-3))
+    layers.append(Conv2dNormActivation(expanded, expanded, kernel,
+                                       stride=1 if dilation > 1 else stride, groups=expanded,
+                                       dilation=dilation, activation=act, eps=1e-3))
+    if use_se:
+      layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
+    layers.append(Conv2dNormActivation(expanded, cout, 1, activation=None, eps=1e-3))
+    self.block = nn.Sequential(*layers)
+    self.use_res_connect = stride == 1 and cin == cout
+
+  def forward(self, x):
+    y = self.block(x)
+    return y + x if self.use_res_connect else y
+
+
+class ASPPPooling(nn.Sequential):
+
+  def __init__(self, cin, cout):
+    super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False),
+                     nn.BatchNorm2d(cout), nn.ReLU())
+
+  def forward(self, x):
+    size = x.shape[-2:]
+    for mod in self:
+      x = mod(x)
+    return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+
+
+class ASPP(nn.Module):
+
+  def __init__(self, cin, rates=(12, 24, 36), cout=256):
+    super().__init__()
+    convs = [nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())]
+    for rate in rates:
+      convs.append(nn.Sequential(
+          nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate, bias=False),
+          nn.BatchNorm2d(cout), nn.ReLU()))
+    convs.append(ASPPPooling(cin, cout))
+    self.convs = nn.ModuleList(convs)
+    self.project = nn.Sequential(nn.Conv2d(len(convs) * cout, cout, 1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(), nn.Dropout(0.5))
+
+  def forward(self, x):
+    return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
+
+
+class DeepLabV3MobileNetV3Large(nn.Module):
+  """torchvision's deeplabv3_mobilenet_v3_large(num_classes, aux_loss=True). forward takes a
+  [0, 1] image (the ImageNet normalisation of torchvision's transform applied here) and returns
+  {'out', 'aux'} logits at the input size and the backbone's 'feat_aux'/'feat_out'."""
+
+  def __init__(self, num_classes=21):
+    super().__init__()
+    layers, c = [Conv2dNormActivation(3, 16, 3, stride=2, activation=nn.Hardswish, eps=1e-3)], 16
+    for kernel, expanded, cout, use_se, use_hs, stride, dilation in MOBILENET_V3_LARGE_DILATED:
+      layers.append(InvertedResidual(c, kernel, expanded, cout, use_se, use_hs, stride, dilation))
+      c = cout
+    layers.append(Conv2dNormActivation(c, 6 * c, 1, activation=nn.Hardswish, eps=1e-3))
+    # IntermediateLayerGetter is a ModuleDict over the same children: keys 'backbone.<i>.'.
+    self.backbone = nn.Sequential(*layers)
+    self.classifier = nn.Sequential(  # DeepLabHead
+        ASPP(6 * c), nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256),
+        nn.ReLU(), nn.Conv2d(256, num_classes, 1))
+    self.aux_classifier = nn.Sequential(  # FCNHead(40, num_classes)
+        nn.Conv2d(40, 10, 3, padding=1, bias=False), nn.BatchNorm2d(10), nn.ReLU(),
+        nn.Dropout(0.1), nn.Conv2d(10, num_classes, 1))
+
+  def forward(self, x):
+    size = x.shape[-2:]
+    x = imagenet_normalize(x)
+    out = {}
+    for i, layer in enumerate(self.backbone):
+      x = layer(x)
+      if i == 4:
+        out['feat_aux'] = x
+    out['feat_out'] = x
+    for name, head, feat in (('out', self.classifier, x), ('aux', self.aux_classifier,
+                                                          out['feat_aux'])):
+      out[name] = F.interpolate(head(feat), size=size, mode='bilinear', align_corners=False)
+    return out
+
+
+def random_deeplab(seed: int, calibration: torch.Tensor) -> DeepLabV3MobileNetV3Large:
+  """A randomized DeepLabV3MobileNetV3Large in eval mode, closer to a trained network than
+  `randomize` alone: depthwise kernels drawn at fan-in scale (kaiming fan_out divides their
+  variance by the channel count, which would leave those layers at the BatchNorm epsilon), and
+  BatchNorm statistics calibrated on `calibration` (NCHW, batch > 1)."""
+  model = randomize(DeepLabV3MobileNetV3Large(), seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.Conv2d) and m.groups > 1:
+        m.weight.mul_(m.out_channels ** 0.5)
+  return calibrate_batchnorm(model, calibration)
+
+
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+  """Sets every BatchNorm's running statistics to those of `x` (one train-mode pass, cumulative
+  average), keeping the affine parameters: each layer then sees roughly unit-variance inputs as
+  in a trained network, so the output depends on the image through the whole depth (random
+  statistics of a 17-block net leave mostly constants). Returns the model in eval mode."""
+  for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+      m.reset_running_stats()
+      m.momentum = None
+  with torch.no_grad():
+    model.train()(x)
+  for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+      m.num_batches_tracked.fill_(1000)
+  return model.eval()
