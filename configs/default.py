@@ -10,6 +10,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameters, data order, crops, degradations and dropout.
+  # The method trained and scored (pikfix_jax/methods): 'pikfix', or a baseline of the
+  # comparison tables ('pix2pix', 'cms4cv': configs/baselines/ set their own model sections).
+  c.method = 'pikfix'
 
   # ----------------------------------------------------------------------------- data
   c.dataset = 'div2k'  # One of: demo, div2k, voc, realold, image_folder.
@@ -140,6 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
   b.resnet34 = ''  # Converted ImageNet ResNet-34 params (data_prep.convert_weights); '' = random.
   b.vgg19 = ''  # Converted ImageNet VGG-19 params (perceptual loss, retrieval); '' = random.
   b.lpips = ''  # Converted VGG-16 + LPIPS heads (evaluation only).
+  # Converted DeepLabV3-MobileNetV3 (the CMS4CV Fusion baseline's segmentation only).
+  b.deeplabv3 = ''
 
   # ---------------------------------------------------------------------------- loss
   l = c.loss = ml_collections.ConfigDict()

@@ -138,7 +138,7 @@ def bench_train(config, steps: int) -> None:
     raise ValueError(f'--batch_size={batch_size} must be divisible by the {len(devices)} devices.')
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(config.seed)
-  vgg_variables = trainer.init_vgg(config.seed)
+  vgg_variables = trainer.init_frozen(config.seed)
   rng = np.random.default_rng(config.seed)
   batches = [trainer.shard(_random_train_batch(rng, batch_size, size)) for _ in range(2)]
 
@@ -271,7 +271,7 @@ def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> No
   size = config.data.image_size
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(config.seed)
-  vgg_variables = trainer.init_vgg(config.seed)
+  vgg_variables = trainer.init_frozen(config.seed)
   example = _random_train_batch(np.random.default_rng(config.seed), 1, size)
   common = {'what': 'max_batch', 'device_kind': devices[0].device_kind, 'devices': len(devices),
             'dtype': config.model.dtype, 'remat': bool(config.model.remat), 'image_size': size,

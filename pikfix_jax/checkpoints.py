@@ -194,8 +194,10 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
     raise RestoreError(f'{path}: no {CONFIG_FILE} (the training run writes it; it names the '
                        'model architecture)')
   config = read_config(config_path)
-  model = pikfix.build_generator(config.model)
-  shapes = abstract_variables(model)
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top  (methods import us)
+  method = methods.get(config)
+  model = method.generator
+  shapes = method.abstract_variables()
   if not workdir:  # exported
     target = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -210,7 +212,7 @@ def load_generator_info(workdir: Optional[str] = None, checkpoint: Optional[str]
     return model, flax.core.unfreeze(variables), config, info
 
   manager, step = find_checkpoint(path, use_best, step)
-  g_params, g_frozen = split_frozen(shapes['params'], config.model.similarity.train_backbone)
+  g_params, g_frozen = method.split_frozen(shapes['params'])
   item = {'g_params': g_params, 'g_frozen': g_frozen,
           'g_batch_stats': shapes.get('batch_stats', {})}
   restored = manager.restore(step, args=ocp.args.PyTreeRestore(

@@ -44,6 +44,7 @@ from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import inference
+from pikfix_jax import methods
 from pikfix_jax import metrics
 from pikfix_jax import scoring
 from pikfix_jax.data import input_pipeline
@@ -52,13 +53,19 @@ from pikfix_jax.data import sources
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
-# Paper numbers (PSNR, SSIM, LPIPS) by (dataset, degraded): Table 1, and Table 2 for RealOld.
+# Paper numbers (PSNR, SSIM, LPIPS) by (method, dataset, degraded): Pik-Fix's Table 1, and
+# Table 2 for RealOld (Pix2pix is the tables' first row).
 PAPER = {
-    ('div2k', False): ('Table 1, DIV2K (w/o degradation)', (23.95, 0.925, 0.120)),
-    ('voc', False): ('Table 1, Pascal VOC (w/o degradation)', (24.01, 0.940, 0.100)),
-    ('voc', True): ('Table 1, Pascal VOC (w/ degradation)', (22.22, 0.828, 0.186)),
-    ('realold', False): ('Table 2, RealOld', (17.20, 0.758, 0.258)),
+    ('pikfix', 'div2k', False): ('Table 1, DIV2K (w/o degradation)', (23.95, 0.925, 0.120)),
+    ('pikfix', 'voc', False): ('Table 1, Pascal VOC (w/o degradation)', (24.01, 0.940, 0.100)),
+    ('pikfix', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (22.22, 0.828, 0.186)),
+    ('pikfix', 'realold', False): ('Table 2, RealOld', (17.20, 0.758, 0.258)),
+    ('pix2pix', 'div2k', False): ('Table 1, DIV2K (w/o degradation)', (21.12, 0.872, 0.138)),
+    ('pix2pix', 'voc', False): ('Table 1, Pascal VOC (w/o degradation)', (20.89, 0.782, 0.200)),
+    ('pix2pix', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (20.37, 0.732, 0.231)),
+    ('pix2pix', 'realold', False): ('Table 2, RealOld', (16.80, 0.684, 0.320)),
 }
+METHOD_LABELS = {'pikfix': 'Pik-Fix', 'pix2pix': 'Pix2pix', 'cms4cv': 'CMS4CV U-Net'}
 # Fig. 5 (DIV2K): only the end points are given in the text.
 PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
 _SSIM_TEXT = {
@@ -203,7 +210,8 @@ def _read_csv(path: str) -> list[dict]:
 def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str) -> str:
   """Our numbers in the layout of the paper's Table 1, beside the paper's, with the controls
   and baselines of pikfix_jax.scoring on the same images."""
-  key = (config.dataset, bool(config.data.degrade))
+  method = config.get('method', 'pikfix')
+  key = (method, config.dataset, bool(config.data.degrade))
   source, paper = PAPER.get(key, ('', None))
   label = condition_label(config)
   rows = summary['scores']['rows']
@@ -212,10 +220,11 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
   lines = [f'# Evaluation: {label}', '',
            f'| Method | {label}: PSNR ↑ | SSIM ↑ | LPIPS ↓ |', '| --- | --- | --- | --- |']
   if paper:
-    lines.append(f'| Pik-Fix (paper, {source}) | {paper[0]:.2f} | {paper[1]:.3f} | '
-                 f'{paper[2]:.3f} |')
+    lines.append(f'| {METHOD_LABELS[method]} (paper, {source}) | {paper[0]:.2f} | '
+                 f'{paper[1]:.3f} | {paper[2]:.3f} |')
   for row, s in rows.items():
-    name = 'pikfix_jax (this run)' if row == scoring.MODEL else scoring.LABELS[row]
+    name = (f'{METHOD_LABELS[method]}, pikfix_jax (this run)' if row == scoring.MODEL
+            else scoring.LABELS[row])
     lpips = num(s['lpips'], 3) if has_lpips else 'n/a ¹'
     lines.append(f'| {name} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
   for paragraph in scoring.checks_markdown(summary['scores']):
@@ -227,7 +236,7 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
   if not has_lpips:
     lines += ['', f'¹ LPIPS not computed: {lpips_note}']
   if not paper:
-    lines += ['', f'The paper reports no numbers for {label}.']
+    lines += ['', f'The paper reports no {METHOD_LABELS[method]} numbers for {label}.']
   return '\n'.join(lines) + '\n'
 
 
@@ -265,7 +274,7 @@ def _forward(model: pikfix.PikFix):
     l, hw = pikfix.pad_to_multiple(l)
     r, _ = pikfix.pad_to_multiple(r)
     out = model.apply(v, l, r)
-    return {k: pikfix.crop_to(out[k], hw) for k in ('rgb', 'restored_l', 'ab')}
+    return {k: pikfix.crop_to(out[k], hw) for k in ('rgb', 'restored_l', 'ab') if k in out}
   return jax.jit(forward)
 
 
@@ -311,7 +320,8 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
 
   scorer = scoring.Scorer(
       lpips_metric, control_angles=scoring.CONTROL_ANGLES if reference_control else (),
-      restoration=bool(config.data.degrade), convention=config.metrics.convention)
+      restoration=bool(config.data.degrade), convention=config.metrics.convention,
+      uses_reference=methods.method_class(config).uses_reference)
   records, references, grid = [], [], []
   index = 0
   batches = input_pipeline.eval_dataset(config, batch_size=batch_size)
@@ -451,6 +461,10 @@ def main(argv):
     config = f['config']
     if f['use_best'] and checkpoints.is_workdir(os.path.dirname(info['source'])):
       check_selection(config, trained, os.path.dirname(info['source']))
+    method, trained_method = config.get('method', 'pikfix'), trained.get('method', 'pikfix')
+    if method != trained_method:
+      raise ValueError(f'--config trains method {method!r} but the checkpoint holds '
+                       f'{trained_method!r}; pass the config it was trained with')
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips

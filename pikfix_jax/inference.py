@@ -124,6 +124,8 @@ class PhotoRestorer(abc.ABC):
   padded to multiples of 32, its reference resized (`reference_shape`), the network's sRGB
   output cropped back. Subclasses implement `restore_padded`."""
 
+  uses_reference = True  # False: the network ignores its reference (restore asks for none).
+
   def __init__(self, reference_size: int = DEFAULT_REFERENCE_SIZE):
     m = pikfix.MULTIPLE
     if reference_size < m or reference_size % m:
@@ -254,6 +256,22 @@ class Restorer(PhotoRestorer):
     ab = self._upsample_ab(self._colorize(self.variables, small, reference), restored)
     self.last_info['color'] = (ch, cw)
     return {'rgb': self._compose(restored, ab), 'restored_l': restored, 'ab': ab}
+
+
+class WholeImageRestorer(PhotoRestorer):
+  """Applies any method's generator to the whole padded photo in one jitted call (the
+  baselines: their networks pad to their own multiples inside)."""
+
+  def __init__(self, model: nn.Module, variables: dict, uses_reference: bool = True,
+               reference_size: int = DEFAULT_REFERENCE_SIZE):
+    super().__init__(reference_size)
+    self.uses_reference = uses_reference
+    self.variables = jax.device_put(variables)
+    self._apply = jax.jit(model.apply)
+
+  def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
+    out = self._apply(self.variables, l, reference)
+    return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
 
 
 # Lowering platform names (jax.export) of each JAX backend.

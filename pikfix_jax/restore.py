@@ -33,6 +33,7 @@ from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import inference
+from pikfix_jax import methods
 from pikfix_jax import retrieval
 from pikfix_jax import weights
 
@@ -234,7 +235,7 @@ def plan(options: Options) -> list[tuple[str, str]]:
   return [(src, dst)]
 
 
-def restore_file(restorer: inference.PhotoRestorer, picker: ReferencePicker, src: str, dst: str,
+def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePicker], src: str, dst: str,
                  options: Options, notice: Callable[[str], None]) -> Result:
   """Restores one file (raises on failure)."""
   image = image_io.read_image(src)
@@ -243,7 +244,11 @@ def restore_file(restorer: inference.PhotoRestorer, picker: ReferencePicker, src
     h, w = image.shape[:2]
     raise inference.InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
                              f'{inference.MIN_SIDE}x{inference.MIN_SIDE}')
-  ref_path, reference, ranked = picker.pick(image, src)
+  if picker is None:  # A method without a reference: a neutral placeholder it ignores.
+    ref_path, reference, ranked = '', np.full((inference.MIN_SIDE,) * 2 + (3,), 0.5,
+                                              np.float32), []
+  else:
+    ref_path, reference, ranked = picker.pick(image, src)
   if len(ranked) > 1:
     others = ', '.join(f'{os.path.basename(p)} ({s:.3f})' for p, s in ranked[1:])
     notice(f'{os.path.basename(src)}: reference {os.path.basename(ref_path)} '
@@ -286,7 +291,6 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
   out = out or sys.stderr
   say = lambda msg: tqdm.tqdm.write(msg, file=out)
   try:
-    check_reference_source(options)
     pairs = plan(options)
     config = None
     if (restorer is None and options.checkpoint and
@@ -297,11 +301,18 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
             '(they are compiled in)')
       restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
     elif restorer is None:
-      model, variables, config = checkpoints.load_generator(
+      _, variables, config = checkpoints.load_generator(
           options.workdir or None, options.checkpoint or None, options.use_best)
-      restorer = inference.Restorer(model, variables, options.reference_size, options.tile_size,
-                          options.color_max_pixels, options.dtype or None,
-                          options.query_chunk or None)
+      restorer = methods.get(config).make_restorer(
+          variables, reference_size=options.reference_size, tile_size=options.tile_size,
+          color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
+          query_chunk=options.query_chunk or None)
+    picker = None
+    if not restorer.uses_reference:
+      if options.reference or options.reference_dir or options.index:
+        say('note: this method takes no colour reference; --reference/--reference_dir ignored')
+      return _run_files(restorer, None, pairs, options, out, say)
+    check_reference_source(options)
     vgg19 = options.vgg19
     if vgg19 is None:
       vgg19 = config.backbones.vgg19 if config is not None else ''
@@ -312,7 +323,12 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
   except (checkpoints.RestoreError, image_io.ImageReadError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=out)
     return 2, []
+  return _run_files(restorer, picker, pairs, options, out, say)
 
+
+def _run_files(restorer: inference.PhotoRestorer, picker: Optional['ReferencePicker'],
+               pairs: list, options: Options, out, say) -> tuple[int, list[Result]]:
+  """Restores each (src, dst) pair; the exit code and results of `run`."""
   results = []
   start = time.perf_counter()
   bar = tqdm.tqdm(pairs, unit='photo', desc='restore', disable=len(pairs) == 1, file=out)

@@ -188,17 +188,20 @@ class Scorer:
     control_angles: reference hue rotations of the reference control; () to skip it.
     restoration: whether to score the restoration checks (L channel; clean-input pass).
     convention: SSIM convention (`metrics.CONVENTIONS`).
+    uses_reference: False for a method that takes no reference: the shuffled-reference row and
+      the reference control, which ask whether it follows one, are not scored.
   """
 
   def __init__(self, lpips: Optional[metrics.LPIPSMetric] = None,
                rows: Sequence[str] = ROWS, control_angles: Sequence[float] = (),
-               restoration: bool = False, convention: str = 'authors'):
+               restoration: bool = False, convention: str = 'authors',
+               uses_reference: bool = True):
     unknown = set(rows) - set(ROWS)
     if unknown:
       raise ValueError(f'unknown score rows {sorted(unknown)}; known: {ROWS}')
     self.lpips = lpips
-    self.rows = tuple(r for r in ROWS if r in rows)
-    self.control_angles = tuple(float(a) for a in control_angles)
+    self.rows = tuple(r for r in ROWS if r in rows and (uses_reference or r != SHUFFLED))
+    self.control_angles = tuple(float(a) for a in control_angles) if uses_reference else ()
     self.restoration = restoration
     metrics.check_convention(convention)
     self.convention = convention

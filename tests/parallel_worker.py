@@ -172,7 +172,7 @@ def main():
   config = worker_config()
   trainer = train.Trainer(config, steps_per_epoch=2)  # crosses an lr decay at step 2
   state = trainer.init_state(config.seed)
-  vgg_variables = trainer.init_vgg(config.seed)
+  vgg_variables = trainer.init_frozen(config.seed)
   losses = []
   for step in range(ARGS.steps):
     batch = local_slice(global_batch(step, ARGS.image_size, ARGS.global_batch))

@@ -54,7 +54,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
         np.mean([psnr[(i, method)] for i in ('chelsea', 'coffee')]), abs=1e-5)
   assert float(rows['model']['ssim']) == pytest.approx(summary['ssim'], abs=1e-5)
   table = open(os.path.join(out, 'table.md')).read()
-  ours = f'| pikfix_jax (this run) | {summary["psnr"]:.2f} | {summary["ssim"]:.3f} | n/a ¹ |'
+  ours = f'| Pik-Fix, pikfix_jax (this run) | {summary["psnr"]:.2f} | {summary["ssim"]:.3f} | n/a ¹ |'
   assert ours in table
   for method in scoring.BASELINES + (scoring.SHUFFLED,):
     s = summary['scores']['rows'][method]
@@ -68,7 +68,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
   table = evaluate.table_markdown(config, dict(summary, lpips=0.2), '')
   paper = '| Pik-Fix (paper, Table 1, Pascal VOC (w/ degradation)) | 22.22 | 0.828 | 0.186 |'
   assert paper in table
-  assert '| pikfix_jax (this run) |' in table
+  assert '| Pik-Fix, pikfix_jax (this run) |' in table
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_training_step_lowers_for_cuda_without_cpu_code():
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
   trainer = train.Trainer(config, steps_per_epoch=100, mesh=mesh)
   state, vgg_variables = jax.eval_shape(  # shapes only
-      lambda: (trainer.init_state(config.seed), trainer.init_vgg(config.seed)))
+      lambda: (trainer.init_state(config.seed), trainer.init_frozen(config.seed)))
   size = config.data.image_size
   batch = {name: jax.ShapeDtypeStruct((config.train.batch_size, size, size, channels),
                                       jnp.float32, sharding=trainer.data_sharding)

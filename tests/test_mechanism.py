@@ -31,7 +31,7 @@ def test_output_hue_follows_the_reference():
   config = mechanism_config()
   trainer = train.Trainer(config, train.steps_per_epoch(config))
   state = trainer.init_state(config.seed)
-  vgg = trainer.init_vgg(config.seed)
+  vgg = trainer.init_frozen(config.seed)
   batches = input_pipeline.train_batches(config, start_step=0,
                                          steps_per_epoch=trainer.steps_per_epoch,
                                          batch_size=config.train.batch_size)

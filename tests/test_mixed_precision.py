@@ -54,7 +54,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   config.train.batch_size = len(batch['input_l'])
   trainer = train.Trainer(config, steps_per_epoch=1000)
   state = trainer.init_state(0)
-  vgg_variables = trainer.init_vgg(0)
+  vgg_variables = trainer.init_frozen(0)
 
   # Structure of the compiled step: convolutions in bf16 (all but the SSIM metric's filters),
   # every exp (softmaxes of the warp and SPHist, sigmoids) in f32, all outputs f32.
@@ -91,7 +91,7 @@ def test_bfloat16_training_overfits_and_keeps_float32_state():
   for k, v in scalars.items():
     assert v.dtype == jnp.float32, k
 
-  outputs = jax.jit(trainer.generator.apply)(checkpoints.generator_variables(state),
+  outputs = jax.jit(trainer.method.generator.apply)(checkpoints.generator_variables(state),
                                              batch['input_l'], batch['reference_rgb'])
   for key in ('restored_l', 'ab', 'rgb', 'output_hist', 'reference_hist'):
     assert outputs[key].dtype == jnp.float32, key

@@ -1,0 +1,29 @@
+"""Pix2pix (Isola et al. 2017), the first row of Pik-Fix's Tables 1-2, trained on our pairs
+(the data, degradations and evaluation of configs/default.py): degraded L in, Lab out.
+
+  python -m pikfix_jax.main --config=configs/baselines/pix2pix.py --workdir=W
+
+The model and loss sections are Pix2pix's own (Pik-Fix's are not used by this method).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.method = 'pix2pix'
+  m = c.model = ml_collections.ConfigDict()
+  m.num_downs = 8  # U-Net-256: 8 stride-2 levels (inputs are padded to multiples of 2^8).
+  m.ngf = 64  # Width of the first encoder layer (x2 per level up to x8).
+  m.d_features = 64  # Width of the PatchGAN's first layer.
+  m.d_layers = 3  # Strided PatchGAN layers (3: the 70x70 receptive field).
+  l = c.loss = ml_collections.ConfigDict()
+  l.l1_weight = 100.0  # lambda of Isola et al.'s eq. 4.
+  o = c.optim
+  o.learning_rate = 2e-4  # Adam 2e-4, beta1 0.5 (Isola et al. sec. 6.2).
+  o.b1 = 0.5
+  o.b2 = 0.999
+  o.decay_rate = 1.0  # Constant lr over our 20 epochs (their linear decay starts at epoch 100).
+  return c

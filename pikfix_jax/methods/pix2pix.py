@@ -1,0 +1,57 @@
+"""Pix2pix (Isola et al. 2017) as a method, the first row of Pik-Fix's Tables 1-2: degraded L
+in, normalised Lab out (L restored too, since the input L is degraded), U-Net-256 against the
+70x70 PatchGAN that sees [L, output], vanilla GAN + 100 L1 (models/pix2pix.py; docs/MODEL.md,
+"Baselines: Pix2pix and CMS4CV"). It takes no reference."""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from pikfix_jax.methods import supervised
+from pikfix_jax.models import pix2pix
+from pikfix_jax.ops import color
+
+
+class Pix2pixGenerator(nn.Module):
+  """(input_l, reference_rgb (ignored), train) -> {'raw', 'rgb', 'restored_l', 'ab'}."""
+  num_downs: int = 8
+  ngf: int = 64
+
+  @nn.compact
+  def __call__(self, input_l: jnp.ndarray, reference_rgb: Optional[jnp.ndarray] = None,
+               train: bool = False) -> dict:
+    del reference_rgb
+    raw = pix2pix.UnetGenerator(self.num_downs, self.ngf, name='unet')(input_l, train)
+    l, ab = pix2pix.to_lab(raw)
+    return {'raw': raw, 'restored_l': l, 'ab': ab,
+            'rgb': color.lab_normalized_to_rgb(jnp.clip(l, 0.0, 1.0), ab)}
+
+
+class Method(supervised.SupervisedMethod):
+  """Pix2pix: config.model.{num_downs, ngf, d_features, d_layers}, config.loss.l1_weight."""
+
+  generator_terms = ('total', 'adversarial', 'l1')
+
+  def __init__(self, config, steps_per_epoch: int = 1):
+    m = config.model
+    self.generator = Pix2pixGenerator(m.num_downs, m.ngf)
+    self.discriminator = pix2pix.make_discriminator(m.d_features, m.d_layers)
+    super().__init__(config, steps_per_epoch)
+
+  def target(self, batch: dict) -> jnp.ndarray:
+    return pix2pix.to_target(batch['target_lab'][..., :1], batch['target_lab'][..., 1:])
+
+  def generator_losses(self, raw, target, fake_logits) -> dict:
+    return pix2pix.generator_loss(fake_logits, raw, target, self.config.loss.l1_weight)
+
+  def d_example_input(self, size: int) -> tuple:
+    return (jnp.zeros((1, size, size, 1)), jnp.zeros((1, size, size, 3)))
+
+  def d_logits(self, d_variables, batch, raw):
+    out, _ = self.discriminator.apply(d_variables, batch['input_l'], raw, train=True,
+                                      mutable=['batch_stats'])
+    return out
+
+  def discriminator_loss(self, real, fake):
+    return pix2pix.discriminator_loss(real, fake)
