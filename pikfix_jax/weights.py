@@ -28,7 +28,8 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import lpips
 
-ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex', 'deeplabv3_mobilenet_v3_large')
+ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
+         'deeplabv3_mobilenet_v3_large')
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
 LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
 LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
