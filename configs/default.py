@@ -89,8 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # -------------------------------------------------------------------------- metrics
   c.metrics = ml_collections.ConfigDict()
-  # SSIM of validation and evaluate: 'authors' (their released code's Gaussian 11x11 window,
-  # zero padding; paper tables) or 'skimage' (scikit-image's defaults). pikfix_jax/metrics.py.
+  # SSIM and LPIPS of validation and evaluate: 'authors' (their released code: SSIM with a
+  # Gaussian 11x11 window, zero padding; LPIPS AlexNet; paper tables) or 'skimage'
+  # (scikit-image's SSIM defaults; LPIPS VGG). pikfix_jax/metrics.py.
   c.metrics.convention = 'authors'
 
   # ---------------------------------------------------------------------------- model
@@ -142,7 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   b = c.backbones = ml_collections.ConfigDict()
   b.resnet34 = ''  # Converted ImageNet ResNet-34 params (data_prep.convert_weights); '' = random.
   b.vgg19 = ''  # Converted ImageNet VGG-19 params (perceptual loss, retrieval); '' = random.
-  b.lpips = ''  # Converted VGG-16 + LPIPS heads (evaluation only).
+  # Converted LPIPS backbone + heads (evaluation only) of metrics.convention's network:
+  # --arch=lpips_alex for 'authors', --arch=lpips_vgg for 'skimage' (docs/WEIGHTS.md).
+  b.lpips = ''
   # Converted DeepLabV3-MobileNetV3 (the CMS4CV Fusion baseline's segmentation only).
   b.deeplabv3 = ''
 

@@ -4,14 +4,17 @@ r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.ba
       --output=weights/resnet34.msgpack
   python -m data_prep.convert_weights --arch=lpips_vgg --input=vgg16-397923af.pth \
       --lpips_heads=lpips/weights/v0.1/vgg.pth --output=weights/lpips_vgg.msgpack
+  python -m data_prep.convert_weights --arch=lpips_alex --input=alexnet-owt-7be5be79.pth \
+      --lpips_heads=lpips/weights/v0.1/alex.pth --output=weights/lpips_alex.msgpack
   python -m data_prep.convert_weights --arch=vgg19 --download --output=weights/vgg19.msgpack
   python -m data_prep.convert_weights --arch=deeplabv3_mobilenet_v3_large \
       --input=deeplabv3_mobilenet_v3_large-fc3c493d.pth --output=weights/deeplabv3_mbv3.msgpack
 
 --download (online machines only) fetches the torchvision weights from the Hugging Face Hub
 (timm's '*.tv_in1k' repositories hold torchvision's original weights under the same keys) and
-the LPIPS heads from the lpips GitHub repository; deeplabv3_mobilenet_v3_large comes from
-download.pytorch.org (TORCHVISION_URLS). See docs/WEIGHTS.md.
+the LPIPS heads from the lpips GitHub repository; deeplabv3_mobilenet_v3_large and lpips_alex's
+AlexNet (timm has neither) come from download.pytorch.org (TORCHVISION_URLS). See
+docs/WEIGHTS.md.
 """
 
 import os
@@ -25,7 +28,8 @@ from pikfix_jax import weights
 
 _ARCH = flags.DEFINE_enum('arch', None, list(weights.ARCHS), 'Architecture of the weights.')
 _INPUT = flags.DEFINE_string('input', None, 'torchvision .pth or .safetensors file.')
-_LPIPS_HEADS = flags.DEFINE_string('lpips_heads', None, 'lpips weights/v0.1/vgg.pth (lpips_vgg).')
+_LPIPS_HEADS = flags.DEFINE_string('lpips_heads', None, 'lpips weights/v0.1/vgg.pth (lpips_vgg) '
+                                   'or alex.pth (lpips_alex).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Converted Flax variables (.msgpack).')
 _DOWNLOAD = flags.DEFINE_bool('download', False, 'Fetch the standard files first (needs network '
                               'and huggingface_hub); --input/--lpips_heads are then optional.')
@@ -39,9 +43,12 @@ HUB_REPOS = {'resnet34': 'timm/resnet34.tv_in1k', 'vgg19': 'timm/vgg19.tv_in1k',
 TORCHVISION_URLS = {
     'deeplabv3_mobilenet_v3_large':
         'https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth',
+    'alexnet': 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth',
 }
+# The backbone each LPIPS arch converts, and the lpips package's v0.1 heads ({net}.pth).
+LPIPS_BACKBONES = {'lpips_vgg': 'vgg16', 'lpips_alex': 'alexnet'}
 LPIPS_HEADS_URL = ('https://github.com/richzhang/PerceptualSimilarity/raw/master/'
-                   'lpips/weights/v0.1/vgg.pth')
+                   'lpips/weights/v0.1/{net}.pth')
 
 
 def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
@@ -50,12 +57,7 @@ def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
   if arch in TORCHVISION_URLS:
     url = TORCHVISION_URLS[arch]
     directory = cache_dir or os.path.expanduser('~/.cache/torch/hub/checkpoints')
-    path = os.path.join(directory, url.rsplit('/', 1)[1])
-    if not os.path.exists(path):
-      os.makedirs(directory, exist_ok=True)
-      urllib.request.urlretrieve(url, path + '.tmp')
-      os.replace(path + '.tmp', path)
-    return path
+    return _download(url, os.path.join(directory, url.rsplit('/', 1)[1]))
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -65,12 +67,18 @@ def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
                                          cache_dir=cache_dir)
 
 
-def download_lpips_heads(directory: str) -> str:
-  """Downloads the lpips v0.1 VGG heads (vgg.pth) into `directory`; returns the path."""
-  path = os.path.join(directory, 'lpips_v0.1_vgg.pth')
+def download_lpips_heads(directory: str, net: str = 'vgg') -> str:
+  """Downloads the lpips v0.1 heads of `net` ('vgg' or 'alex': vgg.pth / alex.pth) into
+  `directory`; returns the path."""
+  return _download(LPIPS_HEADS_URL.format(net=net),
+                   os.path.join(directory, f'lpips_v0.1_{net}.pth'))
+
+
+def _download(url: str, path: str) -> str:
+  """`url` -> `path` (atomically; kept if already there); returns the path."""
   if not os.path.exists(path):
-    os.makedirs(directory, exist_ok=True)
-    urllib.request.urlretrieve(LPIPS_HEADS_URL, path + '.tmp')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    urllib.request.urlretrieve(url, path + '.tmp')
     os.replace(path + '.tmp', path)
   return path
 
@@ -78,15 +86,15 @@ def download_lpips_heads(directory: str) -> str:
 def main(argv):
   del argv
   arch, path, heads = _ARCH.value, _INPUT.value, _LPIPS_HEADS.value
+  net = weights.LPIPS_NETS.get(arch)
   if _DOWNLOAD.value:
-    path = path or download_torchvision('vgg16' if arch == 'lpips_vgg' else arch,
-                                        _CACHE_DIR.value)
-    if arch == 'lpips_vgg' and not heads:
-      heads = download_lpips_heads(_CACHE_DIR.value or os.path.dirname(path))
+    path = path or download_torchvision(LPIPS_BACKBONES.get(arch, arch), _CACHE_DIR.value)
+    if net and not heads:
+      heads = download_lpips_heads(_CACHE_DIR.value or os.path.dirname(path), net)
   if not path:
     raise app.UsageError('--input is required (or --download)')
-  if arch == 'lpips_vgg' and not heads:
-    raise app.UsageError('--arch=lpips_vgg needs --lpips_heads (lpips weights/v0.1/vgg.pth)')
+  if net and not heads:
+    raise app.UsageError(f'--arch={arch} needs --lpips_heads (lpips weights/v0.1/{net}.pth)')
   variables = weights.convert_files(arch, path, heads)
   weights.save_variables(_OUTPUT.value, variables)
   logging.info('Wrote %s weights to %s (fingerprint %s)', arch, _OUTPUT.value,

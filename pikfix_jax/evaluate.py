@@ -17,9 +17,9 @@ of --config; the model architecture and weights of --workdir) and writes into --
 writes per_image_rank{k}.csv, grid_rank{k}.png and one row per rank in
 reference_sensitivity.csv / .md (rows of other ranks already there are kept).
 
-Metrics follow `pikfix_jax.metrics` (8-bit sRGB; SSIM by config.metrics.convention: 'authors',
-as their released code, or 'skimage';
-LPIPS VGG v0.1 only with converted weights in config.backbones.lpips, otherwise reported as
+Metrics follow `pikfix_jax.metrics` (8-bit sRGB; SSIM and LPIPS by config.metrics.convention:
+'authors', as their released code (LPIPS AlexNet v0.1), or 'skimage' (LPIPS VGG v0.1); LPIPS
+only with that network's converted weights in config.backbones.lpips, otherwise reported as
 unavailable, never computed from random features).
 """
 
@@ -68,6 +68,11 @@ PAPER = {
 METHOD_LABELS = {'pikfix': 'Pik-Fix', 'pix2pix': 'Pix2pix', 'cms4cv': 'CMS4CV U-Net'}
 # Fig. 5 (DIV2K): only the end points are given in the text.
 PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
+_LPIPS_TEXT = {
+    'authors': "LPIPS AlexNet v0.1 on x/127.5-1, spatial mean (the authors' utils/loss.py, "
+               "lipis_eval(net_type='alex'))",
+    'skimage': 'LPIPS VGG v0.1 on x/127.5-1, spatial mean',
+}
 _SSIM_TEXT = {
     'authors': "SSIM per image as the authors' released code (utils/ssim.py): images / 255, "
                '11x11 Gaussian window sigma 1.5, zero padding, C1 0.01^2, C2 0.03^2, mean over '
@@ -83,8 +88,7 @@ def conventions_text(convention: str) -> str:
   metrics.check_convention(convention)
   return (f'{convention}: sRGB, 8-bit [0, 255] quantised output and ground truth; PSNR per image '
           '(skimage peak_signal_noise_ratio, data_range 255), averaged over images; '
-          f'{_SSIM_TEXT[convention]}; LPIPS VGG v0.1 on x/127.5-1, spatial mean (the authors\' '
-          'code scores LPIPS with AlexNet, not available here)')
+          f'{_SSIM_TEXT[convention]}; {_LPIPS_TEXT[convention]}')
 
 
 SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'method', 'images', 'psnr', 'ssim', 'lpips',
@@ -296,7 +300,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
   """
   os.makedirs(output_dir, exist_ok=True)
   lpips_path = config.backbones.lpips
-  lpips_metric, lpips_note = metrics.maybe_lpips(lpips_path)
+  lpips_metric, lpips_note = metrics.maybe_lpips(lpips_path, config.metrics.convention)
   if lpips_metric is None:
     logging.warning('LPIPS not computed: %s', lpips_note)
 

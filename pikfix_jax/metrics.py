@@ -16,15 +16,19 @@ Conventions (docs/RESTORE.md, "Metrics"):
   over positions and channels. `gaussian=True` gives skimage's `gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False` variant (11x11 Gaussian window, Wang et al.'s own
   setting). Computed in float64 with NumPy, so it matches skimage to ~1e-12.
-* Two named conventions for SSIM (`CONVENTIONS`, config.metrics.convention): 'authors', the
-  authors' released code (their utils/ssim.py; the default for paper tables): images / 255 in
-  [0, 1], an 11x11 Gaussian window (sigma 1.5) with zero padding at the borders ('same' size),
-  population variances, C1 = 0.01^2, C2 = 0.03^2, the mean over all positions and channels;
-  and 'skimage', the scikit-image defaults above. PSNR is the same in both.
-* LPIPS (Zhang et al. 2018), VGG variant v0.1 (`pikfix_jax.models.lpips`), inputs x / 127.5 - 1
-  of the same 8-bit images, spatially averaged (the lpips package's default). Needs the
-  converted weights (`config.backbones.lpips`, docs/WEIGHTS.md); without them there is no
-  LPIPS (`LPIPSMetric.load` raises), never a number from random features.
+* Two named conventions for SSIM and LPIPS (`CONVENTIONS`, config.metrics.convention):
+  'authors', the authors' released code (the default for paper tables): SSIM as their
+  utils/ssim.py, images / 255 in [0, 1], an 11x11 Gaussian window (sigma 1.5) with zero padding
+  at the borders ('same' size), population variances, C1 = 0.01^2, C2 = 0.03^2, the mean over
+  all positions and channels, and LPIPS with AlexNet (their utils/loss.py,
+  lipis_eval(net_type='alex')); and 'skimage', the scikit-image SSIM defaults above with LPIPS
+  VGG. PSNR is the same in both.
+* LPIPS (Zhang et al. 2018) v0.1 (`pikfix_jax.models.lpips`) with the convention's network
+  (`LPIPS_ARCHS`: AlexNet for 'authors', VGG-16 for 'skimage'), inputs x / 127.5 - 1 of the
+  same 8-bit images, spatially averaged (the lpips package's default). Needs that network's
+  converted weights (`config.backbones.lpips`, docs/WEIGHTS.md); without them, or with the
+  other network's file, there is no LPIPS (`LPIPSMetric.load` raises), never a number from
+  random features.
 """
 
 import functools
@@ -128,6 +132,8 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float = DATA_RANGE
 
 AUTHORS_WINDOW = 11  # the authors' utils/ssim.py: window_size 11, sigma 1.5
 CONVENTIONS = ('authors', 'skimage')
+# The LPIPS network of each convention (a weights.ARCHS name): the authors score with AlexNet.
+LPIPS_ARCHS = {'authors': 'lpips_alex', 'skimage': 'lpips_vgg'}
 
 
 def _same_filter_zero_padded(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -162,6 +168,7 @@ def ssim_by_convention(reference: np.ndarray, test: np.ndarray, convention: str)
 
 
 def check_convention(convention: str) -> None:
+  """ValueError unless `convention` is one of `CONVENTIONS`."""
   if convention not in CONVENTIONS:
     raise ValueError(f'metrics.convention={convention!r}: use one of {CONVENTIONS} '
                      '(--config.metrics.convention=authors for paper tables)')
@@ -170,31 +177,62 @@ def check_convention(convention: str) -> None:
 # ----------------------------------------------------------------------------------- LPIPS
 
 @functools.lru_cache(maxsize=None)
-def _lpips_apply():
-  return jax.jit(lpips_model.LPIPS().apply)
+def _lpips_apply(net: str):
+  return jax.jit(lpips_model.LPIPS(net=net).apply)
+
+
+def _fits(tree: dict, arch: str) -> bool:
+  try:
+    weights.check_tree(tree, weights.variable_shapes(arch), arch)
+  except ValueError:
+    return False
+  return True
+
+
+def _convert_command(arch: str) -> str:
+  _, backbone_file, heads_file = weights.LPIPS_FILES[arch]
+  return (f'python -m data_prep.convert_weights --arch={arch} --input={backbone_file} '
+          f'--lpips_heads={heads_file} --output=weights/{arch}.msgpack')
 
 
 class LPIPSMetric:
   """LPIPS distance of 8-bit sRGB images with converted weights (docs/WEIGHTS.md)."""
 
-  def __init__(self, variables: dict, source: str = ''):
+  def __init__(self, variables: dict, source: str = '', arch: str = 'lpips_vgg'):
     self.variables = jax.device_put(variables)
     self.source = source
+    self.arch = arch
 
   @classmethod
-  def load(cls, path: str) -> 'LPIPSMetric':
-    """From `config.backbones.lpips` (a msgpack of `data_prep.convert_weights --arch=lpips_vgg`).
+  def load(cls, path: str, convention: str) -> 'LPIPSMetric':
+    """From `config.backbones.lpips`, a msgpack of `data_prep.convert_weights` with the
+    convention's arch (`LPIPS_ARCHS`: lpips_alex for 'authors', lpips_vgg for 'skimage').
 
-    Raises LPIPSUnavailableError when `path` is '' or missing: LPIPS with random features
-    is meaningless, so it is refused instead of reported.
+    Raises LPIPSUnavailableError when `path` is '' or missing, or holds the other network:
+    LPIPS with random features, or another network than the convention's, is not the
+    metric the tables name, so it is refused instead of reported.
     """
+    check_convention(convention)
+    arch = LPIPS_ARCHS[convention]
+    backbone = weights.LPIPS_FILES[arch][0]
     if not path:
       raise LPIPSUnavailableError(
-          'LPIPS needs the converted VGG-16 + LPIPS heads (config.backbones.lpips; '
-          'docs/WEIGHTS.md: data_prep.convert_weights --arch=lpips_vgg).')
+          f'LPIPS (metrics.convention={convention}) needs the converted {backbone} + LPIPS '
+          f'heads (config.backbones.lpips; docs/WEIGHTS.md: {_convert_command(arch)}).')
     if not os.path.exists(path):
       raise LPIPSUnavailableError(f'LPIPS weights {path!r} (config.backbones.lpips) not found.')
-    return cls(weights.load_variables(path, 'lpips_vgg'), path)
+    tree = weights.load_variables(path)
+    if not _fits(tree, arch):
+      for other_convention, other in LPIPS_ARCHS.items():
+        if other != arch and _fits(tree, other):
+          # One line, with both ways out: the convention's file, or the file's convention.
+          raise LPIPSUnavailableError(
+              f'config.backbones.lpips={path!r} holds LPIPS-{weights.LPIPS_FILES[other][0]} '
+              f'({other}), but metrics.convention={convention} scores LPIPS with {backbone}: '
+              f"convert {backbone}'s ({_convert_command(arch)}; docs/WEIGHTS.md) or pass "
+              f'--config.metrics.convention={other_convention}.')
+      weights.check_tree(tree, weights.variable_shapes(arch), f'{path} ({arch})')  # raises
+    return cls(tree, path, arch)
 
   def __call__(self, reference: np.ndarray, test: np.ndarray):
     """uint8 (H, W, 3) -> float, or (B, H, W, 3) -> (B,)."""
@@ -203,14 +241,15 @@ class LPIPSMetric:
     if single:
       a, b = a[None], b[None]
     to_input = lambda x: jnp.asarray(x, jnp.float32) / 127.5 - 1.0
-    out = np.asarray(_lpips_apply()(self.variables, to_input(a), to_input(b)), np.float64)
+    apply = _lpips_apply(weights.LPIPS_NETS[self.arch])
+    out = np.asarray(apply(self.variables, to_input(a), to_input(b)), np.float64)
     return float(out[0]) if single else out
 
 
-def maybe_lpips(path: str) -> tuple[Optional[LPIPSMetric], str]:
-  """(metric, '') when weights are available, else (None, the reason)."""
+def maybe_lpips(path: str, convention: str) -> tuple[Optional[LPIPSMetric], str]:
+  """(metric, '') when the convention's LPIPS weights are available, else (None, the reason)."""
   try:
-    return LPIPSMetric.load(path), ''
+    return LPIPSMetric.load(path, convention), ''
   except LPIPSUnavailableError as e:
     return None, str(e)
 

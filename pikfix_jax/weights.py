@@ -28,7 +28,12 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import lpips
 
-ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'deeplabv3_mobilenet_v3_large')
+ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
+         'deeplabv3_mobilenet_v3_large')
+# LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
+LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
+LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
+               'lpips_alex': ('AlexNet', 'alexnet-owt-7be5be79.pth', 'alex.pth')}
 _IGNORED_PREFIXES = ('fc.', 'classifier.', 'pre_logits.', 'head.')
 # Per-arch replacements of _IGNORED_PREFIXES. DeepLabV3's 'classifier.' is the segmentation
 # head (converted, so an extra key under it is an error); only the auxiliary FCN head, a
@@ -46,15 +51,15 @@ def build_model(arch: str) -> flax.linen.Module:
   if arch in ('vgg19', 'vgg16'):
     depth = int(arch[3:])
     return backbones.VGG(depth=depth, outputs=(backbones.vgg_layer_names(depth)[-1],))
-  if arch == 'lpips_vgg':
-    return lpips.LPIPS()
+  if arch in LPIPS_NETS:
+    return lpips.LPIPS(net=LPIPS_NETS[arch])
   if arch == 'deeplabv3_mobilenet_v3_large':
     return deeplab.DeepLabV3MobileNetV3Large()
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
 def _init_args(arch: str, x) -> tuple:
-  return (x, x) if arch == 'lpips_vgg' else (x,)
+  return (x, x) if arch in LPIPS_NETS else (x,)
 
 
 def random_variables(arch: str, seed: int = 0) -> dict:
@@ -143,14 +148,17 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
-  """Reads torchvision weights (and, for lpips_vgg, the lpips heads file) into Flax variables."""
+  """Reads torchvision weights (and, for lpips_vgg / lpips_alex, the lpips package's v0.1
+  heads file, vgg.pth / alex.pth) into Flax variables."""
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
-  if arch != 'lpips_vgg':
+  if arch not in LPIPS_NETS:
     return convert_state_dict(read_state_dict(path), shapes, path)
   if not lpips_heads:
-    raise ValueError('lpips_vgg needs the VGG-16 file and the lpips heads file (vgg.pth)')
+    backbone, _, heads_file = LPIPS_FILES[arch]
+    raise ValueError(f'{arch} needs the torchvision {backbone} file and the lpips heads file '
+                     f'({heads_file})')
   params = shapes['params']
   net = convert_state_dict(read_state_dict(path), {'params': params['net']}, path)
   heads_shapes = {'params': {k: v for k, v in params.items() if k != 'net'}}
@@ -219,7 +227,8 @@ def maybe_load_backbone(path: str, arch: str, init_variables: Mapping[str, Any])
           'No pretrained %s weights given (config.backbones): the %s uses UNTRAINED random '
           'features. See docs/WEIGHTS.md to download and convert ImageNet weights.', arch,
           {'resnet34': 'similarity sub-net', 'vgg19': 'perceptual loss / reference retrieval',
-           'vgg16': 'VGG-16 feature extractor', 'lpips_vgg': 'LPIPS metric'}.get(arch, arch))
+           'vgg16': 'VGG-16 feature extractor', 'lpips_vgg': 'LPIPS metric',
+           'lpips_alex': 'LPIPS metric'}.get(arch, arch))
     return init_variables
   if path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
     full = convert_files(arch, path)

@@ -61,6 +61,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
     assert f'| {scoring.LABELS[method]} | {s["psnr"]:.2f} | {s["ssim"]:.3f} | n/a ¹ |' in table
   assert 'Reference control' in table and 'Restoration (L channel' in table
   assert 'LPIPS not computed' in table and "authors: sRGB" in table and '11x11 Gaussian' in table
+  assert 'LPIPS AlexNet v0.1' in table and '--arch=lpips_alex' in table  # the authors' network
   assert summary['lpips'] is None
 
   # The paper's row appears for the paper's datasets (layout only: no data needed).
@@ -74,8 +75,8 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
 @pytest.mark.slow
 def test_lpips_is_reported_with_weights(tmp_path, generator):
   model, variables, _, _ = generator
-  path = str(tmp_path / 'lpips_vgg.msgpack')
-  weights.save_variables(path, weights.random_variables('lpips_vgg', seed=1))
+  path = str(tmp_path / 'lpips_alex.msgpack')  # the default 'authors' convention's network
+  weights.save_variables(path, weights.random_variables('lpips_alex', seed=1))
   config = tiny_train_config()
   config.backbones.lpips = path
   summary = evaluate.evaluate(config, model, variables, str(tmp_path / 'eval'))
@@ -126,6 +127,7 @@ def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
   index = str(tmp_path / 'index.npz')
   np.savez(index, paths=np.array(paths), neighbors=neighbors)
   config.data.retrieval_index = index
+  config.data.eval_reference_query = 'image'  # The hand-made index has no features to query.
   out = str(tmp_path / 'eval')
   results = {}
   for rank in (3, 1):

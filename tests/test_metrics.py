@@ -1,9 +1,12 @@
 """Metrics: PSNR/SSIM equal scikit-image's; LPIPS equals the lpips package's network.
 
 The `lpips` pip package is not installed here (it needs torchvision), so LPIPS parity is
-checked against tests/torch_reference.py's plain-torch copy of the package's LPIPS(net='vgg',
-version='0.1'), with the same random VGG-16 and random non-negative heads converted to Flax.
+checked against tests/torch_reference.py's plain-torch copy of the package's LPIPS(net='vgg' |
+'alex', version='0.1'), with the same random VGG-16 / AlexNet and random non-negative heads
+converted to Flax.
 """
+
+import jax
 
 import numpy as np
 import pytest
@@ -71,7 +74,7 @@ def test_lpips_matches_torch_reference(tmp_path):
   converted = str(tmp_path / 'lpips_vgg.msgpack')
   weights.save_variables(converted, weights.convert_files('lpips_vgg', vgg_path, heads_path))
 
-  metric = metrics.LPIPSMetric.load(converted)
+  metric = metrics.LPIPSMetric.load(converted, 'skimage')  # LPIPS-VGG: the skimage convention
   gt = np.stack([p[0][:32, :40] for p in _pairs()[:3]])
   out = np.stack([p[1][:32, :40] for p in _pairs()[:3]])
   got = metric(gt, out)
@@ -84,13 +87,76 @@ def test_lpips_matches_torch_reference(tmp_path):
   assert metric(gt[:1], gt[:1])[0] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lpips_alex_matches_torch_reference(tmp_path):
+  """The authors' convention scores LPIPS with AlexNet (their lipis_eval(net_type='alex'))."""
+  torch_lpips = ref.random_lpips(ref.randomize(ref.AlexNet(), seed=4), seed=5)
+  alexnet_path, heads_path = str(tmp_path / 'alexnet.pth'), str(tmp_path / 'alex.pth')
+  torch.save(torch_lpips.net.state_dict(), alexnet_path)
+  torch.save(torch_lpips.heads_state_dict(), heads_path)
+  converted = str(tmp_path / 'lpips_alex.msgpack')
+  weights.save_variables(converted, weights.convert_files('lpips_alex', alexnet_path, heads_path))
+
+  metric = metrics.LPIPSMetric.load(converted, 'authors')
+  gt = np.stack([p[0][:40, :56] for p in _pairs()[:3]])
+  out = np.stack([p[1][:40, :56] for p in _pairs()[:3]])
+  got = metric(gt, out)
+  with torch.no_grad():
+    to_input = lambda x: ref.to_nchw(x.astype(np.float32) / 127.5 - 1.0)
+    want = torch_lpips(to_input(gt), to_input(out)).numpy()
+  assert got.shape == (3,) and np.all(got > 0)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  assert abs(metric(gt[0], out[0]) - want[0]) < 1e-5
+
+
+def _zeros_file(tmp_path, arch: str) -> str:
+  """A converted file of `arch` (zeros: only its layout matters here)."""
+  path = str(tmp_path / f'{arch}.msgpack')
+  weights.save_variables(path, jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32),
+                                                      weights.variable_shapes(arch)))
+  return path
+
+
+@pytest.mark.parametrize('convention,other,arch,other_arch', [
+    ('authors', 'skimage', 'lpips_alex', 'lpips_vgg'),
+    ('skimage', 'authors', 'lpips_vgg', 'lpips_alex'),
+])
+def test_lpips_network_follows_the_convention(tmp_path, convention, other, arch, other_arch):
+  assert metrics.LPIPS_ARCHS[convention] == arch
+  assert metrics.LPIPSMetric.load(_zeros_file(tmp_path, arch), convention).arch == arch
+  # The other network's file is refused in one line naming the field, the convention, the
+  # command that converts the convention's file, and the convention that fits the file.
+  path = _zeros_file(tmp_path, other_arch)
+  with pytest.raises(metrics.LPIPSUnavailableError) as info:
+    metrics.LPIPSMetric.load(path, convention)
+  message = str(info.value)
+  assert '\n' not in message
+  for part in (f'config.backbones.lpips={path!r}', f'({other_arch})',
+               f'metrics.convention={convention}', f'--arch={arch}',
+               f'--config.metrics.convention={other}'):
+    assert part in message
+  metric, note = metrics.maybe_lpips(path, convention)
+  assert metric is None and note == message
+  # A file of neither network stays weights.check_tree's error (a hard error, not a refusal).
+  broken = weights.load_variables(path)
+  broken['params']['lin0']['model_1']['kernel'] = np.zeros((1, 1, 3, 1), np.float32)
+  weights.save_variables(path, broken)
+  with pytest.raises(ValueError, match=rf'\({arch}\): .* variable') as info:
+    metrics.LPIPSMetric.load(path, convention)
+  assert not isinstance(info.value, metrics.LPIPSUnavailableError)
+
+
 def test_lpips_refused_without_weights(tmp_path):
-  with pytest.raises(metrics.LPIPSUnavailableError, match='config.backbones.lpips'):
-    metrics.LPIPSMetric.load('')
+  with pytest.raises(metrics.LPIPSUnavailableError,
+                     match='config.backbones.lpips.*--arch=lpips_alex'):
+    metrics.LPIPSMetric.load('', 'authors')
+  with pytest.raises(metrics.LPIPSUnavailableError, match='VGG-16.*--arch=lpips_vgg'):
+    metrics.LPIPSMetric.load('', 'skimage')
   with pytest.raises(metrics.LPIPSUnavailableError, match='not found'):
-    metrics.LPIPSMetric.load(str(tmp_path / 'missing.msgpack'))
-  metric, note = metrics.maybe_lpips('')
+    metrics.LPIPSMetric.load(str(tmp_path / 'missing.msgpack'), 'authors')
+  metric, note = metrics.maybe_lpips('', 'authors')
   assert metric is None and 'LPIPS' in note
+  with pytest.raises(ValueError, match="metrics.convention='paper'"):
+    metrics.maybe_lpips('', 'paper')
 
 
 def _authors_ssim_torch(a8: np.ndarray, b8: np.ndarray) -> np.ndarray:

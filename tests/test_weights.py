@@ -133,6 +133,88 @@ def test_lpips_matches_torch(tmp_path, vgg16_torch):
     weights.convert_files('lpips_vgg', vgg_path, heads_path)
 
 
+@pytest.fixture(scope='module')
+def lpips_alex_files(tmp_path_factory):
+  """A random torch LPIPS-AlexNet and its two files as the package ships them: torchvision's
+  alexnet state dict (features.* and classifier.*) and the v0.1 heads (alex.pth)."""
+  directory = tmp_path_factory.mktemp('lpips_alex')
+  torch_lpips = ref.random_lpips(ref.randomize(ref.AlexNet(), seed=4), seed=5)
+  alexnet_path = str(directory / 'alexnet.pth')
+  torch.save(torch_lpips.net.state_dict(), alexnet_path)
+  heads_path = str(directory / 'alex.pth')
+  torch.save(torch_lpips.heads_state_dict(), heads_path)
+  return torch_lpips, alexnet_path, heads_path
+
+
+def test_lpips_alex_matches_torch(lpips_alex_files):
+  torch_lpips, alexnet_path, heads_path = lpips_alex_files
+  assert any(k.startswith('classifier.') for k in torch_lpips.net.state_dict())  # ignored
+  variables = weights.convert_files('lpips_alex', alexnet_path, heads_path)
+  weights.check_tree(variables, weights.variable_shapes('lpips_alex'), 'converted')
+  assert sorted(variables['params']) == ['lin0', 'lin1', 'lin2', 'lin3', 'lin4', 'net']
+  assert sorted(variables['params']['net']) == [f'features_{i}' for i in (0, 10, 3, 6, 8)]
+  rng = np.random.default_rng(0)
+  for h, w in ((64, 64), (100, 72)):  # 100 and 72 leave remainders at every strided layer
+    x0 = rng.uniform(-1, 1, size=(2, h, w, 3)).astype(np.float32)
+    x1 = np.clip(x0 + rng.normal(0, 0.3, size=x0.shape), -1, 1).astype(np.float32)
+    # The taps: torchvision's layout, pools floored like torch's MaxPool2d(3, 2).
+    features = backbones.AlexNet().apply({'params': variables['params']['net']}, (x0 + 1) / 2)
+    with torch.no_grad():
+      want_features = torch_lpips.net(ref.to_nchw((x0 + 1) / 2))
+    assert list(features) == list(backbones.ALEXNET_LAYERS)
+    for name, channels in zip(backbones.ALEXNET_LAYERS, (64, 192, 384, 256, 256)):
+      want = ref.to_nhwc(want_features[name])
+      assert features[name].shape == want.shape and want.shape[-1] == channels
+      np.testing.assert_allclose(features[name], want, rtol=1e-4, atol=1e-4)
+    got = jax.jit(lpips.LPIPS(net='alex').apply)(variables, x0, x1)
+    with torch.no_grad():
+      want = torch_lpips(ref.to_nchw(x0), ref.to_nchw(x1)).numpy()
+    assert got.shape == (2,) and np.all(want > 0.1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  with pytest.raises(ValueError, match='at least 31x31'):
+    lpips.LPIPS(net='alex').apply(variables, x0[:, :30], x1[:, :30])
+
+
+@pytest.mark.parametrize('which,edit,message', [
+    ('alexnet', lambda s: s.pop('features.10.bias'), "missing key 'features.10.bias'"),
+    ('alexnet', lambda s: s.update({'features.3.weight': torch.zeros(192, 64, 3, 3)}),
+     r"key 'features.3.weight' has shape \(192, 64, 3, 3\), expected \(192, 64, 5, 5\)"),
+    ('heads', lambda s: s.pop('lin4.model.1.weight'), "missing key 'lin4.model.1.weight'"),
+    ('heads', lambda s: s.update({'lin2.model.1.weight': torch.ones(1, 256, 1, 1)}),
+     r"key 'lin2.model.1.weight' has shape \(1, 256, 1, 1\), expected \(1, 384, 1, 1\)"),
+], ids=['alexnet-missing', 'alexnet-shape', 'heads-missing', 'heads-shape'])
+def test_lpips_alex_bad_files_fail_naming_key_and_file(tmp_path, lpips_alex_files, which, edit,
+                                                       message):
+  torch_lpips, alexnet_path, heads_path = lpips_alex_files
+  state = torch_lpips.net.state_dict() if which == 'alexnet' else torch_lpips.heads_state_dict()
+  state = dict(state)
+  edit(state)
+  bad = str(tmp_path / f'bad_{which}.pth')
+  torch.save(state, bad)
+  paths = (bad, heads_path) if which == 'alexnet' else (alexnet_path, bad)
+  with pytest.raises(ValueError, match=message) as info:
+    weights.convert_files('lpips_alex', *paths)
+  assert str(info.value).startswith(f'{bad}: ')
+  with pytest.raises(ValueError, match=r'lpips_alex needs .*AlexNet.*alex\.pth'):
+    weights.convert_files('lpips_alex', alexnet_path)
+
+
+def test_convert_weights_cli_lpips_alex(tmp_path, lpips_alex_files):
+  torch_lpips, alexnet_path, heads_path = lpips_alex_files
+  out = str(tmp_path / 'lpips_alex.msgpack')
+  subprocess.run([sys.executable, '-m', 'data_prep.convert_weights', '--arch=lpips_alex',
+                  f'--input={alexnet_path}', f'--lpips_heads={heads_path}', f'--output={out}'],
+                 cwd=_ROOT, check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  loaded = weights.load_variables(out, 'lpips_alex')
+  state = torch_lpips.state_dict()
+  np.testing.assert_array_equal(loaded['params']['net']['features_3']['kernel'],
+                                state['net.features.3.weight'].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(loaded['params']['lin2']['model_1']['kernel'],
+                                state['lin2.model.1.weight'].numpy().transpose(2, 3, 1, 0))
+  with pytest.raises(ValueError, match='lpips_vgg'):
+    weights.load_variables(out, 'lpips_vgg')
+
+
 def test_convert_weights_cli(tmp_path, resnet_state):
   path = _write_safetensors(resnet_state, tmp_path / 'resnet34.safetensors')
   out = str(tmp_path / 'out' / 'resnet34.msgpack')
@@ -142,3 +224,26 @@ def test_convert_weights_cli(tmp_path, resnet_state):
   loaded = weights.load_variables(out, 'resnet34')
   np.testing.assert_array_equal(loaded['params']['conv1']['kernel'],
                                 resnet_state['conv1.weight'].transpose(2, 3, 1, 0))
+
+
+def test_download_urls_of_lpips_alex(tmp_path, monkeypatch):
+  """--download for lpips_alex (no network here): the files it fetches and where it puts them."""
+  from data_prep import convert_weights  # pylint: disable=g-import-not-at-top
+  fetched = []
+
+  def fake_urlretrieve(url, path):
+    fetched.append(url)
+    with open(path, 'wb') as f:
+      f.write(b'x')
+
+  monkeypatch.setattr(convert_weights.urllib.request, 'urlretrieve', fake_urlretrieve)
+  backbone = convert_weights.download_torchvision(
+      convert_weights.LPIPS_BACKBONES['lpips_alex'], str(tmp_path))
+  heads = convert_weights.download_lpips_heads(str(tmp_path), weights.LPIPS_NETS['lpips_alex'])
+  assert backbone == str(tmp_path / 'alexnet-owt-7be5be79.pth') and os.path.exists(backbone)
+  assert heads == str(tmp_path / 'lpips_v0.1_alex.pth') and os.path.exists(heads)
+  assert fetched == ['https://download.pytorch.org/models/alexnet-owt-7be5be79.pth',
+                     'https://github.com/richzhang/PerceptualSimilarity/raw/master/'
+                     'lpips/weights/v0.1/alex.pth']
+  convert_weights.download_lpips_heads(str(tmp_path), 'alex')  # already there: not fetched again
+  assert len(fetched) == 2

@@ -1,8 +1,8 @@
 """PyTorch reference modules with torchvision's exact module and state-dict names (tests only).
 
-torchvision is not installed here, so ResNet-34, VGG-16/19 and the lpips package's LPIPS are
-rewritten with plain torch.nn. Weights are random but non-trivial: kaiming-normal convs as in
-torchvision, and BatchNorm affine parameters and running statistics drawn away from 0/1.
+torchvision is not installed here, so ResNet-34, VGG-16/19, AlexNet and the lpips package's
+LPIPS are rewritten with plain torch.nn. Weights are random but non-trivial: kaiming-normal convs
+as in torchvision, and BatchNorm affine parameters and running statistics drawn away from 0/1.
 """
 
 import numpy as np
@@ -103,6 +103,37 @@ class VGG(nn.Module):
     return out
 
 
+class AlexNet(nn.Module):
+  """torchvision.models.alexnet (a small classifier: only its key names matter here); forward
+  returns the lpips package's taps relu1..relu5 (features.1, .4, .7, .9, .11)."""
+
+  def __init__(self):
+    super().__init__()
+    self.features = nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2))
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(256 * 6 * 6, 16), nn.ReLU(True),
+                                    nn.Dropout(), nn.Linear(16, 16), nn.ReLU(True),
+                                    nn.Linear(16, 10))
+
+  def forward(self, x, normalize=True):
+    """ReLU outputs by name ('relu1' .. 'relu5') of a [0, 1] input."""
+    x = imagenet_normalize(x) if normalize else x
+    out = {}
+    for layer in self.features[:12]:  # the lpips package's slices stop before features.12
+      x = layer(x)
+      if isinstance(layer, nn.ReLU):
+        out[f'relu{len(out) + 1}'] = x.clone()  # later in-place ReLUs must not touch it
+    return out
+
+
 class NetLinLayer(nn.Module):
 
   def __init__(self, chn_in):
@@ -110,22 +141,30 @@ class NetLinLayer(nn.Module):
     self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(chn_in, 1, 1, 1, 0, bias=False))
 
 
-class LPIPS(nn.Module):
-  """The lpips package's LPIPS(net='vgg', version='0.1') forward, eval mode."""
+# The lpips package's taps and their channels (lpips.pretrained_networks vgg16 / alexnet).
+LPIPS_TAPS = {'vgg': (('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3'),
+                      (64, 128, 256, 512, 512)),
+              'alex': (('relu1', 'relu2', 'relu3', 'relu4', 'relu5'), (64, 192, 384, 256, 256))}
 
-  def __init__(self, vgg16):
+
+class LPIPS(nn.Module):
+  """The lpips package's LPIPS(net='vgg' | 'alex', version='0.1') forward, eval mode; `net` is
+  a VGG(16) or an AlexNet above."""
+
+  def __init__(self, net):
     super().__init__()
-    self.net = vgg16
+    self.net = net
+    self.taps, channels = LPIPS_TAPS['alex' if isinstance(net, AlexNet) else 'vgg']
     self.register_buffer('shift', torch.tensor([-.030, -.088, -.188])[None, :, None, None])
     self.register_buffer('scale', torch.tensor([.458, .448, .450])[None, :, None, None])
-    for l, c in enumerate((64, 128, 256, 512, 512)):
+    for l, c in enumerate(channels):
       setattr(self, f'lin{l}', NetLinLayer(c))
 
   def forward(self, in0, in1):
     f0 = self.net((in0 - self.shift) / self.scale, normalize=False)
     f1 = self.net((in1 - self.shift) / self.scale, normalize=False)
     total = 0
-    for l, name in enumerate(('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')):
+    for l, name in enumerate(self.taps):
       n0 = f0[name] / (torch.sqrt(torch.sum(f0[name] ** 2, dim=1, keepdim=True)) + 1e-10)
       n1 = f1[name] / (torch.sqrt(torch.sum(f1[name] ** 2, dim=1, keepdim=True)) + 1e-10)
       total = total + getattr(self, f'lin{l}').model((n0 - n1) ** 2).mean([2, 3], keepdim=True)
@@ -167,6 +206,16 @@ def save_both(state_dict: dict, directory, name: str) -> tuple[str, str]:
   safetensors.numpy.save_file(
       {k: np.ascontiguousarray(v.numpy()) for k, v in state_dict.items()}, st)
   return pth, st
+
+
+def random_lpips(net: nn.Module, seed: int) -> LPIPS:
+  """LPIPS over `net` with random non-negative heads (trained heads are non-negative)."""
+  torch_lpips = LPIPS(net).eval()
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for l in range(5):
+      getattr(torch_lpips, f'lin{l}').model[1].weight.uniform_(0.0, 1.0, generator=gen)
+  return torch_lpips
 
 
 def to_nchw(x: np.ndarray) -> torch.Tensor:

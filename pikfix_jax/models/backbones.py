@@ -1,4 +1,4 @@
-"""ImageNet backbones in Flax (NHWC): ResNet-34 and VGG-16/19, torchvision-compatible.
+"""ImageNet backbones in Flax (NHWC): ResNet-34, VGG-16/19 and AlexNet, torchvision-compatible.
 
 Inputs are sRGB in [0, 1]; every backbone applies the ImageNet mean/std itself. Parameter
 names follow torchvision's state-dict keys with each numeric index merged into the module
@@ -138,3 +138,37 @@ def _features_layout(depth: int) -> list:
   for v in _VGG_CFGS[depth]:
     layout.extend(['M'] if v == 'M' else [v, 'relu'])
   return layout
+
+
+# torchvision's alexnet().features: (index, channels, kernel, stride, padding) of each conv, and
+# the ReLU output after it that the lpips package taps (its pretrained_networks.alexnet slices).
+_ALEXNET_CONVS = ((0, 64, 11, 4, 2), (3, 192, 5, 1, 2), (6, 384, 3, 1, 1), (8, 256, 3, 1, 1),
+                  (10, 256, 3, 1, 1))
+ALEXNET_LAYERS = ('relu1', 'relu2', 'relu3', 'relu4', 'relu5')
+ALEXNET_MIN_SIZE = 31  # Smallest side whose second 3x3/2 max-pool still has an output (torch).
+
+
+class AlexNet(nn.Module):
+  """AlexNet `features` (Krizhevsky 2014's one-GPU variant, torchvision's layout): sRGB [0, 1]
+  (B, H, W, 3) -> {'relu1': 64, 'relu2': 192, 'relu3': 384, 'relu4': 256, 'relu5': 256 channels},
+  the ReLU outputs after features.1, .4, .7, .9 and .11 (the taps of LPIPS-Alex, Zhang et al.
+  2018). The last max-pool (features.12) has no parameters and feeds no tap: it is not run.
+  """
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    if min(x.shape[1:3]) < ALEXNET_MIN_SIZE:
+      raise ValueError(f'AlexNet needs images of at least {ALEXNET_MIN_SIZE}x{ALEXNET_MIN_SIZE} '
+                       f'px, got {x.shape[1]}x{x.shape[2]}')
+    x = imagenet_normalize(x.astype(jnp.float32)).astype(self.dtype)
+    out = {}
+    for name, (index, features, kernel, stride, padding) in zip(ALEXNET_LAYERS, _ALEXNET_CONVS):
+      if index in (3, 6):
+        # torch's MaxPool2d(3, 2) before features.3 and .6: overlapping windows, no padding,
+        # floor, i.e. a VALID pool (max_pool_tiles only handles non-overlapping tiles).
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+      x = nn.relu(_conv(features, kernel, stride, padding, True, self.dtype,
+                        f'features_{index}')(x))
+      out[name] = x
+    return out
