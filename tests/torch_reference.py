@@ -1,4 +1,6 @@
-"""PyTorch reference modules with torchvision's exact module and state-dict names (tests only).
+"""PyTorch reference modules with torchvision's exact module and state-dict names (tests only),
+and hand-written transcriptions of the baselines' networks (pix2pix with junyanz's module names,
+CMS4CV's Keras layers) that convert their weights to the Flax modules' variables (`to_flax`).
 
 torchvision is not installed here, so ResNet-34, VGG-16/19, AlexNet and the lpips package's
 LPIPS are rewritten with plain torch.nn. Weights are random but non-trivial: kaiming-normal convs
@@ -418,3 +420,225 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     if isinstance(m, nn.BatchNorm2d):
       m.num_batches_tracked.fill_(1000)
   return model.eval()
+
+# Pix2pix (Isola et al. 2017) as junyanz/pytorch-CycleGAN-and-pix2pix builds it with
+# norm='batch' (BatchNorm, so the convs before a norm have no bias), transcribed by hand.
+
+
+def _conv_to_flax(conv):
+  """Conv2d (O, I, kh, kw) -> Flax {'kernel': (kh, kw, I, O)[, 'bias']}."""
+  out = {'kernel': conv.weight.detach().numpy().transpose(2, 3, 1, 0)}
+  if conv.bias is not None:
+    out['bias'] = conv.bias.detach().numpy()
+  return out
+
+
+def _conv_transpose_to_flax(conv):
+  """ConvTranspose2d (I, O, kh, kw) -> {'kernel': (kh, kw, I, O)[, 'bias']}, not flipped
+  (`pix2pix.ConvTransposeStride2`)."""
+  out = {'kernel': conv.weight.detach().numpy().transpose(2, 3, 0, 1)}
+  if conv.bias is not None:
+    out['bias'] = conv.bias.detach().numpy()
+  return out
+
+
+def _bn_to_flax(bn):
+  """BatchNorm2d -> ({'scale', 'bias'}, {'mean', 'var'})."""
+  return ({'scale': bn.weight.detach().numpy(), 'bias': bn.bias.detach().numpy()},
+          {'mean': bn.running_mean.numpy(), 'var': bn.running_var.numpy()})
+
+
+class UnetSkipConnectionBlock(nn.Module):
+  """x -> [x | up(submodule(down(x)))]; the outermost block returns up(...) alone."""
+
+  def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
+               innermost=False, use_dropout=False):
+    super().__init__()
+    self.outermost = outermost
+    input_nc = outer_nc if input_nc is None else input_nc
+    downconv = nn.Conv2d(input_nc, inner_nc, 4, 2, 1, bias=False)
+    if outermost:
+      up = [nn.ReLU(True), nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, 2, 1), nn.Tanh()]
+      layers = [downconv, submodule] + up
+    elif innermost:
+      layers = [nn.LeakyReLU(0.2, True), downconv, nn.ReLU(True),
+                nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(outer_nc)]
+    else:
+      layers = [nn.LeakyReLU(0.2, True), downconv, nn.BatchNorm2d(inner_nc), submodule,
+                nn.ReLU(True), nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(outer_nc)]
+      if use_dropout:
+        layers.append(nn.Dropout(0.5))
+    self.model = nn.Sequential(*layers)
+
+  def forward(self, x):
+    if self.outermost:
+      return self.model(x)
+    return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+  """junyanz's UnetGenerator(input_nc, output_nc, num_downs, ngf, BatchNorm, use_dropout)."""
+
+  def __init__(self, input_nc, output_nc, num_downs, ngf=64, use_dropout=False):
+    super().__init__()
+    block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True)
+    for _ in range(num_downs - 5):
+      block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout)
+    for mult in (4, 2, 1):
+      block = UnetSkipConnectionBlock(ngf * mult, ngf * mult * 2, submodule=block)
+    self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block,
+                                         outermost=True)
+
+  def forward(self, x):
+    return self.model(x)
+
+  def to_flax(self):
+    """{'params', 'batch_stats'} of `pix2pix.UnetGenerator` with this module's weights."""
+    params, stats = {}, {}
+    block, i = self.model, 0
+    while block is not None:
+      submodule, seen_up = None, False
+      for layer in block.model:
+        if isinstance(layer, UnetSkipConnectionBlock):
+          submodule = layer
+        elif isinstance(layer, nn.ConvTranspose2d):
+          params[f'up{i}'], seen_up = _conv_transpose_to_flax(layer), True
+        elif isinstance(layer, nn.Conv2d):
+          params[f'down{i}'] = _conv_to_flax(layer)
+        elif isinstance(layer, nn.BatchNorm2d):
+          name = f'up_norm{i}' if seen_up else f'down_norm{i}'
+          params[name], stats[name] = _bn_to_flax(layer)
+      block, i = submodule, i + 1
+    return {'params': params, 'batch_stats': stats}
+
+
+class NLayerDiscriminator(nn.Module):
+  """junyanz's NLayerDiscriminator(input_nc, ndf, n_layers, BatchNorm): the PatchGAN."""
+
+  def __init__(self, input_nc, ndf=64, n_layers=3):
+    super().__init__()
+    layers, width = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
+    for n in range(1, n_layers + 1):
+      stride, new_width = (2 if n < n_layers else 1), ndf * min(2 ** n, 8)
+      layers += [nn.Conv2d(width, new_width, 4, stride, 1, bias=False),
+                 nn.BatchNorm2d(new_width), nn.LeakyReLU(0.2, True)]
+      width = new_width
+    layers.append(nn.Conv2d(width, 1, 4, 1, 1))
+    self.model = nn.Sequential(*layers)
+
+  def forward(self, x):
+    return self.model(x)
+
+  def to_flax(self):
+    """{'params', 'batch_stats'} of `PatchDiscriminator(norm='batch')`."""
+    params, stats = {}, {}
+    convs = [m for m in self.model if isinstance(m, nn.Conv2d)]
+    norms = [m for m in self.model if isinstance(m, nn.BatchNorm2d)]
+    for k, conv in enumerate(convs):
+      params[f'Conv_{k}'] = _conv_to_flax(conv)
+    for k, bn in enumerate(norms):
+      params[f'BatchNorm_{k}'], stats[f'BatchNorm_{k}'] = _bn_to_flax(bn)
+    return {'params': params, 'batch_stats': stats}
+
+
+# CMS4CV (Carboniero, Mancinelli, Sacerdote 2024): the Keras layers of appendix 8.3 in torch
+# (channels-last Flatten, TF 'same' padding, Keras BatchNormalization eps 1e-3).
+
+
+class ConvBNLeakyReLU(nn.Module):
+
+  def __init__(self, in_channels, features, slope):
+    super().__init__()
+    self.conv = nn.Conv2d(in_channels, features, 3, 1, 1, bias=False)
+    self.bn = nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)
+    self.slope = slope
+
+  def forward(self, x):
+    return nn.functional.leaky_relu(self.bn(self.conv(x)), self.slope)
+
+
+class CMS4CVUNet(nn.Module):
+  """The CMS4CV U-Net (`cms4cv.UNet`): inputs must be multiples of 2^num_down."""
+
+  def __init__(self, in_channels, num_down, base, sr_factor, upsampling='nearest', slope=0.3):
+    super().__init__()
+    self.num_down, self.sr_factor, self.upsampling = num_down, sr_factor, upsampling
+    blocks, c = {}, in_channels
+    for i in range(num_down):
+      blocks[f'down{i}_conv0'] = ConvBNLeakyReLU(c, base * 2 ** i, slope)
+      blocks[f'down{i}_conv1'] = ConvBNLeakyReLU(base * 2 ** i, base * 2 ** i, slope)
+      c = base * 2 ** i
+    width = base * 2 ** num_down
+    blocks['bottleneck_conv0'] = ConvBNLeakyReLU(c, width, slope)
+    blocks['bottleneck_conv1'] = ConvBNLeakyReLU(width, width, slope)
+    for i in reversed(range(num_down)):
+      blocks[f'up{i}'] = ConvBNLeakyReLU(width + base * 2 ** i, base * 2 ** i, slope)
+      width = base * 2 ** i
+    if sr_factor == 2:
+      blocks['sr_up'] = ConvBNLeakyReLU(width, base, slope)
+    self.blocks = nn.ModuleDict(blocks)
+    self.output = nn.Conv2d(base, 3, 1)
+
+  def _up(self, x):
+    return nn.functional.interpolate(x, scale_factor=2, mode=self.upsampling)
+
+  def forward(self, x):
+    b, skips = self.blocks, []
+    for i in range(self.num_down):
+      x = b[f'down{i}_conv1'](b[f'down{i}_conv0'](x))
+      skips.append(x)
+      x = nn.functional.max_pool2d(x, 2)
+    x = b['bottleneck_conv1'](b['bottleneck_conv0'](x))
+    for i in reversed(range(self.num_down)):
+      x = b[f'up{i}'](torch.cat([self._up(x), skips[i]], 1))
+    if self.sr_factor == 2:
+      x = b['sr_up'](self._up(x))
+    return torch.sigmoid(self.output(x))
+
+  def to_flax(self):
+    params, stats = {'output': _conv_to_flax(self.output)}, {}
+    for name, block in self.blocks.items():
+      params[name] = {'conv': _conv_to_flax(block.conv)}
+      params[name]['bn'], stats[name] = _bn_to_flax(block.bn)
+      stats[name] = {'bn': stats[name]}
+    return {'params': params, 'batch_stats': stats}
+
+
+class CMS4CVDiscriminator(nn.Module):
+  """The U-Net-GAN's D (`cms4cv.Discriminator`) for (H, W) inputs."""
+
+  def __init__(self, in_channels, features, num_blocks, height, width, slope=0.3):
+    super().__init__()
+    self.slope, c = slope, in_channels
+    for i in range(num_blocks):
+      setattr(self, f'conv{i}', nn.Conv2d(c, features * 2 ** i, 4, 2, 0, bias=i == 0))
+      if i:
+        setattr(self, f'bn{i}', nn.BatchNorm2d(features * 2 ** i, eps=1e-3, momentum=0.01))
+      c, height, width = features * 2 ** i, -(-height // 2), -(-width // 2)
+    self.num_blocks = num_blocks
+    self.dense = nn.Linear(c * height * width, 1)
+
+  def forward(self, x):
+    for i in range(self.num_blocks):
+      conv = getattr(self, f'conv{i}')
+      pads = []
+      for size in (x.shape[3], x.shape[2]):  # TF 'same' for stride 2: (total // 2, rest)
+        total = max((-(-size // 2) - 1) * 2 + 4 - size, 0)
+        pads += [total // 2, total - total // 2]
+      x = conv(nn.functional.pad(x, pads))
+      if i:
+        x = getattr(self, f'bn{i}')(x)
+      x = nn.functional.leaky_relu(x, self.slope)
+    return self.dense(x.permute(0, 2, 3, 1).flatten(1))  # channels-last Flatten
+
+  def to_flax(self):
+    params, stats = {}, {}
+    for i in range(self.num_blocks):
+      params[f'conv{i}'] = _conv_to_flax(getattr(self, f'conv{i}'))
+      if i:
+        params[f'bn{i}'], stats[f'bn{i}'] = _bn_to_flax(getattr(self, f'bn{i}'))
+    params['dense'] = {'kernel': self.dense.weight.detach().numpy().T,
+                       'bias': self.dense.bias.detach().numpy()}
+    return {'params': params, 'batch_stats': stats}

@@ -4,6 +4,9 @@ D sees (L, ab) and, when conditioned on the reference, the reference's global ab
 broadcast over the image (the reference is not spatially aligned with the input, so a
 per-pixel concatenation would be meaningless; its colour distribution is what D(I', R)
 can be asked to judge against). Output: one logit per overlapping patch.
+
+The same network is pix2pix's D (junyanz `NLayerDiscriminator`, n_layers=3) with
+`norm='batch'` and `init_std=0.02` (`pix2pix.make_discriminator`).
 """
 
 from typing import Any, Optional
@@ -15,15 +18,32 @@ from pikfix_jax.models import layers
 from pikfix_jax.ops import conv
 
 
+NORMS = ('instance', 'batch')
+
+
 class PatchDiscriminator(nn.Module):
-  """(L (B,H,W,1), ab (B,H,W,2), optional reference histogram (B, D)) -> logits (B,h,w,1)."""
+  """(L (B,H,W,1), ab (B,H,W,2), optional reference histogram (B, D)) -> logits (B,h,w,1).
+
+  `ab` may have any number of channels (pix2pix passes its whole 3-channel output).
+  `norm`: 'instance' (Pik-Fix; affine GroupNorm of group size 1) or 'batch' (pix2pix; BatchNorm,
+  batch statistics when `train`, then updated in the 'batch_stats' collection, torch's momentum
+  0.1 and eps 1e-5). `init_std`: None keeps flax's initialisers; a float draws conv kernels from
+  N(0, std^2), BatchNorm scales from N(1, std^2), biases 0 (Isola et al. 2017, sec. 6.2).
+  """
   features: int = 64
   num_layers: int = 3
+  norm: str = 'instance'
+  init_std: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, l: jnp.ndarray, ab: jnp.ndarray,
-               reference_hist: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+               reference_hist: Optional[jnp.ndarray] = None, train: bool = False
+               ) -> jnp.ndarray:
+    if self.norm not in NORMS:
+      raise ValueError(f'norm={self.norm!r}: use one of {NORMS}')
+    kernel_init = (nn.Conv.kernel_init if self.init_std is None
+                   else nn.initializers.normal(self.init_std))
     x = jnp.concatenate([l, ab], axis=-1).astype(self.dtype)
     pad = ((1, 1), (1, 1))
     # The first conv sees [L, ab, histogram broadcast over the image]. The broadcast part is
@@ -32,7 +52,7 @@ class PatchDiscriminator(nn.Module):
     # (Conv_0/kernel is (4, 4, 3 + D, features)), ~2 % of the paper-config training step's FLOPs.
     hist_dim = 0 if reference_hist is None else reference_hist.shape[-1]
     kernel, bias = layers.ConvParams((4, 4, x.shape[-1] + hist_dim, self.features),
-                                     name='Conv_0')()
+                                     kernel_init, name='Conv_0')()
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     y = conv.conv_general_dilated(x, kernel[:, :, :x.shape[-1]], (2, 2), pad,
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -44,9 +64,15 @@ class PatchDiscriminator(nn.Module):
       stride = 2 if n < self.num_layers else 1
       width = self.features * min(2 ** n, 8)
       x = layers.Conv(width, (4, 4), strides=(stride, stride), padding=pad, use_bias=False,
-                      dtype=self.dtype, name=f'Conv_{n}')(x)
-      x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)  # instance norm
+                      kernel_init=kernel_init, dtype=self.dtype, name=f'Conv_{n}')(x)
+      if self.norm == 'instance':
+        x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)
+      else:
+        scale_init = (nn.initializers.ones if self.init_std is None
+                      else layers.normal_around_one(self.init_std))
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         scale_init=scale_init, dtype=self.dtype)(x)
       x = nn.leaky_relu(x, 0.2)
-    x = layers.Conv(1, (4, 4), padding=pad, dtype=self.dtype,
+    x = layers.Conv(1, (4, 4), padding=pad, kernel_init=kernel_init, dtype=self.dtype,
                     name=f'Conv_{self.num_layers + 1}')(x)
     return x.astype(jnp.float32)

@@ -1,7 +1,7 @@
 """Building blocks shared by the sub-nets: dense units/blocks, residual dense blocks, resizing."""
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,13 @@ Dtype = Any
 # Every convolution of the models: nn.Conv (same parameters) computing with ops.conv, whose
 # gradients are fast on XLA:CPU (docs/MODEL.md, "Performance rewrites").
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
+
+
+def normal_around_one(std: float) -> Callable:
+  """Initialiser N(1, std^2), for normalisation scales (pix2pix's BatchNorm, Isola et al. 2017)."""
+  def init(key: jax.Array, shape: tuple, dtype: Dtype = jnp.float32) -> jnp.ndarray:
+    return 1.0 + std * jax.random.normal(key, shape, dtype)
+  return init
 
 
 def resize(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
@@ -156,12 +163,13 @@ class ResidualDenseBlock(nn.Module):
 
 
 class ConvParams(nn.Module):
-  """The kernel and bias of a conv, with nn.Conv's own default initialisers."""
+  """The kernel and bias of a conv, with nn.Conv's own default initialisers unless given."""
   shape: tuple
+  kernel_init: Callable = nn.Conv.kernel_init
 
   @nn.compact
   def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
-    return (self.param('kernel', nn.Conv.kernel_init, self.shape),
+    return (self.param('kernel', self.kernel_init, self.shape),
             self.param('bias', nn.Conv.bias_init, self.shape[-1:]))
 
 
