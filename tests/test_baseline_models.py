@@ -111,6 +111,7 @@ def test_default_patch_discriminator_keeps_pik_fix_variables():
                                           jnp.zeros((1, 32, 32, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(64, 64), (72, 50)])
 def test_pix2pix_generator_any_size_in_tanh_range(hw):
   """U-Net-256 (8 downs, tiny widths): any size is padded to 256 and cropped back."""
@@ -142,6 +143,7 @@ def test_pix2pix_full_size_parameter_counts():
   assert _count(d) == _torch_count(lambda: ref.NLayerDiscriminator(4, 64, 3)) == 2_766_657
 
 
+@pytest.mark.slow
 def test_pix2pix_gradients_reach_every_parameter():
   """G's loss (through D, BatchNorm on batch statistics, dropout on) reaches every G
   parameter; D's loss every D parameter."""
@@ -224,6 +226,7 @@ def test_cms4cv_discriminator_matches_torch_in_eval_mode(hw):
   np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(64, 64), (72, 50)])
 @pytest.mark.parametrize('sr_factor', [1, 2])
 def test_cms4cv_unet_any_size_in_sigmoid_range(hw, sr_factor):
@@ -255,6 +258,7 @@ def test_cms4cv_widths_and_parameter_counts():
       cms4cv.UNet(**bad).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
 
 
+@pytest.mark.slow
 def test_cms4cv_gradients_reach_every_parameter():
   """The U-Net's MAE + (1 - SSIM) and the GAN's G loss reach every U-Net parameter (BatchNorm
   on batch statistics); D's BCE every D parameter."""

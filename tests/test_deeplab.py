@@ -143,6 +143,7 @@ def test_aux_head_is_optional_and_ignored(tmp_path, torch_model, variables):
   jax.tree_util.tree_map(np.testing.assert_array_equal, converted, variables)
 
 
+@pytest.mark.slow
 def test_cli_and_maybe_load_backbone(tmp_path, files, variables):
   pth, _ = files
   out = str(tmp_path / 'out' / 'deeplab.msgpack')

@@ -53,6 +53,7 @@ def test_fusion_without_segmentation_weights_refuses_to_train():
     methods.get(cms4cv_fusion.get_config())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,sr_factor', [('pix2pix', 1), ('cms4cv_unet', 1),
                                             ('cms4cv_unet', 2)])
 def test_generator_outputs_any_size(name, sr_factor):
@@ -77,7 +78,7 @@ def test_generator_outputs_any_size(name, sr_factor):
 def test_overfits_four_images(name, factor):
   """The generator's pixel loss falls by `factor` on one batch of 4 images in 60 steps."""
   c = tiny_baseline(name)
-  c.optim.learning_rate = 2e-3 if name != 'pix2pix' else 2e-4
+  c.optim.learning_rate = 2e-3
   trainer = train.Trainer(c, steps_per_epoch=1000)
   state, frozen = trainer.init_state(0), trainer.init_frozen(0)
   batch = next(input_pipeline.train_dataset(c, epoch=0, batch_size=4).as_numpy_iterator())
@@ -101,6 +102,7 @@ from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
 c = tiny_baseline('cms4cv_gan')
 c.train.batch_size = 8
+c.data.train_repeats = 2
 batch = next(input_pipeline.train_dataset(c, epoch=0, batch_size=8).as_numpy_iterator())
 params = []
 for devices in (jax.devices(), jax.devices()[:1]):
