@@ -92,7 +92,7 @@ def conventions_text(convention: str) -> str:
 
 
 SUMMARY_FIELDS = ('dataset', 'split', 'degraded', 'method', 'images', 'psnr', 'ssim', 'lpips',
-                  'reference', 'eval_image_size', 'checkpoint', 'step', 'date', 'conventions',
+                  'mae', 'reference', 'eval_image_size', 'checkpoint', 'step', 'date', 'conventions',
                   'lpips_note')
 
 
@@ -361,7 +361,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
       'dataset': config.dataset, 'split': sources.EVAL_SPLIT.get(config.dataset, 'validation'),
       'degraded': bool(config.data.degrade), 'method': scoring.MODEL,
       'images': len(records), 'psnr': model_scores['psnr'], 'ssim': model_scores['ssim'],
-      'lpips': model_scores['lpips'],
+      'lpips': model_scores['lpips'], 'mae': model_scores['mae'],
       'reference': (f'rank {reference_rank} training image' if reference_rank
                     else f'data.eval_reference={config.data.eval_reference}'),
       'eval_image_size': config.data.eval_image_size, 'checkpoint': source, 'step': step,
@@ -369,7 +369,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
       'conventions': conventions_text(config.metrics.convention),
       'lpips_note': lpips_note, 'scores': scores,
   }
-  per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'reference')
+  per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'mae', 'reference')
   printable = lambda r: {k: ('' if v is None else (f'{v:.6f}' if isinstance(v, float) else v))
                          for k, v in r.items()}
   per_image_rows = [printable({'index': r['index'], 'id': r['id'], 'method': row,

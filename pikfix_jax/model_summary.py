@@ -1,7 +1,10 @@
-"""Parameters per sub-net and forward FLOPs per image.
+"""Parameters per network and forward FLOPs per image, for one method or all of them.
 
   python -m pikfix_jax.model_summary --config=configs/default.py --image_size=256
+  python -m pikfix_jax.model_summary --all_methods --image_size=256   # one table, every method
 """
+
+import importlib
 
 from absl import app
 from absl import flags
@@ -14,11 +17,22 @@ from ml_collections import config_flags
 
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
-from pikfix_jax.models import pikfix
+from pikfix_jax import methods
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Model config.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Square input/reference side (multiple of 32).')
 _DETAIL = flags.DEFINE_bool('detail', False, 'Also print every parameter tensor.')
+_ALL = flags.DEFINE_bool('all_methods', False, 'One table over every method\'s config '
+                         '(ALL_METHOD_CONFIGS) instead of --config\'s breakdown.')
+
+# The config of every method of the comparison tables (module path, label).
+ALL_METHOD_CONFIGS = (
+    ('configs.default', 'Pik-Fix (paper config)'),
+    ('configs.baselines.pix2pix', 'Pix2pix'),
+    ('configs.baselines.cms4cv_unet', 'CMS4CV U-Net (sr 2)'),
+    ('configs.baselines.cms4cv_fusion', 'CMS4CV Fusion (sr 2)'),
+    ('configs.baselines.cms4cv_gan', 'CMS4CV U-Net-GAN (sr 2)'),
+)
 
 
 def count(tree) -> int:
@@ -26,18 +40,15 @@ def count(tree) -> int:
 
 
 def abstract_variables(config: ml_collections.ConfigDict, image_size: int):
-  """Shapes of the generator and discriminator variables (nothing is materialised)."""
-  g = pikfix.build_generator(config.model)
-  d = pikfix.build_discriminator(config.model)
+  """(method, generator variable shapes, discriminator param shapes, example inputs); nothing
+  is materialised."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.image_size = image_size
+  method = methods.get(config)
   l = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
   rgb = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  ab = jax.ShapeDtypeStruct((1, image_size, image_size, 2), jnp.float32)
-  k = config.model.histogram.num_bins
-  cond = (jax.ShapeDtypeStruct((1, 2 * k), jnp.float32)
-          if config.model.discriminator.condition_on_reference else None)
-  g_vars = checkpoints.abstract_variables(g, image_size)
-  d_vars = jax.eval_shape(d.init, jax.random.PRNGKey(0), l, ab, cond)
-  return g, g_vars, d_vars, (l, rgb)
+  return (method, method.abstract_variables(image_size),
+          method.abstract_discriminator(image_size), (l, rgb))
 
 
 def forward_flops(model, variables, inputs) -> float:
@@ -49,31 +60,55 @@ def forward_flops(model, variables, inputs) -> float:
   return float(cost.get('flops', float('nan')))
 
 
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+  widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+  lines = [' | '.join(str(h).ljust(w) for h, w in zip(header, widths)),
+           '-|-'.join('-' * w for w in widths)]
+  lines += [' | '.join(str(c).rjust(w) if i else str(c).ljust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+  return '\n'.join(lines)
+
+
 def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
-  g, g_vars, d_vars, inputs = abstract_variables(config, image_size)
+  """Parameters of each top-level part of the method's generator, its discriminator, and the
+  generator's forward FLOPs."""
+  method, g_vars, d_params, inputs = abstract_variables(config, image_size)
   params = g_vars['params']
   rows = []
   for name in sorted(params):
     sub = params[name]
-    rows.append((f'generator/{name}', count(sub)))
+    rows.append((f'generator/{name}', f'{count(sub):,d}'))
     if name == 'similarity_net':
       _, frozen = checkpoints.split_frozen({name: sub}, train_backbone=False)
-      rows.append(('  of which ResNet-34 (frozen by default)', count(frozen)))
-  rows.append(('generator total', count(params)))
-  rows.append(('discriminator (PatchGAN)', count(d_vars['params'])))
-  flops = forward_flops(g, g_vars, inputs)
-  width = max(len(r[0]) for r in rows)
-  lines = [f'{"module".ljust(width)} | parameters', f'{"-" * width}-|-----------']
-  lines += [f'{n.ljust(width)} | {c:>12,d}' for n, c in rows]
-  lines.append('')
-  lines.append(f'generator forward at {image_size}x{image_size}: {flops / 1e9:.2f} GFLOPs per image '
-               '(XLA cost analysis, batch 1)')
-  return '\n'.join(lines)
+      rows.append(('  of which ResNet-34 (frozen by default)', f'{count(frozen):,d}'))
+  rows.append(('generator total', f'{count(params):,d}'))
+  rows.append(('discriminator', f'{count(d_params):,d}'))
+  flops = forward_flops(method.generator, g_vars, inputs)
+  return (_table(rows, ('module', 'parameters')) + '\n\n' +
+          f'generator forward at {image_size}x{image_size}: {flops / 1e9:.2f} GFLOPs per image '
+          '(XLA cost analysis, batch 1)')
+
+
+def methods_table(image_size: int) -> str:
+  """One row per method of ALL_METHOD_CONFIGS: parameters (generator, discriminator) and the
+  generator's forward GFLOPs per image at image_size^2."""
+  rows = []
+  for module, label in ALL_METHOD_CONFIGS:
+    config = importlib.import_module(module).get_config()
+    method, g_vars, d_params, inputs = abstract_variables(config, image_size)
+    flops = forward_flops(method.generator, g_vars, inputs)
+    rows.append((label, config.method, f'{count(g_vars["params"]):,d}', f'{count(d_params):,d}',
+                 f'{flops / 1e9:.2f}'))
+  return _table(rows, ('method', 'config.method', 'generator params', 'discriminator params',
+                       f'GFLOPs/image at {image_size}^2'))
 
 
 def main(argv):
   del argv
   cli.setup()
+  if _ALL.value:
+    print(methods_table(_IMAGE_SIZE.value))
+    return
   config = _CONFIG.value
   print(summary_table(config, _IMAGE_SIZE.value))
   if _DETAIL.value:

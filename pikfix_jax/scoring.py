@@ -211,8 +211,11 @@ class Scorer:
     psnr = metrics.psnr(target8, out8)
     ssim = metrics.ssim_by_convention(target8, out8, self.convention)
     lp = self.lpips(target8, out8) if self.lpips is not None else [None] * len(out8)
+    # MAE on [0, 1] sRGB (the CMS4CV report's table; no other paper reports it).
+    mae = np.mean(np.abs(target8.astype(np.float64) - out8), axis=(1, 2, 3)) / 255.0
     return [{'psnr': float(psnr[i]), 'ssim': float(ssim[i]),
-             'lpips': None if lp[i] is None else float(lp[i])} for i in range(len(out8))]
+             'lpips': None if lp[i] is None else float(lp[i]), 'mae': float(mae[i])}
+            for i in range(len(out8))]
 
   def score_batch(self, predict: Predict, batch: dict, first_index: int = 0,
                   outputs: Optional[dict] = None) -> tuple[list[dict], dict]:
@@ -301,7 +304,7 @@ def summarize(records: Sequence[dict], rows: Sequence[str] = ROWS) -> dict:
     summary['rows'][row] = {
         m: (metrics.mean(r[row][m] for r in records)
             if all(r[row][m] is not None for r in records) else None)
-        for m in ('psnr', 'ssim', 'lpips')}
+        for m in ('psnr', 'ssim', 'lpips', 'mae')}
   baselines = [r for r in rows if r in BASELINES]
   if MODEL in rows and baselines:
     best = max(baselines, key=lambda r: summary['rows'][r]['psnr'])

@@ -49,8 +49,10 @@ def test_unknown_method_is_a_one_line_error_listing_the_known():
 
 
 def test_fusion_without_segmentation_weights_refuses_to_train():
+  c = cms4cv_fusion.get_config()
+  c.data.image_size, c.model.base_features = SIZE, 4
   with pytest.raises(ValueError, match='--config.backbones.deeplabv3=FILE'):
-    methods.get(cms4cv_fusion.get_config())
+    methods.get(c).init_state(0)
 
 
 @pytest.mark.slow
@@ -174,3 +176,33 @@ def test_baseline_trains_resumes_restores_and_evaluates(tmp_path):
   table = open(os.path.join(whole, 'eval', 'table.md')).read()
   assert '| CMS4CV U-Net, pikfix_jax (this run) |' in table
   assert 'zero chroma' in table and 'shuffled reference' not in table
+
+
+@pytest.mark.slow
+def test_fusion_trains_with_a_frozen_segmentation(tmp_path):
+  """Fusion with (random, converted) DeepLabV3 weights: the segmentation is loaded from the
+  file, stays frozen, and the U-Net on grey + class probabilities trains."""
+  from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'deeplab.msgpack')
+  weights.save_variables(path, weights.random_variables('deeplabv3_mobilenet_v3_large', seed=1))
+  c = tiny_baseline('cms4cv_unet')
+  c.model.segmentation, c.model.num_down = True, 2
+  c.backbones.deeplabv3 = path
+  c.optim.learning_rate = 2e-3
+  trainer = train.Trainer(c, steps_per_epoch=1000)
+  state = trainer.init_state(0)
+  loaded = weights.load_variables(path)
+  np.testing.assert_array_equal(
+      state.g_frozen['segmentation']['classifier_4']['kernel'],
+      loaded['params']['classifier_4']['kernel'])
+  assert 'segmentation' not in state.g_params
+  batch = trainer.shard(next(input_pipeline.train_dataset(c, epoch=0, batch_size=4)
+                             .as_numpy_iterator()))
+  first = None
+  for _ in range(20):
+    state, scalars = trainer.train_step(state, batch, trainer.init_frozen(0))
+    first = float(scalars['mae']) if first is None else first
+  assert float(scalars['mae']) < first
+  np.testing.assert_array_equal(
+      state.g_frozen['segmentation']['classifier_4']['kernel'],
+      loaded['params']['classifier_4']['kernel'])

@@ -97,6 +97,10 @@ class Method(abc.ABC):
     rgb = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return flax.core.unfreeze(jax.eval_shape(self.generator.init, jax.random.PRNGKey(0), l, rgb))
 
+  def abstract_discriminator(self, image_size: int = 64) -> dict:
+    """Shapes of the discriminator's params ({} without one; no compute)."""
+    return {}
+
   def make_restorer(self, variables: dict, **options):
     """The inference engine for photos of any size: the whole generator at once."""
     from pikfix_jax import inference  # pylint: disable=g-import-not-at-top  (a cycle otherwise)

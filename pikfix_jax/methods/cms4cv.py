@@ -56,11 +56,6 @@ class Method(supervised.SupervisedMethod):
 
   def __init__(self, config, steps_per_epoch: int = 1):
     m = config.model
-    if m.segmentation and not config.backbones.deeplabv3:
-      raise ValueError('The CMS4CV Fusion model needs the segmentation network\'s weights: pass '
-                       '--config.backbones.deeplabv3=FILE (docs/WEIGHTS.md: '
-                       'data_prep.convert_weights --arch=deeplabv3_mobilenet_v3_large); a '
-                       'random segmentation is no segmentation.')
     self.generator = CMS4CVGenerator(m.num_down, m.base_features or None, m.sr_factor,
                                      m.upsampling, m.segmentation)
     self.discriminator = cms4cv.Discriminator(m.d_features) if m.gan else None
@@ -71,6 +66,14 @@ class Method(supervised.SupervisedMethod):
   def split_frozen(self, params: dict) -> tuple[dict, dict]:
     frozen = {k: v for k, v in params.items() if k == 'segmentation'}
     return {k: v for k, v in params.items() if k != 'segmentation'}, frozen
+
+  def init_state(self, seed: int):
+    if self.config.model.segmentation and not self.config.backbones.deeplabv3:
+      raise ValueError('The CMS4CV Fusion model needs the segmentation network\'s weights: '
+                       'pass --config.backbones.deeplabv3=FILE (docs/WEIGHTS.md: '
+                       'data_prep.convert_weights --arch=deeplabv3_mobilenet_v3_large); a '
+                       'random segmentation is no segmentation.')
+    return super().init_state(seed)
 
   def load_pretrained(self, g_vars: dict) -> dict:
     if 'segmentation' in g_vars['params']:

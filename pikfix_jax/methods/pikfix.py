@@ -169,6 +169,15 @@ class Method(base.Method):
   def abstract_variables(self, image_size: int = 64) -> dict:
     return checkpoints.abstract_variables(self.generator, image_size)
 
+  def abstract_discriminator(self, image_size: int = 64) -> dict:
+    l = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+    ab = jax.ShapeDtypeStruct((1, image_size, image_size, 2), jnp.float32)
+    k = self.config.model.histogram.num_bins
+    cond = (jax.ShapeDtypeStruct((1, 2 * k), jnp.float32)
+            if self.config.model.discriminator.condition_on_reference else None)
+    return flax.core.unfreeze(jax.eval_shape(self.discriminator.init, jax.random.PRNGKey(0),
+                                             l, ab, cond))['params']
+
   def make_restorer(self, variables: dict, **options):
     """Restoration in exact overlapping tiles, colour at bounded resolution (inference.py)."""
     from pikfix_jax import inference  # pylint: disable=g-import-not-at-top

@@ -103,6 +103,13 @@ class SupervisedMethod(base.Method):
                                    flax.core.unfreeze(shapes).get('batch_stats', {}))
     return self.d_logits({'params': d_params, 'batch_stats': stats}, batch, raw)
 
+  def abstract_discriminator(self, image_size: int = 64) -> dict:
+    if not self.has_discriminator:
+      return {}
+    shapes = jax.eval_shape(functools.partial(self.discriminator.init, train=True),
+                            jax.random.PRNGKey(0), *self.d_example_input(image_size))
+    return flax.core.unfreeze(shapes)['params']
+
   # ----------------------------------------------------------------------------- step
   def train_step(self, state: base.TrainState, batch: dict, frozen: Any
                  ) -> tuple[base.TrainState, dict]:
