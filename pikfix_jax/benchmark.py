@@ -165,7 +165,8 @@ def bench_train(config, steps: int) -> None:
     raise FloatingPointError(f'non-finite loss in the benchmark: {float(scalars["total"])}')
 
   kind = devices[0].device_kind
-  peak = _peak_tflops(kind, config.model.dtype)
+  dtype = config.model.get('dtype', 'float32')  # Baselines compute in float32.
+  peak = _peak_tflops(kind, dtype)
   achieved = model_flops / step_s / 1e12 if model_flops else None
   memory = compiled.memory_analysis()
   stats = [d.memory_stats() for d in jax.local_devices()]
@@ -178,7 +179,8 @@ def bench_train(config, steps: int) -> None:
   emit({
       'what': 'train', 'platform': devices[0].platform, 'device_kind': kind,
       'devices': len(devices), 'processes': jax.process_count(),
-      'dtype': config.model.dtype, 'remat': bool(config.model.remat),
+      'method': config.get('method', 'pikfix'), 'dtype': dtype,
+      'remat': bool(config.model.get('remat', False)),
       'batch_size': batch_size, 'image_size': size,
       'g_params_m': round((count(state.g_params) + count(state.g_frozen)) / 1e6, 2),
       'g_trainable_params_m': round(count(state.g_params) / 1e6, 2),
@@ -329,8 +331,10 @@ def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
   """FLOPs of one global step counted once: the step lowered (not compiled) without remat and
   with the whole warp in one block, analysed by XLA; `lowered` (the timed step) is that program
   already when config has no remat and one warp block."""
-  if not config.model.remat and config.model.similarity.query_chunk >= config.data.image_size**2:
-    return _flops(lowered.cost_analysis())
+  m = config.model
+  if not m.get('remat', False) and ('similarity' not in m or
+                                    m.similarity.query_chunk >= config.data.image_size**2):
+    return _flops(lowered.cost_analysis())  # No remat, no chunked warp (or not Pik-Fix).
   flops_config = config.copy_and_resolve_references()
   flops_config.model.remat = False
   flops_config.model.similarity.query_chunk = config.data.image_size ** 2
