@@ -30,6 +30,7 @@ import numpy as np
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import inference
+from pikfix_jax import methods
 from pikfix_jax.models import pikfix
 
 FORMATS = ('orbax', 'stablehlo')
@@ -109,6 +110,9 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
     shutil.rmtree(output)
   model, variables, config, info = checkpoints.load_generator_info(
       workdir=workdir, use_best=use_best, step=step)
+  if export_format == 'stablehlo' and not methods.get(config).exports_stablehlo:
+    raise ValueError(f'--format=stablehlo: method {config.method!r} pads inside its network to '
+                     'sizes jax.export cannot express symbolically; use --format=orbax')
   os.makedirs(output)
   variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), variables)
   num_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(variables)))

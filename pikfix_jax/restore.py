@@ -346,7 +346,8 @@ def _run_files(restorer: inference.PhotoRestorer, picker: Optional['ReferencePic
   done = len(results) - len(failed)
   seconds = time.perf_counter() - start
   if len(results) == 1 and not failed:
-    say(f'wrote {results[0].output} (reference {results[0].reference}, {seconds:.1f} s)')
+    reference = results[0].reference or 'none: the method takes no reference'
+    say(f'wrote {results[0].output} (reference {reference}, {seconds:.1f} s)')
   else:
     say(f'restored {done} of {len(results)} photos in {seconds:.1f} s -> {options.output}')
   if failed:

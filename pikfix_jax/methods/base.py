@@ -64,6 +64,8 @@ class Method(abc.ABC):
 
   # Does the generator read its reference? (restore asks for one only if so.)
   uses_reference: bool = True
+  # Can `export --format=stablehlo` serialise the generator for symbolic (32k) input sizes?
+  exports_stablehlo: bool = False
   # Loss scalars checked for NaN/Inf after each step, and every scalar the step returns.
   loss_terms: tuple[str, ...] = ()
   scalars: tuple[str, ...] = ()

@@ -36,6 +36,7 @@ class Method(base.Method):
   perceptual loss (passed to the step as `frozen`)."""
 
   uses_reference = True
+  exports_stablehlo = True
   loss_terms = LOSS_TERMS + ('d_loss',)
   scalars = SCALARS
 
