@@ -35,6 +35,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_repeats = 1  # Passes over the training images per epoch (tiny datasets such as demo).
   c.data.cache = False  # Cache decoded images in memory (small datasets only).
   c.data.degrade = False  # Apply synthetic old-photo degradation to the input luminance.
+  # Add `defect_mask` (B, H, W, 1) to training and evaluation batches: 1 where the scratch
+  # texture or a hole changed the grey print by more than degradations.DEFECT_MASK_THRESHOLD
+  # (8) 8-bit units (the target of Wan et al. 2020's scratch detector; docs/DATA.md "Defect
+  # mask"); all zeros for clean / undegraded inputs. False: batches exactly as before.
+  c.data.defect_mask = False
+  # Folder of unpaired real old photo scans (recursive, any image format; Wan et al.'s domain R):
+  # when set, training batches gain `real_l` (B, S, S, 1), the L/100 of a seeded random S x S
+  # crop of one of them (docs/DATA.md). '' = none.
+  c.data.real_old_dir = ''
   c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (paper sec. 4.1).
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.

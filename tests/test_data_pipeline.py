@@ -195,6 +195,82 @@ def test_full_size_eval_needs_batch_one():
   assert batches[0]['reference_rgb'].shape == (1, SIZE, SIZE, 3)
 
 
+# ---------------------------------------------------------- Wan et al.: defect mask, domain R
+def test_defect_mask_adds_a_field_and_changes_nothing_else():
+  """data.defect_mask: same batches bit for bit plus `defect_mask` in {0, 1}; zero for clean
+  examples (clean_prob), padding rows and undegraded data."""
+  off = _config('demo', train_repeats=2, degrade=True, reference_strategies=(1,))
+  off.data.degradation.clean_prob = 0.5
+  on = _config('demo', train_repeats=2, degrade=True, reference_strategies=(1,), defect_mask=True)
+  on.data.degradation.clean_prob = 0.5
+  for make in (lambda c: ip.train_dataset(c, epoch=0, batch_size=7),
+               lambda c: ip.eval_dataset(c, batch_size=3)):
+    (a, *_), (b, *_) = _batches(make(off)), _batches(make(on))
+    assert set(b) - set(a) == {'defect_mask'}
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+    mask = b['defect_mask']
+    assert mask.dtype == np.float32 and mask.shape == b['input_l'].shape
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    marked = mask.reshape(len(mask), -1).max(1) > 0
+    clean = np.all(b['input_l'] == b['target_lab'][..., :1], axis=(1, 2, 3))
+    assert marked.any() and not np.any(marked & clean)
+  np.testing.assert_array_equal(mask[2], 0.0)  # The evaluation padding row.
+  assert 'defect_mask' not in a
+  on.data.degrade = False
+  b = _batches(ip.train_dataset(on, epoch=0, batch_size=7))[0]
+  np.testing.assert_array_equal(b['defect_mask'], np.zeros_like(b['input_l']))
+
+
+def _real_old_folder(root):
+  """Uniform grey photos of four levels (one colour, one small, one in a subfolder) and junk."""
+  (root / 'sub').mkdir(parents=True)
+  for name, value, size in (('a.png', 40, (50, 60)), ('b.jpg', 120, (SIZE - 8, SIZE - 4)),
+                            ('sub/c.png', 200, (40, 40))):
+    Image.new('L', size[::-1], value).save(root / name)
+  Image.new('RGB', (45, 45), (160, 120, 80)).save(root / 'sepia.png')
+  (root / 'notes.txt').write_text('not an image')
+  rgb = np.array([[40] * 3, [120] * 3, [200] * 3, [160, 120, 80]], np.float32) / 255.0
+  return color_tf.rgb_to_lab_normalized(tf.constant(rgb)).numpy()[:, 0]
+
+
+def test_real_old_crops_are_seeded_luminance_crops(tmp_path):
+  levels = _real_old_folder(tmp_path / 'old')
+  plain = _config('demo', train_repeats=2, reference_strategies=(1,))
+  c = _config('demo', train_repeats=2, reference_strategies=(1,),
+              real_old_dir=str(tmp_path / 'old'))
+  first = _batches(ip.train_dataset(c, epoch=0, batch_size=7))
+  again = _batches(ip.train_dataset(c, epoch=0, batch_size=7))
+  other = _batches(ip.train_dataset(c, epoch=1, batch_size=7))
+  without = _batches(ip.train_dataset(plain, epoch=0, batch_size=7))
+  for a, b, w in zip(first, again, without, strict=True):
+    assert set(a) - set(w) == {'real_l'}
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])  # Deterministic (and so resumable).
+    for k in w:
+      np.testing.assert_array_equal(a[k], w[k], err_msg=k)  # The other draws are untouched.
+  real = np.concatenate([b['real_l'] for b in first])
+  assert real.shape == (14, SIZE, SIZE, 1) and real.dtype == np.float32
+  assert 0.0 <= real.min() and real.max() <= 1.0
+  # Every crop is one photo's lightness (L/100, as input_l); several photos are drawn.
+  source = np.argmin(np.abs(real.mean((1, 2, 3))[:, None] - levels[None]), axis=1)
+  np.testing.assert_allclose(real, np.broadcast_to(levels[source][:, None, None, None],
+                                                  real.shape), atol=2e-3)
+  assert len(set(source)) >= 3
+  assert not np.array_equal(first[0]['real_l'], other[0]['real_l'])
+
+
+def test_real_old_dir_errors_name_the_field(tmp_path):
+  c = _config('demo', train_repeats=2, real_old_dir=str(tmp_path / 'nope'))
+  with pytest.raises(sources.DataNotFoundError, match=r'config.data.real_old_dir=.*not a folder'):
+    ip.train_dataset(c, epoch=0, batch_size=2)
+  (tmp_path / 'junk').mkdir()
+  (tmp_path / 'junk' / 'notes.txt').write_text('not an image')
+  c.data.real_old_dir = str(tmp_path / 'junk')
+  with pytest.raises(sources.DataNotFoundError, match=r'config.data.real_old_dir=.*no readable'):
+    ip.train_dataset(c, epoch=0, batch_size=2)
+
+
 # --------------------------------------------------------------------- image_folder etc.
 def test_process_shards_are_disjoint_and_equal(tmp_path):
   root = _write_folder(tmp_path, [(20 * k, 100, 200 - 20 * k) for k in range(10)])

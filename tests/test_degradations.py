@@ -181,6 +181,65 @@ def test_degrade_runs_in_tf_data_graph(bank):
   assert len(outs) == 4 and all(o.shape == (32, 40, 1) and _in_range(o) for o in outs)
 
 
+# --------------------------------------------------------------------------- defect mask
+def _mask_config(**probs):
+  """Every unstructured step on, structured steps as given (0 unless named)."""
+  cfg = default.get_config().data.degradation
+  cfg.drop_prob = 0.0
+  for p in ('texture_prob', 'paper_prob', 'hole_prob', 'grain_prob', 'fade_prob'):
+    cfg[p] = probs.get(p, 0.0)
+  return cfg
+
+
+def _changed(a, b):
+  diff = np.abs(np.asarray(a) - np.asarray(b)).max(axis=-1, keepdims=True)
+  return (diff > dg.DEFECT_MASK_THRESHOLD / 255.0).astype(np.float32)
+
+
+@pytest.mark.parametrize('shape', [(64, 64, 1), (48, 80, 3)])
+def test_defect_mask_is_exactly_where_the_scratch_texture_changed_the_image(shape, bank):
+  x = _smooth_image(*shape)
+  marked = 0.0
+  for k in range(3):
+    seed = tf.constant([k, 11], tf.int64)
+    on = _mask_config(texture_prob=1.0, paper_prob=1.0, fade_prob=1.0)
+    off = _mask_config(texture_prob=0.0, paper_prob=1.0, fade_prob=1.0)
+    image, mask = dg.degrade_with_mask(x, seed, on, bank)
+    without = dg.degrade(x, seed, off, bank)
+    assert mask.shape == shape[:2] + (1,) and mask.dtype == tf.float32
+    np.testing.assert_array_equal(image, dg.degrade(x, seed, on, bank))  # One implementation.
+    np.testing.assert_array_equal(mask, _changed(image, without))
+    # Grain (after the scratches) and the paper texture (before) never mark a pixel.
+    on.grain_prob = 1.0
+    np.testing.assert_array_equal(dg.degrade_with_mask(x, seed, on, bank)[1], mask)
+    np.testing.assert_array_equal(dg.degrade_with_mask(x, seed, off, bank)[1], 0.0)
+    marked += float(np.mean(mask))
+  assert 0.01 < marked / 3 < 0.6  # Thin defects: some pixels, far from all.
+
+
+def test_defect_mask_is_exactly_where_the_holes_changed_the_image(bank):
+  x = _smooth_image(96, 96)
+  for k in range(3):
+    seed = tf.constant([k, 5], tf.int64)
+    image, mask = dg.degrade_with_mask(x, seed, _mask_config(hole_prob=1.0, grain_prob=1.0),
+                                       bank)
+    without = dg.degrade(x, seed, _mask_config(hole_prob=0.0, grain_prob=1.0), bank)
+    np.testing.assert_array_equal(mask, _changed(image, without))
+    assert np.mean(mask) > 0.005
+    # Holes only whiten: every marked pixel became brighter.
+    assert np.all((np.asarray(image) - np.asarray(without))[np.asarray(mask)[..., 0] > 0] > 0)
+
+
+def test_defect_mask_is_zero_without_structured_defects(bank):
+  x = _smooth_image(64, 64, 3)
+  cfg = _mask_config(paper_prob=1.0, grain_prob=1.0, fade_prob=1.0)  # Scratches, holes off.
+  image, mask = dg.degrade_with_mask(x, SEED, cfg, bank)
+  assert np.abs(np.asarray(image) - np.asarray(x)).mean() > 0.03  # Degraded all the same.
+  np.testing.assert_array_equal(mask, 0.0)
+  _, mask = dg.degrade_with_mask(x, SEED, _mask_config(texture_prob=1.0))
+  np.testing.assert_array_equal(mask, 0.0)  # No texture bank: no scratches to mark.
+
+
 # ------------------------------------------------------------------------------ textures
 def test_procedural_textures_are_dark_with_bright_defects():
   b = textures.make_bank(4, 128, seed=1)

@@ -9,6 +9,10 @@ unstructured defects but give no recipe; docs/DATA.md).
 
 Every function takes one image (H, W, C) float32 in [0, 1] (C = 1 or 3, H and W may be dynamic)
 and a stateless seed (shape [2] int); results depend only on the inputs and the seed.
+
+`degrade_with_mask` also returns the structured-defect mask that Wan et al.'s scratch detector
+is trained on (sec. 3.3): the pixels that the scratch texture or the holes changed by more than
+DEFECT_MASK_THRESHOLD (docs/DATA.md, "Defect mask").
 """
 
 import math
@@ -19,6 +23,10 @@ import tensorflow as tf
 
 _FADE_TINT = (1.0, 0.93, 0.8)  # Sepia paper tone for colour images (grey images use 1.0).
 _POLYGON_VERTICES = 12  # Vertices of every hole / polygon (star-shaped around its centre).
+# A structured defect marks a pixel in the defect mask when it moved some channel by more than
+# this many 8-bit units: the faint blurred fringe of a scratch below it is invisible under the
+# noise/JPEG the unstructured steps add, so a detector should not be asked to find it.
+DEFECT_MASK_THRESHOLD = 8.0
 
 
 def _uniform(seed, minval=0.0, maxval=1.0, shape=()):
@@ -216,6 +224,13 @@ def film_grain(image: tf.Tensor, seed, sigma: Sequence[float]) -> tf.Tensor:
   return tf.clip_by_value(image + std * weight * noise, 0.0, 1.0)
 
 
+def changed_mask(before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
+  """(H, W, 1) float32: 1 where some channel of `after` differs from `before` by more than
+  DEFECT_MASK_THRESHOLD / 255, else 0."""
+  diff = tf.reduce_max(tf.abs(after - before), axis=-1, keepdims=True)
+  return tf.cast(diff > DEFECT_MASK_THRESHOLD / 255.0, tf.float32)
+
+
 def degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
             textures: Optional[tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
   """The full synthetic old-photo model (module docstring), ranges from config.data.degradation.
@@ -228,6 +243,23 @@ def degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
   Returns:
     The degraded image, same shape, float32 in [0, 1].
   """
+  return _degrade(image, seed, config, textures, with_mask=False)[0]
+
+
+def degrade_with_mask(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
+                      textures: Optional[tuple[tf.Tensor, tf.Tensor]] = None
+                      ) -> tuple[tf.Tensor, tf.Tensor]:
+  """`degrade` (the same image, bit for bit) and its structured-defect mask (H, W, 1) float32 in
+  {0, 1}: 1 where the scratch texture or the holes changed the pixel (`changed_mask` of the
+  image just before and just after that step). The paper texture, fading, grain and the
+  unstructured steps never mark a pixel."""
+  return _degrade(image, seed, config, textures, with_mask=True)
+
+
+def _degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
+             textures: Optional[tuple[tf.Tensor, tf.Tensor]], with_mask: bool
+             ) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
+  """`degrade`, plus the defect mask when `with_mask` (None otherwise: no extra ops)."""
   d = config
   s = tf.random.experimental.stateless_split(seed, 17)
   unstructured = [
@@ -253,13 +285,28 @@ def degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
   def maybe(prob, fn, key, x):
     return tf.cond(_uniform(s[key]) < prob, lambda: fn(x), lambda: x)
 
+  mask = None
+  if with_mask:
+    shape = tf.shape(image)
+    mask = tf.zeros(tf.stack([shape[0], shape[1], 1]), tf.float32)
+
+  def structured(before, after, mask):
+    """Adds the pixels a structured step changed to the mask (measured at that step, so later
+    steps such as grain neither add to it nor remove from it)."""
+    return None if mask is None else tf.maximum(mask, changed_mask(before, after))
+
   x = maybe(d.fade_prob, lambda y: fade(y, s[8], d.fade_strength), 9, x)
   if textures is not None:
     scratch, paper = textures
+    # Paper stains and wear cover the whole print softly: not a defect to inpaint, so unmasked.
     x = maybe(d.paper_prob, lambda y: blend_texture(y, s[10], paper, d.texture_opacity), 11, x)
+    before = x
     x = maybe(d.texture_prob, lambda y: blend_texture(y, s[12], scratch, d.texture_opacity), 13, x)
+    mask = structured(before, x, mask)
   x = maybe(d.grain_prob, lambda y: film_grain(y, s[14], d.grain_sigma), 15, x)
   # Holes come last so that they stay pure white, like damage to the print itself.
+  before = x
   x = maybe(d.hole_prob, lambda y: holes(y, s[16], d.max_holes, d.hole_radius, d.hole_feather),
             7, x)
-  return tf.clip_by_value(x, 0.0, 1.0)
+  mask = structured(before, x, mask)
+  return tf.clip_by_value(x, 0.0, 1.0), mask

@@ -75,8 +75,9 @@ def train_dataset(config: ml_collections.ConfigDict, *, epoch: int, batch_size: 
   same number of batches, from disjoint examples).
 
   Batches: input_l (B, S, S, 1), target_lab (B, S, S, 3), reference_rgb (B, S, S, 3), id (B,),
-  with S = config.data.image_size. The reference strategy of the epoch is
-  config.data.reference_strategies[epoch % len(...)].
+  with S = config.data.image_size; with config.data.defect_mask also defect_mask (B, S, S, 1),
+  with config.data.real_old_dir also real_l (B, S, S, 1) (docs/DATA.md). The reference
+  strategy of the epoch is config.data.reference_strategies[epoch % len(...)].
   """
   split = sources.get_split(config, 'train')
   d = config.data
@@ -110,6 +111,12 @@ def train_dataset(config: ml_collections.ConfigDict, *, epoch: int, batch_size: 
   make = _train_example_fn(config, split, strategy, base_seed)
   ds = ds.map(_plain(lambda i, pos, r: make(i, pos, split.decode(r))),
               num_parallel_calls=_AUTOTUNE, deterministic=True)
+  if d.real_old_dir:
+    # A dataset of its own, zipped in: the examples' graph stays exactly as without it (even a
+    # larger graph can round other fields differently), so its other fields keep their bits.
+    ds = tf.data.Dataset.zip((ds, _real_old_crops(config, base_seed, n, process_index,
+                                                  process_count)))
+    ds = ds.map(lambda example, real_l: {**example, 'real_l': real_l})
   return _finish(ds.batch(batch_size, drop_remainder=True))
 
 
@@ -182,6 +189,7 @@ def eval_dataset(config: ml_collections.ConfigDict, *, batch_size: int, process_
 # stateless_fold_in keys of further per-example draws (s[0..2] are crop, degradation, reference).
 _HUE_STREAM = 3
 _CLEAN_STREAM = 4
+_REAL_OLD_STREAM = 5
 
 
 def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: int):
@@ -220,15 +228,26 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
       crop, reference = _rotate_hue_xla(crop, angle), _rotate_hue_xla(reference, angle)
     target = _rgb_to_lab_xla(crop)
     input_l = target[..., :1]
+    # Without data.defect_mask no mask op is built: the graph is the one it always was.
+    defect = tf.zeros_like(input_l) if d.defect_mask else None
     if d.degrade:
-      degraded = degrade_luminance(input_l, s[1], config, bank, xla=True)
+      if d.defect_mask:
+        degraded, defect = degrade_luminance(input_l, s[1], config, bank, xla=True,
+                                             with_mask=True)
+      else:
+        degraded = degrade_luminance(input_l, s[1], config, bank, xla=True)
       if d.degradation.clean_prob:
         coin = tf.random.stateless_uniform(
             [], tf.random.experimental.stateless_fold_in(seed, _CLEAN_STREAM))
         degraded = tf.where(coin < d.degradation.clean_prob, input_l, degraded)
+        if defect is not None:  # A clean input has no defect.
+          defect = tf.where(coin < d.degradation.clean_prob, tf.zeros_like(defect), defect)
       input_l = degraded
-    return {'input_l': input_l, 'target_lab': target, 'reference_rgb': reference,
-            'id': example['id']}
+    batch = {'input_l': input_l, 'target_lab': target, 'reference_rgb': reference,
+             'id': example['id']}
+    if defect is not None:
+      batch['defect_mask'] = defect
+    return batch
 
   return make
 
@@ -284,9 +303,14 @@ def _eval_example_fn(config, split: sources.Split):
     if 'input' in example:  # Real old photo (RealOld): no synthetic degradation.
       input_l = color_tf.rgb_to_lab_normalized(
           tf.image.convert_image_dtype(observed, tf.float32))[..., :1]
+      # Its defects are real and unlabelled: no synthetic defect, zeros (docs/DATA.md).
+      defect = tf.zeros_like(input_l) if d.defect_mask else None
     else:
       input_l = target_lab[..., :1]
-      if d.degrade:
+      defect = tf.zeros_like(input_l) if d.defect_mask else None
+      if d.degrade and d.defect_mask:
+        input_l, defect = degrade_luminance(input_l, s[0], config, bank, with_mask=True)
+      elif d.degrade:
         input_l = degrade_luminance(input_l, s[0], config, bank)
     reference = reference_for(index, s[1], original)
     if 'has_reference' in example:
@@ -297,9 +321,12 @@ def _eval_example_fn(config, split: sources.Split):
     reference = tf.cond(angle == 0.0, lambda: reference, lambda: _rotate_uint8(reference, angle))
     name = tf.cond(angle == 0.0, lambda: example['id'], lambda: tf.strings.join(
         [example['id'], tf.strings.format('@hue{}', tf.cast(tf.round(angle), tf.int32))]))
-    return {'input_l': input_l, 'target_lab': target_lab,
-            'reference_rgb': tf.image.convert_image_dtype(reference, tf.float32),
-            'id': name, 'mask': tf.constant(1.0)}
+    batch = {'input_l': input_l, 'target_lab': target_lab,
+             'reference_rgb': tf.image.convert_image_dtype(reference, tf.float32),
+             'id': name, 'mask': tf.constant(1.0)}
+    if defect is not None:
+      batch['defect_mask'] = defect  # Padding rows: zeros, like every other field.
+    return batch
 
   return make
 
@@ -371,12 +398,49 @@ def split_ids(split: sources.Split) -> list[str]:
 
 
 def degrade_luminance(l: tf.Tensor, seed, config: ml_collections.ConfigDict, bank,
-                      xla: bool = False) -> tf.Tensor:
+                      xla: bool = False, with_mask: bool = False):
   """Degrades normalised L (H, W, 1) as the grey print it shows (old photos are black and
-  white), returning normalised L. `xla` for static shapes only."""
+  white), returning normalised L; with `with_mask`, (L, defect mask (H, W, 1)) where the mask
+  is `degradations.degrade_with_mask`'s on the grey print. `xla` for static shapes only."""
   gray = (_luminance_to_gray_xla if xla else color_tf.luminance_to_gray)(l)
-  gray = degradations.degrade(gray, seed, config.data.degradation, bank)
-  return (_gray_to_luminance_xla if xla else color_tf.gray_to_luminance)(gray)
+  g = config.data.degradation
+  if with_mask:
+    gray, mask = degradations.degrade_with_mask(gray, seed, g, bank)
+  else:
+    gray = degradations.degrade(gray, seed, g, bank)
+  l = (_gray_to_luminance_xla if xla else color_tf.gray_to_luminance)(gray)
+  return (l, mask) if with_mask else l
+
+
+def _real_old_crops(config: ml_collections.ConfigDict, base_seed: int, n: int,
+                    process_index: int, process_count: int) -> tf.data.Dataset:
+  """`real_l` of this process's `n` examples of the epoch, in order: example k sits at epoch
+  position k * process_count + process_index (as in train_dataset) and draws its real photo
+  and crop from its seed (base_seed, position)'s own stream, so resuming gets the same ones."""
+  real = sources.real_old_split(config)
+  size = config.data.image_size
+
+  def crop(k):
+    seed = tf.stack([tf.constant(base_seed, tf.int64), k * process_count + process_index])
+    return real_old_crop(real, tf.random.experimental.stateless_fold_in(seed, _REAL_OLD_STREAM),
+                         size)
+
+  return tf.data.Dataset.range(n).map(_plain(crop), num_parallel_calls=_AUTOTUNE,
+                                      deterministic=True)
+
+
+def real_old_crop(real: sources.Split, seed, size: int) -> tf.Tensor:
+  """Normalised L (size, size, 1) of a random crop of a random photo of `real` (the unpaired
+  real old photos of data.real_old_dir), both drawn from `seed`; small photos are resized up
+  first, as training crops are."""
+  s = tf.random.experimental.stateless_split(seed, 2)
+  j = tf.random.stateless_uniform([], s[0], 0, real.count, dtype=tf.int32)
+  image = resize_for_crops(real.decode(real.lookup(j))['image'], size)
+  shape = tf.shape(image)
+  y, x = references.crop_offset(s[1], shape[0], shape[1], size)
+  crop = tf.ensure_shape(tf.image.convert_image_dtype(image[y:y + size, x:x + size], tf.float32),
+                         [size, size, 3])
+  return _rgb_to_lab_xla(crop)[..., :1]
 
 
 def resize_for_crops(image: tf.Tensor, size: int) -> tf.Tensor:

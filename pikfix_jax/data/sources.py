@@ -231,6 +231,26 @@ def _image_folder(config, split: str) -> Split:
   return file_split('image_folder', split, [images[i] for i in chosen])
 
 
+def real_old_split(config: ml_collections.ConfigDict) -> Split:
+  """The unpaired real old photos under config.data.real_old_dir (recursive, any PIL-readable
+  image; Wan et al.'s domain R), sorted by path, with random access. Scanned once per process."""
+  root = config.data.real_old_dir
+  if not root or not os.path.isdir(root):
+    raise DataNotFoundError(
+        f'config.data.real_old_dir={root!r} is not a folder; point it at a folder of real old '
+        "photo scans (any PIL-readable format, subfolders ok), or set it to '' to train "
+        'without them.')
+  key = (os.path.abspath(root), config.data.image_size)
+  if not _SCANS.get(key):  # An empty scan is not kept: files may be added and tried again.
+    _SCANS[key], _ = files.scan_folder(root, min_size=config.data.image_size)
+  if not _SCANS[key]:
+    raise DataNotFoundError(
+        f'config.data.real_old_dir={root!r} holds no readable image (see the warnings above); '
+        "add real old photo scans (JPEG, PNG, TIFF, ...) to it, or set it to '' to train "
+        'without them.')
+  return file_split('real_old', 'train', _SCANS[key])
+
+
 # ----------------------------------------------------------------------------------- tfds
 def _tfds_load(name: str, split: str, config, decoders) -> tuple[tf.data.Dataset, int]:
   data_dir = config.data.data_dir or None
