@@ -29,17 +29,20 @@ class PatchDiscriminator(nn.Module):
   batch statistics when `train`, then updated in the 'batch_stats' collection, torch's momentum
   0.1 and eps 1e-5). `init_std`: None keeps flax's initialisers; a float draws conv kernels from
   N(0, std^2), BatchNorm scales from N(1, std^2), biases 0 (Isola et al. 2017, sec. 6.2).
+  `return_features`: return (logits, (the output of every LeakyReLU, in order)) for
+  pix2pixHD's discriminator feature matching (Wan et al. 2020, eq. 6); same parameters.
   """
   features: int = 64
   num_layers: int = 3
   norm: str = 'instance'
   init_std: Optional[float] = None
+  return_features: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, l: jnp.ndarray, ab: jnp.ndarray,
                reference_hist: Optional[jnp.ndarray] = None, train: bool = False
-               ) -> jnp.ndarray:
+               ) -> Any:
     if self.norm not in NORMS:
       raise ValueError(f'norm={self.norm!r}: use one of {NORMS}')
     kernel_init = (nn.Conv.kernel_init if self.init_std is None
@@ -60,6 +63,7 @@ class PatchDiscriminator(nn.Module):
       y = y + conv.conv_of_broadcast(reference_hist, kernel[:, :, x.shape[-1]:], x.shape[1:3],
                                      (2, 2), pad)
     x = nn.leaky_relu(y + bias, 0.2)
+    features = [x]
     for n in range(1, self.num_layers + 1):
       stride = 2 if n < self.num_layers else 1
       width = self.features * min(2 ** n, 8)
@@ -73,6 +77,9 @@ class PatchDiscriminator(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          scale_init=scale_init, dtype=self.dtype)(x)
       x = nn.leaky_relu(x, 0.2)
+      features.append(x)
     x = layers.Conv(1, (4, 4), padding=pad, kernel_init=kernel_init, dtype=self.dtype,
                     name=f'Conv_{self.num_layers + 1}')(x)
+    if self.return_features:
+      return x.astype(jnp.float32), tuple(features)
     return x.astype(jnp.float32)
