@@ -64,8 +64,11 @@ PAPER = {
     ('pix2pix', 'voc', False): ('Table 1, Pascal VOC (w/o degradation)', (20.89, 0.782, 0.200)),
     ('pix2pix', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (20.37, 0.732, 0.231)),
     ('pix2pix', 'realold', False): ('Table 2, RealOld', (16.80, 0.684, 0.320)),
+    ('wan2020', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (18.01, 0.598, 0.421)),
+    ('wan2020', 'realold', False): ('Table 2, RealOld', (16.99, 0.709, 0.303)),
 }
-METHOD_LABELS = {'pikfix': 'Pik-Fix', 'pix2pix': 'Pix2pix', 'cms4cv': 'CMS4CV U-Net'}
+METHOD_LABELS = {'pikfix': 'Pik-Fix', 'pix2pix': 'Pix2pix', 'cms4cv': 'CMS4CV U-Net',
+                 'wan2020': 'Wan et al. 2020 (restored L, zero chroma)'}
 # Fig. 5 (DIV2K): only the end points are given in the text.
 PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
 _LPIPS_TEXT = {

@@ -58,11 +58,31 @@ class Trainer:
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
     self.method = methods.get(config, steps_per_epoch)
-    self.metrics = metrics.Collection.create(
-        **{name: metrics.Average.from_output(name) for name in self.method.scalars})
+    self._metrics = {}
+    self.metrics = self.metrics_of(None)
     self.train_step = jax.jit(self.method.train_step, donate_argnums=(0,),
                               out_shardings=(self.replicated, self.replicated))
+    self._stage_steps = {}
     self.predict_step = jax.jit(self._predict_step)
+
+  def step_fn(self, step: int):
+    """The jitted `train_step` of the stage that step `step` trains (methods.base.stages)."""
+    stage = self.method.stage_of(step)
+    if stage is None:
+      return self.train_step
+    if stage not in self._stage_steps:
+      self._stage_steps[stage] = jax.jit(
+          functools.partial(self.method.train_step, stage=stage), donate_argnums=(0,),
+          out_shardings=(self.replicated, self.replicated))
+    return self._stage_steps[stage]
+
+  def metrics_of(self, stage: Optional[str]):
+    """The clu metrics collection averaging `stage`'s training scalars (one class per stage:
+    instances of one class merge)."""
+    if stage not in self._metrics:
+      self._metrics[stage] = metrics.Collection.create(
+          **{name: metrics.Average.from_output(name) for name in self.method.scalars_of(stage)})
+    return self._metrics[stage]
 
   def init_state(self, seed: int) -> TrainState:
     """The method's random initial state, replicated over the mesh."""
@@ -209,8 +229,8 @@ class _Terminate:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(step: int, scalars: dict, workdir: str, last_saved: Optional[int],
-                  loss_terms: tuple[str, ...]) -> None:
+def _check_finite(step: int, scalars: dict, loss_terms: tuple[str, ...], workdir: str,
+                  last_saved: Optional[int]) -> None:
   values = jax.device_get({k: scalars[k] for k in loss_terms})
   bad = [k for k, v in values.items() if not np.isfinite(v)]
   if bad:
@@ -229,16 +249,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                      f'{jax.device_count()} devices.')
   per_process_batch = config.train.batch_size // process_count
   spe = steps_per_epoch(config)
-  num_steps = total_steps(config, spe)
   trainer = Trainer(config, spe)
+  method = trainer.method
+  first_step, num_steps = method.step_range(total_steps(config, spe))
   state = trainer.init_state(config.seed)
   frozen = trainer.init_frozen(config.seed)
-  loss_terms = trainer.method.loss_terms
   latest, best = checkpoints.checkpoint_managers(workdir, config)
   last_saved = latest.latest_step()
   if last_saved is not None:
     logging.info('Resuming from %s/checkpoints step %d.', workdir, last_saved)
     state = checkpoints.restore_state(latest, state)
+  if int(state.step) < first_step:  # config.train.stage: start at that stage's first step.
+    logging.warning('Stage %r starts at step %d; the workdir is at step %d: the earlier '
+                    'stages\' networks are used as they are.', config.train.stage, first_step,
+                    int(state.step))
+    state = state.replace(step=jnp.full_like(state.step, first_step))
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
@@ -299,35 +324,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with (_Terminate() as terminate, contextlib.closing(batches),
         checkpoints.finish_writes(latest, best)):
     for batch in batches if step < num_steps else ():
-      state, scalars = trainer.train_step(state, trainer.shard(batch), frozen)
+      stage = method.stage_of(step)
+      state, scalars = trainer.step_fn(step)(state, trainer.shard(batch), frozen)
       step += 1
       if pending is not None:
-        _check_finite(*pending, workdir, last_saved, loss_terms)
-      pending = (step, scalars)
-      update = trainer.metrics.single_from_model_output(**scalars)
+        _check_finite(*pending, workdir, last_saved)
+      pending = (step, scalars, method.loss_terms_of(stage))
+      update = trainer.metrics_of(stage).single_from_model_output(**scalars)
       train_metrics = update if train_metrics is None else train_metrics.merge(update)
       for hook in hooks:
         hook(step)
       is_last = step == num_steps
-      if step % config.train.log_every == 0 or is_last:
-        _check_finite(*pending, workdir, last_saved, loss_terms)
+      stage_ends = stage is not None and method.stage_of(step) != stage
+      if step % config.train.log_every == 0 or is_last or stage_ends:
+        _check_finite(*pending, workdir, last_saved)
         writer.write_scalars(step, {f'train/{k}': v for k, v in
                                     train_metrics.compute().items()})
         train_metrics = None
       if step % config.train.image_every == 0:
-        _check_finite(*pending, workdir, last_saved, loss_terms)
+        _check_finite(*pending, workdir, last_saved)
         outs = trainer.predict(state, batch['input_l'], batch['reference_rgb'])
         writer.write_images(step, {'train': image_grid(batch, outs)[None]})
       if step % config.train.eval_every == 0 or is_last:
-        _check_finite(*pending, workdir, last_saved, loss_terms)
+        _check_finite(*pending, workdir, last_saved)
         checkpoints.save_state(best, step, state, metrics=run_eval(step, is_last))
-      if step % config.train.checkpoint_every == 0 or is_last or terminate.requested:
-        _check_finite(*pending, workdir, last_saved, loss_terms)
+      if (step % config.train.checkpoint_every == 0 or is_last or stage_ends or
+          terminate.requested):
+        _check_finite(*pending, workdir, last_saved)
         save(step)
       if terminate.requested or is_last:
         break
   if pending is not None:
-    _check_finite(*pending, workdir, last_saved, loss_terms)
+    _check_finite(*pending, workdir, last_saved)
   writer.flush()
   if terminate.requested:
     logging.warning('Stopped by SIGTERM at step %d; checkpoint written. Rerun to resume.', step)

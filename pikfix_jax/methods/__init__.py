@@ -8,7 +8,7 @@ import ml_collections
 
 from pikfix_jax.methods import base
 
-NAMES = ('pikfix', 'pix2pix', 'cms4cv')
+NAMES = ('pikfix', 'pix2pix', 'cms4cv', 'wan2020')
 
 
 def method_class(config: ml_collections.ConfigDict) -> type:

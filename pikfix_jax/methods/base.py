@@ -18,7 +18,7 @@ a method has none), so checkpoints, export and the loaders need no per-method co
 """
 
 import abc
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import flax.struct
@@ -88,6 +88,48 @@ class Method(abc.ABC):
   def train_step(self, state: TrainState, batch: dict, frozen: Any
                  ) -> tuple[TrainState, dict]:
     """One optimisation step on a (global) batch: input_l, target_lab, reference_rgb."""
+
+  # ---------------------------------------------------------------------- stages
+  # A method trained in stages (Wan et al.: VAEs, then the mapping, then the scratch detector)
+  # names them with their lengths in steps; the loop runs `train_step(..., stage=NAME)` for the
+  # steps of each stage in order and checkpoints at every stage's end. () = one stage.
+  def stages(self) -> tuple[tuple[str, int], ...]:
+    return ()
+
+  def stage_of(self, step: int) -> Optional[str]:
+    """The stage that step `step` (0-based) trains, None for single-stage methods."""
+    end = 0
+    for name, length in self.stages():
+      end += length
+      if step < end:
+        return name
+    return self.stages()[-1][0] if self.stages() else None
+
+  def step_range(self, total_steps: int) -> tuple[int, int]:
+    """[first, last) steps this run trains: all, or with config.train.stage = NAME only that
+    stage's steps (a one-line error for an unknown stage)."""
+    stages = self.stages()
+    if not stages:
+      return 0, total_steps
+    wanted = self.config.train.get('stage', '')
+    start = 0
+    for name, length in stages:
+      if not wanted or name == wanted:
+        first = start if wanted else 0
+        return first, (start + length if wanted else sum(n for _, n in stages))
+      start += length
+    raise ValueError(f'Unknown config.train.stage {wanted!r}; stages of {type(self).__module__}: '
+                     f'{", ".join(n for n, _ in stages)} (or \'\' for all in order).')
+
+  def scalars_of(self, stage: Optional[str]) -> tuple[str, ...]:
+    """The scalars `train_step` returns in `stage`."""
+    del stage
+    return self.scalars
+
+  def loss_terms_of(self, stage: Optional[str]) -> tuple[str, ...]:
+    """The scalars checked for NaN/Inf in `stage`."""
+    del stage
+    return self.loss_terms
 
   def split_frozen(self, params: dict) -> tuple[dict, dict]:
     """Generator params -> (trainable, frozen)."""

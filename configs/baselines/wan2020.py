@@ -1,0 +1,54 @@
+"""Wan et al. 2020 ("Old Photo Restoration via Deep Latent Space Translation"), the restoration
+baseline of Pik-Fix's Tables 1-2, trained on our data in its three stages.
+
+  python -m pikfix_jax.main --config=configs/baselines/wan2020.py --workdir=W
+  python -m pikfix_jax.main ... --config.train.stage=mapping   # one stage alone
+
+X, Y: the pipeline's synthetic pairs (degraded L, clean L); the defect mask: data.defect_mask;
+R: a folder of real old scans (data.real_old_dir; without it VAE1 sees X alone, a warning).
+Sizes follow the paper's Table 1 and the authors' release (docs/MODEL.md, "Wan et al. 2020:
+networks"); the model and loss sections are Wan's own (Pik-Fix's are not used).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.method = 'wan2020'
+  c.dataset = 'voc'  # Table 1's "w/ degradation" column (and Table 2 with realold_eval).
+  c.data.degrade = True
+  c.data.defect_mask = True  # Scratch-detector targets and the partial nonlocal block's mask.
+  m = c.model = ml_collections.ConfigDict()
+  m.vae_features = 64  # VAE width (latent channels), both VAEs.
+  m.vae_downsample = 2  # Stride-2 convs of each VAE encoder (latent at 1/4 resolution).
+  m.vae_res = 4  # Residual blocks in each VAE encoder and decoder.
+  m.mapping_widths_in = (128, 256, 512)  # T's convs before the partial nonlocal block (Table 1).
+  m.mapping_global_res = 2  # Residual blocks of the nonlocal branch.
+  m.mapping_res = 6  # Residual blocks after the fusion.
+  m.mapping_widths_out = (256,)  # T's convs after the residual blocks, then back to the latent.
+  m.detector_features = 64  # Scratch U-Net's first width.
+  m.detector_depth = 4  # Scratch U-Net levels.
+  m.scratch_threshold = 0.5  # Detector probability above which a pixel is scratched (inference).
+  m.d_scales = 2  # Image discriminators' scales (multi-scale PatchGAN).
+  m.d_features = 64  # Discriminators' first width.
+  m.d_layers = 3  # Strided layers per PatchGAN.
+  l = c.loss = ml_collections.ConfigDict()
+  l.kl_weight = 1.0  # Eq. 2's KL term.
+  l.recon_weight = 10.0  # alpha, eq. 2 (sec. 4.1).
+  l.latent_l1_weight = 60.0  # lambda_1, eq. 5.
+  l.feature_matching_weight = 10.0  # lambda_2, eq. 5 (D and VGG feature matching, eq. 6).
+  l.focal_gamma = 0.2  # gamma, eq. 13.
+  l.focal_weight = 10.0  # beta, eq. 15.
+  o = c.optim
+  o.learning_rate = 2e-4  # The release's Adam lr and beta1.
+  o.b1 = 0.5
+  o.b2 = 0.999
+  o.decay_rate = 1.0
+  t = c.train
+  t.stages = ('vae', 'mapping', 'scratch')  # The paper's order (fixed).
+  t.stage_steps = (50000, 50000, 20000)  # Steps of each stage (the paper gives epochs only).
+  t.stage = ''  # '' = every stage in order; a name = that stage's steps only.
+  return c
