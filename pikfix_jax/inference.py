@@ -263,14 +263,22 @@ class WholeImageRestorer(PhotoRestorer):
   baselines: their networks pad to their own multiples inside)."""
 
   def __init__(self, model: nn.Module, variables: dict, uses_reference: bool = True,
-               reference_size: int = DEFAULT_REFERENCE_SIZE):
+               reference_size: int = DEFAULT_REFERENCE_SIZE, accepts_mask: bool = False):
     super().__init__(reference_size)
     self.uses_reference = uses_reference
+    self.accepts_mask = accepts_mask
+    self.mask: Optional[np.ndarray] = None  # (H, W) defect mask of the next photo (Wan et al.)
     self.variables = jax.device_put(variables)
     self._apply = jax.jit(model.apply)
 
   def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
-    out = self._apply(self.variables, l, reference)
+    kwargs = {}
+    if self.mask is not None:
+      mask = jnp.asarray(self.mask, jnp.float32)[None, :, :, None]
+      if mask.shape[1:3] != l.shape[1:3]:  # padded like the photo
+        mask, _ = pikfix.pad_to_multiple(mask)
+      kwargs['mask'] = mask
+    out = self._apply(self.variables, l, reference, **kwargs)
     return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
 
 

@@ -32,6 +32,7 @@ ALL_METHOD_CONFIGS = (
     ('configs.baselines.cms4cv_unet', 'CMS4CV U-Net (sr 2)'),
     ('configs.baselines.cms4cv_fusion', 'CMS4CV Fusion (sr 2)'),
     ('configs.baselines.cms4cv_gan', 'CMS4CV U-Net-GAN (sr 2)'),
+    ('configs.baselines.wan2020', 'Wan et al. 2020 (detector + VAE1 enc. + T + VAE2 dec.)'),
 )
 
 
@@ -51,9 +52,11 @@ def abstract_variables(config: ml_collections.ConfigDict, image_size: int):
           method.abstract_discriminator(image_size), (l, rgb))
 
 
-def forward_flops(model, variables, inputs) -> float:
-  """Forward FLOPs of one generator call from XLA's cost analysis of the compiled program."""
-  compiled = jax.jit(model.apply).lower(variables, *inputs).compile()
+def forward_flops(model, variables, inputs, fn=None) -> float:
+  """Forward FLOPs of one generator call (or of `fn(module, *inputs)`, one of its networks)
+  from XLA's cost analysis of the compiled program."""
+  apply = model.apply if fn is None else (lambda v, *a: model.apply(v, *a, method=fn))
+  compiled = jax.jit(apply).lower(variables, *inputs).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
@@ -84,9 +87,13 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
   rows.append(('generator total', f'{count(params):,d}'))
   rows.append(('discriminator', f'{count(d_params):,d}'))
   flops = forward_flops(method.generator, g_vars, inputs)
-  return (_table(rows, ('module', 'parameters')) + '\n\n' +
-          f'generator forward at {image_size}x{image_size}: {flops / 1e9:.2f} GFLOPs per image '
-          '(XLA cost analysis, batch 1)')
+  lines = [_table(rows, ('module', 'parameters')), '',
+           f'generator forward at {image_size}x{image_size}: {flops / 1e9:.2f} GFLOPs per image '
+           '(XLA cost analysis, batch 1)']
+  for name, fn in method.networks().items():
+    net_flops = forward_flops(method.generator, g_vars, inputs[:1], fn)
+    lines.append(f'  {name}: {net_flops / 1e9:.2f} GFLOPs')
+  return '\n'.join(lines)
 
 
 def methods_table(image_size: int) -> str:

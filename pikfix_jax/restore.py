@@ -139,6 +139,16 @@ class ReferencePicker:
 
 # ---------------------------------------------------------------------------------- files
 
+def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
+  """A defect-mask image -> (H, W) float32 in {0, 1} (white = defect), which must have the
+  photo's size."""
+  mask = image_io.read_image(path)
+  if mask.shape[:2] != tuple(hw):
+    raise checkpoints.RestoreError(f'--scratch_mask={path} is {mask.shape[1]}x{mask.shape[0]} px; '
+                                   f'the photo is {hw[1]}x{hw[0]}')
+  return (np.mean(mask, axis=-1) > 0.5).astype(np.float32)
+
+
 def read_alpha(path: str) -> Optional[np.ndarray]:
   """The alpha channel (H, W) in [0, 1] (EXIF orientation applied), or None when opaque."""
   with Image.open(path) as im:
@@ -189,6 +199,7 @@ class Options:
   query_chunk: int = 0
   vgg19: Optional[str] = None  # None: the model config's backbones.vgg19 when that file exists.
   index_image_size: int = 0
+  scratch_mask: str = ''  # Defect mask image (white = scratch) for Wan et al.'s restorer.
 
 
 @dataclasses.dataclass
@@ -307,6 +318,13 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
           variables, reference_size=options.reference_size, tile_size=options.tile_size,
           color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
           query_chunk=options.query_chunk or None)
+    if options.scratch_mask:
+      if not getattr(restorer, 'accepts_mask', False):
+        raise checkpoints.RestoreError('--scratch_mask: this method takes no defect mask (only '
+                                       'wan2020 does)')
+      if len(pairs) != 1:
+        raise checkpoints.RestoreError('--scratch_mask is the mask of one photo: give one --input')
+      restorer.mask = read_mask(options.scratch_mask, image_io.read_image(pairs[0][0]).shape[:2])
     picker = None
     if not restorer.uses_reference:
       if options.reference or options.reference_dir or options.index:
@@ -404,6 +422,9 @@ def define_flags() -> dict:
                                    'model config\'s backbones.vgg19 when that file exists).')
   d['index_image_size'] = flags.DEFINE_integer('index_image_size', 0, 'Image size of an index '
                                                'built on the fly (default 224).')
+  d['scratch_mask'] = flags.DEFINE_string(
+      'scratch_mask', '', 'Wan et al. (method wan2020) only: an image of the photo\'s size, '
+      'white where it is scratched, used instead of the scratch detector\'s mask (one photo).')
   return d
 
 

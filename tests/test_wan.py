@@ -114,6 +114,14 @@ def test_killed_in_a_stage_resumes_exactly_then_restores_and_evaluates(tmp_path,
                                         output=str(tmp_path / 'out.png')), out=messages)
   assert code == 0, messages.getvalue()
   assert np.asarray(Image.open(tmp_path / 'out.png')).shape == (41, 57, 3)
+  # --scratch_mask replaces the detector's mask: an all-white one changes the output.
+  Image.fromarray(np.full((41, 57), 255, np.uint8)).save(tmp_path / 'mask.png')
+  code, _ = restore.run(restore.Options(workdir=str(tmp_path / 'full'), input=str(photo),
+                                        output=str(tmp_path / 'masked.png'),
+                                        scratch_mask=str(tmp_path / 'mask.png')), out=messages)
+  assert code == 0, messages.getvalue()
+  assert not np.array_equal(np.asarray(Image.open(tmp_path / 'out.png')),
+                            np.asarray(Image.open(tmp_path / 'masked.png')))
   model, variables, trained = checkpoints.load_generator(workdir=str(tmp_path / 'full'))
   summary = evaluate.evaluate(trained, model, variables, str(tmp_path / 'eval'))
   table = open(tmp_path / 'eval' / 'table.md').read()

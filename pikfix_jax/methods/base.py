@@ -141,6 +141,11 @@ class Method(abc.ABC):
     rgb = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return flax.core.unfreeze(jax.eval_shape(self.generator.init, jax.random.PRNGKey(0), l, rgb))
 
+  def networks(self) -> dict:
+    """{name: fn(generator module, input_l) -> output}: the generator's networks one by one,
+    for per-network FLOPs (model_summary); {} when the generator is one network."""
+    return {}
+
   def abstract_discriminator(self, image_size: int = 64) -> dict:
     """Shapes of the discriminator's params ({} without one; no compute)."""
     return {}

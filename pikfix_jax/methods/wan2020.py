@@ -114,6 +114,24 @@ class Method(base.Method):
       raise ValueError('Wan et al. needs the defect mask (scratch detector targets, partial '
                        'nonlocal mask): set --config.data.defect_mask=True')
 
+  def networks(self) -> dict:
+    def latent(m, l):
+      f = 2 ** self.config.model.vae_downsample
+      return jnp.zeros((l.shape[0], l.shape[1] // f, l.shape[2] // f,
+                        self.config.model.vae_features), l.dtype)
+    return {'scratch detector': lambda m, l: m.detect(l),
+            'VAE1 encoder': lambda m, l: m.vae1.encode(l)[0],
+            'mapping T': lambda m, l: m.mapping(latent(m, l), jnp.zeros_like(l)),
+            'VAE2 decoder': lambda m, l: m.vae2.decode(latent(m, l))}
+
+  def make_restorer(self, variables: dict, **options):
+    """The whole pipeline at once; `restorer.mask` (restore --scratch_mask) replaces the
+    detector's mask."""
+    from pikfix_jax import inference  # pylint: disable=g-import-not-at-top  (a cycle otherwise)
+    kept = {k: v for k, v in options.items() if k == 'reference_size' and v}
+    return inference.WholeImageRestorer(self.generator, variables, False, accepts_mask=True,
+                                        **kept)
+
   # ------------------------------------------------------------------------- stages
   def stages(self) -> tuple[tuple[str, int], ...]:
     t = self.config.train
