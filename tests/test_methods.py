@@ -44,7 +44,7 @@ def test_unknown_method_is_a_one_line_error_listing_the_known():
   c = tiny_baseline('pix2pix')
   c.method = 'deoldify'
   with pytest.raises(ValueError, match=r"Unknown config.method 'deoldify'; known methods: "
-                                       r'pikfix, pix2pix, cms4cv\.'):
+                                       r'pikfix, pix2pix, cms4cv, wan2020\.'):
     methods.get(c)
 
 

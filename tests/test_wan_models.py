@@ -35,6 +35,7 @@ def _tiny_mapping(**kw) -> wan.MappingNetwork:
 # Shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw, latent', [((36, 52), (9, 13)), ((37, 50), (10, 13))])
 def test_vae_shapes_and_range(hw, latent):
   vae = _tiny_vae()
@@ -53,6 +54,7 @@ def test_vae_shapes_and_range(hw, latent):
   decoded = vae.apply(variables, mu, method='decode')
   assert decoded.shape == (2, latent[0] * 4, latent[1] * 4, 1)
 
+@pytest.mark.slow
 
 def test_mapping_shapes_with_image_or_latent_mask():
   z = jnp.asarray(_uniform(0, (2, 9, 13, 8), -1.0))
@@ -67,6 +69,7 @@ def test_mapping_shapes_with_image_or_latent_mask():
   assert weights.shape == (2, 9 * 13, 9 * 13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(36, 52), (37, 51)])
 def test_scratch_detector_shapes(hw):
   det = wan.ScratchDetector(base_features=4, depth=2)
@@ -79,6 +82,7 @@ def test_scratch_detector_shapes(hw):
   inst = wan.ScratchDetector(base_features=4, depth=2, norm='instance')
   assert inst.apply(inst.init(KEY, x), x).shape == x.shape
 
+@pytest.mark.slow
 
 def test_discriminator_shapes():
   z = jnp.asarray(_uniform(0, (2, 9, 13, 8), -1.0))
@@ -96,6 +100,7 @@ def test_discriminator_shapes():
   conditional = d.apply(d.init(KEY, x, x), x, x)
   assert conditional[0][0].shape == outputs[0][0].shape
 
+@pytest.mark.slow
 
 def test_patch_discriminator_return_features_same_logits_and_params():
   l, ab = jnp.asarray(_uniform(0, (2, 32, 32, 1))), jnp.asarray(_uniform(1, (2, 32, 32, 2)))
@@ -190,6 +195,7 @@ def test_partial_nonlocal_matches_numpy():
   want = (1 - m.reshape(2, -1, 1)) * x + m.reshape(2, -1, 1) * o  # eq. 10, both rho identity
   np.testing.assert_allclose(np.asarray(fused).reshape(2, -1, 8), want, rtol=1e-4, atol=1e-5)
 
+@pytest.mark.slow
 
 def test_partial_nonlocal_all_masked_and_no_mask():
   f, _ = _block_inputs()
@@ -244,6 +250,7 @@ def test_latent_generator_loss_reaches_every_encoder_parameter():
       k for k, g in enc.items() if not np.any(np.asarray(g))]
   assert all(not np.any(np.asarray(g)) for k, g in flat.items() if k.startswith('decoder/'))
 
+@pytest.mark.slow
 
 def test_mapping_gradient_reaches_every_parameter():
   z = jnp.asarray(_uniform(0, (2, 9, 13, 8), -1.0))
