@@ -195,8 +195,8 @@ def test_full_size_eval_needs_batch_one():
   assert batches[0]['reference_rgb'].shape == (1, SIZE, SIZE, 3)
 
 
-@pytest.mark.slow
 # ---------------------------------------------------------- Wan et al.: defect mask, domain R
+@pytest.mark.slow
 def test_defect_mask_adds_a_field_and_changes_nothing_else():
   """data.defect_mask: same batches bit for bit plus `defect_mask` in {0, 1}; zero for clean
   examples (clean_prob), padding rows and undegraded data."""
