@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   l.kl_weight = 1.0  # Eq. 2's KL term.
   l.recon_weight = 10.0  # alpha, eq. 2 (sec. 4.1).
   l.latent_l1_weight = 60.0  # lambda_1, eq. 5.
+  # L1 between G_Y(T(z_x)) and y in image space: not in eq. 5 (0, the paper); > 0 adds it.
+  l.image_l1_weight = 0.0
   l.feature_matching_weight = 10.0  # lambda_2, eq. 5 (D and VGG feature matching, eq. 6).
   l.focal_gamma = 0.2  # gamma, eq. 13.
   l.focal_weight = 10.0  # beta, eq. 15.

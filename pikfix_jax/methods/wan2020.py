@@ -43,8 +43,8 @@ D_NETS = {'vae': ('d_vae1', 'd_vae2', 'd_latent'), 'mapping': ('d_mapping',), 's
 SCALARS = {
     'vae': ('total', 'vae1_kl', 'vae1_l1', 'vae1_gan', 'vae2_kl', 'vae2_l1', 'vae2_gan',
             'latent_gan', 'd_loss', 'd_latent', 'g_grad_norm', 'learning_rate'),
-    'mapping': ('total', 'latent_l1', 'gan', 'feature_matching', 'vgg', 'd_loss', 'psnr',
-                'ssim', 'g_grad_norm', 'learning_rate'),
+    'mapping': ('total', 'latent_l1', 'image_l1', 'gan', 'feature_matching', 'vgg', 'd_loss',
+                'psnr', 'ssim', 'g_grad_norm', 'learning_rate'),
     'scratch': ('total', 'iou', 'g_grad_norm', 'learning_rate'),
 }
 LOSS_TERMS = {'vae': ('total', 'd_loss', 'd_latent'), 'mapping': ('total', 'd_loss'),
@@ -321,11 +321,12 @@ class Method(base.Method):
     def g_loss_fn(zo):
       z, o = zo
       fake_outputs = d.apply({'params': d_params['d_mapping']}, o, x)
-      terms = {'latent_l1': wan_losses.l1(z, z_y),
+      terms = {'latent_l1': wan_losses.l1(z, z_y), 'image_l1': wan_losses.l1(o, y),
                'gan': wan_losses.lsgan_generator_loss(fake_outputs),
                'feature_matching': wan_losses.feature_matching_loss(fake_outputs, real_outputs),
                'vgg': wan_losses.vgg_feature_matching_loss(vgg, o, y)}
-      total = (c.latent_l1_weight * terms['latent_l1'] + terms['gan'] +
+      total = (c.latent_l1_weight * terms['latent_l1'] + c.image_l1_weight * terms['image_l1'] +
+               terms['gan'] +
                c.feature_matching_weight * (terms['feature_matching'] + terms['vgg']))
       return total, dict(terms, total=total)
 
