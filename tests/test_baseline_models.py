@@ -46,6 +46,7 @@ def _torch_count(module_fn) -> int:
 # Pix2pix
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(8, 8), (5, 7)])
 def test_conv_transpose_stride2_matches_torch_conv_transpose(hw):
   """ConvTranspose2d(k=4, s=2, p=1) computed as a 2x2 conv + depth-to-space: torch's values
@@ -211,6 +212,7 @@ def test_cms4cv_unet_matches_torch_in_eval_mode(sr_factor, upsampling):
   np.testing.assert_allclose(out, expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(32, 32), (30, 22)])
 def test_cms4cv_discriminator_matches_torch_in_eval_mode(hw):
   """Odd intermediate sizes take TF's asymmetric 'same' padding."""

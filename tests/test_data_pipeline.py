@@ -544,7 +544,7 @@ def _ids(config, split):
   return [e['id'].decode() for e in ip.images(config, split).as_numpy_iterator()]
 
 
-@pytest.mark.parametrize('dataset', ['demo', 'div2k'])
+@pytest.mark.parametrize('dataset', ['demo', pytest.param('div2k', marks=pytest.mark.slow)])
 def test_selection_split_is_held_out_of_training(tmp_path, dataset):
   """data.selection_size images leave 'train' for 'selection' (random-access demo, sequential
   tfds div2k); the evaluation split is untouched; the draw follows data.split_seed."""

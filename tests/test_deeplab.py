@@ -86,7 +86,7 @@ def test_upsample_matches_torch_interpolate(size):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize('height,width', [(64, 64), (71, 53)])
+@pytest.mark.parametrize('height,width', [(64, 64), pytest.param(71, 53, marks=pytest.mark.slow)])
 def test_logits_match_torch(torch_model, variables, apply, height, width):
   x = np.random.default_rng(height).uniform(size=(2, height, width, 3)).astype(np.float32)
   logits, features = apply(variables, x, return_features=True)
@@ -113,6 +113,7 @@ def _write(state, path):
   return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('edit,message', [
     (lambda s: s.pop('backbone.13.block.1.0.weight'),
      "missing key 'backbone.13.block.1.0.weight'"),

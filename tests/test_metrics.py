@@ -116,6 +116,7 @@ def _zeros_file(tmp_path, arch: str) -> str:
   return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('convention,other,arch,other_arch', [
     ('authors', 'skimage', 'lpips_alex', 'lpips_vgg'),
     ('skimage', 'authors', 'lpips_vgg', 'lpips_alex'),

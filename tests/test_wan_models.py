@@ -230,6 +230,7 @@ def test_blur_downsample_matches_numpy():
 
 # Gradients
 
+@pytest.mark.slow
 
 def test_latent_generator_loss_reaches_every_encoder_parameter():
   """Eq. 4: E_{R,X} is trained against D_{R,X}; the generator-side latent loss has a nonzero
@@ -322,6 +323,7 @@ def test_vgg_feature_matching_loss_with_a_stand_in_network():
 def _np_sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
+@pytest.mark.slow
 
 def test_detection_losses():
   logits = _uniform(0, (2, 6, 5, 1), -1.0) * 4.0

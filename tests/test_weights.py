@@ -198,6 +198,7 @@ def test_lpips_alex_bad_files_fail_naming_key_and_file(tmp_path, lpips_alex_file
   with pytest.raises(ValueError, match=r'lpips_alex needs .*AlexNet.*alex\.pth'):
     weights.convert_files('lpips_alex', alexnet_path)
 
+@pytest.mark.slow
 
 def test_convert_weights_cli_lpips_alex(tmp_path, lpips_alex_files):
   torch_lpips, alexnet_path, heads_path = lpips_alex_files
