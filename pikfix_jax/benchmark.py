@@ -13,15 +13,15 @@ from typing import Callable, Optional
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import skimage.data
 
+from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import inference
-from pikfix_jax import models
+from pikfix_jax import methods
 from pikfix_jax import retrieval
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
@@ -358,13 +358,13 @@ def bench_restore(config) -> None:
   main() turns the persistent compilation cache off, so compile times are cold."""
 
   size = config.data.image_size
-  model = pikfix.build_generator(config.model)
+  init_config = config.copy_and_resolve_references()
+  init_config.data.image_size = pikfix.MULTIPLE  # the variables do not depend on the size
+  method = methods.get(init_config)
   start = time.perf_counter()
-  tiny = jnp.zeros((1, pikfix.MULTIPLE, pikfix.MULTIPLE, 1), jnp.float32)
-  variables = models.jit_init(model.init)(jax.random.PRNGKey(config.seed), tiny,
-                                          jnp.zeros(tiny.shape[:3] + (3,), jnp.float32))
+  variables = checkpoints.generator_variables(method.init_state(config.seed))
   init_s = time.perf_counter() - start
-  restorer = inference.Restorer(model, variables)
+  restorer = method.make_restorer(variables)
   image = image_io.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
   reference = skimage.data.coffee() / np.float32(255)
   start = time.perf_counter()
@@ -376,10 +376,12 @@ def bench_restore(config) -> None:
     restorer(image, reference)
     times.append(time.perf_counter() - start)
   info = restorer.last_info
-  emit({'what': 'restore', 'image_size': size, 'dtype': config.model.dtype,
-        'reference': list(info['reference']), 'tile_size': restorer.tile_size,
-        'halo': restorer.halo, 'windows': info['windows'], 'window': list(info['window']),
-        'color_resolution': list(info['color']), 'init_s': round(init_s, 1),
+  emit({'what': 'restore', 'method': config.get('method', 'pikfix'), 'image_size': size,
+        'dtype': config.model.get('dtype', 'float32'), 'reference': list(info['reference']),
+        'tile_size': getattr(restorer, 'tile_size', None),
+        'halo': getattr(restorer, 'halo', None), 'windows': info.get('windows'),
+        'window': list(info.get('window', ())) or None,
+        'color_resolution': list(info.get('color', ())) or None, 'init_s': round(init_s, 1),
         'first_call_s': round(first_s, 1),
         'run_s': round(float(np.median(times)), 1) if times else None, 'runs': len(times),
         'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
