@@ -263,8 +263,10 @@ class WholeImageRestorer(PhotoRestorer):
   baselines: their networks pad to their own multiples inside)."""
 
   def __init__(self, model: nn.Module, variables: dict, uses_reference: bool = True,
-               reference_size: int = DEFAULT_REFERENCE_SIZE, accepts_mask: bool = False):
+               reference_size: int = DEFAULT_REFERENCE_SIZE, accepts_mask: bool = False,
+               max_pixels: int = 0):
     super().__init__(reference_size)
+    self.max_pixels = max_pixels  # 0: any size (what the padded photo may have, else an error)
     self.uses_reference = uses_reference
     self.accepts_mask = accepts_mask
     self.mask: Optional[np.ndarray] = None  # (H, W) defect mask of the next photo (Wan et al.)
@@ -272,6 +274,12 @@ class WholeImageRestorer(PhotoRestorer):
     self._apply = jax.jit(model.apply)
 
   def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
+    h, w = l.shape[1:3]
+    if self.max_pixels and h * w > self.max_pixels:
+      raise checkpoints.RestoreError(
+          f'the padded photo is {w}x{h} px, above this model\'s {self.max_pixels} pixels at once '
+          '(config.model.max_restore_pixels: its memory grows with the square of the size); '
+          'downscale the photo or raise the limit on a larger machine')
     kwargs = {}
     if self.mask is not None:
       mask = jnp.asarray(self.mask, jnp.float32)[None, :, :, None]

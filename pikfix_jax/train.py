@@ -265,6 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     int(state.step))
     state = state.replace(step=jnp.full_like(state.step, first_step))
   start_step = int(state.step)
+  if method.stages() and start_step >= num_steps:
+    logging.warning('%s is at step %d: nothing left to train for config.train.stage=%r '
+                    '(steps %d-%d).', workdir, start_step, config.train.get('stage', ''),
+                    first_step, num_steps)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
   if start_step == 0:
@@ -347,7 +351,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_images(step, {'train': image_grid(batch, outs)[None]})
       if step % config.train.eval_every == 0 or is_last:
         _check_finite(*pending, workdir, last_saved)
-        checkpoints.save_state(best, step, state, metrics=run_eval(step, is_last))
+        results = run_eval(step, is_last)
+        # best/ ranks complete models only: for a staged method, those of its last stage.
+        if stage is None or stage == method.stages()[-1][0]:
+          checkpoints.save_state(best, step, state, metrics=results)
       if (step % config.train.checkpoint_every == 0 or is_last or stage_ends or
           terminate.requested):
         _check_finite(*pending, workdir, last_saved)

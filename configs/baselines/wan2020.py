@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.detector_features = 64  # Scratch U-Net's first width.
   m.detector_depth = 4  # Scratch U-Net levels.
   m.scratch_threshold = 0.5  # Detector probability above which a pixel is scratched (inference).
+  # restore: the largest padded photo (pixels) run at once; the partial nonlocal block's memory
+  # is quadratic in latent positions (512^2 px: 16,384 positions, a 1 GiB attention matrix).
+  m.max_restore_pixels = 512 * 512
   m.d_scales = 2  # Image discriminators' scales (multi-scale PatchGAN).
   m.d_features = 64  # Discriminators' first width.
   m.d_layers = 3  # Strided layers per PatchGAN.

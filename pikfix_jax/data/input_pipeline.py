@@ -16,6 +16,7 @@ import concurrent.futures
 import functools
 import json
 import math
+import os
 from typing import Iterator, Optional
 
 import ml_collections
@@ -344,8 +345,10 @@ def crop_references(config: ml_collections.ConfigDict, split: sources.Split,
   per process.
   """
   d = config.data
-  key = json.dumps([d.retrieval_index, config.backbones.vgg19, d.eval_image_size, id(split),
-                    id(train_split)])
+  stat = os.stat(d.retrieval_index) if os.path.exists(d.retrieval_index) else None
+  key = json.dumps([d.retrieval_index, stat and (stat.st_size, stat.st_mtime_ns),
+                    config.backbones.vgg19, d.eval_image_size, split.dataset, split.name,
+                    split.count, train_split.count, d.split_seed, d.selection_size])
   if key in _CROP_REFERENCES:
     return _CROP_REFERENCES[key]
   index = retrieval.ReferenceIndex.load(d.retrieval_index)

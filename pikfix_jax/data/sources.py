@@ -71,7 +71,9 @@ def canonical_split(config: ml_collections.ConfigDict, split: str) -> str:
   if split in ('validation', 'test', 'eval'):
     return EVAL_SPLIT[config.dataset]
   if split == 'selection':
-    if config.dataset == 'realold' or not config.data.selection_size:
+    if config.dataset == 'realold':
+      raise ValueError('realold has no training split to hold a selection split out of.')
+    if not config.data.selection_size:
       raise ValueError(f'{config.dataset} has no selection split: set '
                        '--config.data.selection_size=N to hold N training images out for it.')
     return 'selection'

@@ -117,7 +117,7 @@ class Method(base.Method):
   def networks(self) -> dict:
     def latent(m, l):
       f = 2 ** self.config.model.vae_downsample
-      return jnp.zeros((l.shape[0], l.shape[1] // f, l.shape[2] // f,
+      return jnp.zeros((l.shape[0], -(-l.shape[1] // f), -(-l.shape[2] // f),
                         self.config.model.vae_features), l.dtype)
     return {'scratch detector': lambda m, l: m.detect(l),
             'VAE1 encoder': lambda m, l: m.vae1.encode(l)[0],
@@ -130,6 +130,8 @@ class Method(base.Method):
     from pikfix_jax import inference  # pylint: disable=g-import-not-at-top  (a cycle otherwise)
     kept = {k: v for k, v in options.items() if k == 'reference_size' and v}
     return inference.WholeImageRestorer(self.generator, variables, False, accepts_mask=True,
+                                        max_pixels=self.config.model.get('max_restore_pixels',
+                                                                   512 * 512),
                                         **kept)
 
   # ------------------------------------------------------------------------- stages
