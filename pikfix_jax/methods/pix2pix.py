@@ -45,13 +45,7 @@ class Method(supervised.SupervisedMethod):
   def generator_losses(self, raw, target, fake_logits) -> dict:
     return pix2pix.generator_loss(fake_logits, raw, target, self.config.loss.l1_weight)
 
-  def d_example_input(self, size: int) -> tuple:
-    return (jnp.zeros((1, size, size, 1)), jnp.zeros((1, size, size, 3)))
+  discriminator_loss = staticmethod(pix2pix.discriminator_loss)
 
-  def d_logits(self, d_variables, batch, raw):
-    out, _ = self.discriminator.apply(d_variables, batch['input_l'], raw, train=True,
-                                      mutable=['batch_stats'])
-    return out
-
-  def discriminator_loss(self, real, fake):
-    return pix2pix.discriminator_loss(real, fake)
+  def d_condition(self, batch: dict) -> tuple:
+    return (batch['input_l'],)  # pix2pix's D sees [input, output]

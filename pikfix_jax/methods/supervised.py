@@ -10,7 +10,7 @@ and implements `target`, `generator_losses` and, with a discriminator, `d_logits
 
 import abc
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import dm_pix
 import flax
@@ -54,16 +54,24 @@ class SupervisedMethod(base.Method):
                        fake_logits: Optional[jnp.ndarray]) -> dict:
     """{'total', ...} of the generator (fake_logits None without a discriminator)."""
 
-  def d_logits(self, d_variables: dict, batch: dict, raw: jnp.ndarray) -> jnp.ndarray:
-    """D's logits for `raw` (the target or the generator's output) of `batch`."""
-    raise NotImplementedError
+  # With a discriminator: its loss (real logits, fake logits) -> scalar, set by the subclass.
+  discriminator_loss: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
-  def discriminator_loss(self, real: jnp.ndarray, fake: jnp.ndarray) -> jnp.ndarray:
-    raise NotImplementedError
+  def d_condition(self, batch: dict) -> tuple:
+    """What D sees before the image it judges (pix2pix: the input L); () by default."""
+    del batch
+    return ()
+
+  def d_logits(self, d_variables: dict, batch: dict, raw: jnp.ndarray) -> jnp.ndarray:
+    """D's logits (training mode) for `raw`, the target or the generator's output."""
+    out, _ = self.discriminator.apply(d_variables, *self.d_condition(batch), raw, train=True,
+                                      mutable=['batch_stats'])
+    return out
 
   def d_example_input(self, size: int) -> tuple:
-    """Positional arrays of discriminator.init for a (1, size, size) batch."""
-    raise NotImplementedError
+    """Positional arrays of discriminator.init for a (1, size, size) batch (3-channel 'raw')."""
+    example = {'input_l': jnp.zeros((1, size, size, 1), jnp.float32)}
+    return (*self.d_condition(example), jnp.zeros((1, size, size, 3), jnp.float32))
 
   def load_pretrained(self, g_vars: dict) -> dict:
     """Pretrained parts of the generator's initial variables (none by default)."""
