@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Synthetic degradation (Wan et al. 2020 sec. 4.2 + Pik-Fix sec. 4.1).
   d = c.data.degradation = ml_collections.ConfigDict()
+  # Unstructured degradations applied, in random order (of noise, blur, jpeg, color_jitter,
+  # box_blur); each one listed is skipped with probability drop_prob.
+  d.unstructured = ('noise', 'blur', 'jpeg', 'color_jitter', 'box_blur')
   d.drop_prob = 0.3  # Each unstructured degradation is skipped with this probability.
   # Training: probability that an example's input is left clean, so the restoration sub-net
   # also learns to keep what needs no repair (0 = always degraded, the paper's recipe).

@@ -15,8 +15,13 @@ keep the paper's recipe:
 * references are strategy 1 only, a crop near the input's (data.reference_max_shift) and
   jittered and warped as in the paper: another of seven unrelated photos (strategy 2) carries
   no information about the input's colours;
-* a fifth of the inputs are left clean (data.degradation.clean_prob), so the restoration
-  sub-net learns to keep what needs no repair.
+* the old-photo damage is the part a small restoration sub-net can undo in its budget:
+  noise, JPEG, film grain, scratch and paper textures, holes; not blur (sigma up to 5 px
+  removes the detail of a 64 px crop), colour jitter or fading (a shift or fade of the whole
+  print cannot be told from the photo's own exposure, so undoing it darkens clean photos);
+  and two inputs in five are left clean, so the sub-net learns to keep what needs no repair
+  (docs/MODEL.md, "Restoration in the demo": chosen on grey scikit-image photos that neither
+  train nor validate).
 Validation: 128 px centre crops of chelsea and coffee (never trained on), each at four hue
 rotations (0, 90, 180, 270 degrees) with its reference turned alongside, so a model with a fixed
 colour prior fails there; the reference is the ground truth itself (data.eval_reference='self'),
@@ -40,7 +45,9 @@ def get_config():
   c.data.reference_max_shift = 0.0625
   c.data.train_repeats = 32  # 224 examples (56 steps) per epoch
   c.data.degrade = True
-  c.data.degradation.clean_prob = 0.2
+  c.data.degradation.unstructured = ('noise', 'jpeg')
+  c.data.degradation.fade_prob = 0.0
+  c.data.degradation.clean_prob = 0.4
   m = c.model
   m.restoration.features = 16
   m.restoration.growth = 8

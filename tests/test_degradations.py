@@ -172,6 +172,44 @@ def test_degrade_with_everything_on_changes_image_and_without_is_identity(bank):
   np.testing.assert_allclose(dg.degrade(x, SEED, cfg, bank), x, atol=1e-6)
 
 
+def _only_unstructured(names):
+  cfg = default.get_config().data.degradation
+  cfg.drop_prob = 0.0
+  cfg.unstructured = names
+  for p in ('texture_prob', 'paper_prob', 'hole_prob', 'grain_prob', 'fade_prob'):
+    cfg[p] = 0.0
+  return cfg
+
+
+def test_unstructured_list_applies_only_the_named_degradations(bank):
+  x = np.asarray(_smooth_image(seed=2))
+  np.testing.assert_allclose(dg.degrade(x, SEED, _only_unstructured(()), bank), x, atol=1e-6)
+  # Noise alone: zero-mean residual of the configured strength, nothing smoothed away.
+  cfg = _only_unstructured(('noise',))
+  cfg.noise_sigma = (20.0, 20.0)
+  residual = np.asarray(dg.degrade(x, SEED, cfg, bank)) - x
+  assert abs(residual.mean()) < 0.01 and 0.06 < residual.std() < 0.1
+  # Blur alone: the image loses high frequencies and keeps its mean.
+  cfg = _only_unstructured(('blur',))
+  cfg.blur_sigma = (3.0, 3.0)
+  cfg.blur_kernel_sizes = (7,)
+  out = np.asarray(dg.degrade(x, SEED, cfg, bank))
+  detail = lambda im: np.abs(np.diff(im[8:-8, 8:-8], axis=0)).mean()
+  assert detail(out) < 0.6 * detail(x) and abs(out.mean() - x.mean()) < 0.01
+  # Leaving one out keeps the others' draws: noise is the same whether blur is listed or not
+  # when the blur does nothing (sigma ~ 0).
+  cfg_a, cfg_b = _only_unstructured(('noise',)), _only_unstructured(('noise', 'blur'))
+  cfg_b.blur_sigma = (1e-3, 1e-3)
+  np.testing.assert_allclose(dg.degrade(x, SEED, cfg_a, bank), dg.degrade(x, SEED, cfg_b, bank),
+                             atol=1e-6)
+
+
+def test_unknown_unstructured_name_is_a_one_line_error(bank):
+  cfg = _only_unstructured(('noise', 'scratches'))
+  with pytest.raises(ValueError, match=r"config.data.degradation.unstructured: unknown \['scratches'\]"):
+    dg.degrade(_smooth_image(), SEED, cfg, bank)
+
+
 def test_degrade_runs_in_tf_data_graph(bank):
   cfg = default.get_config().data.degradation
   ds = tf.data.Dataset.range(4).map(

@@ -231,6 +231,20 @@ def changed_mask(before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
   return tf.cast(diff > DEFECT_MASK_THRESHOLD / 255.0, tf.float32)
 
 
+# The unstructured degradations, in the order of their stateless seeds (config names).
+UNSTRUCTURED = ('noise', 'blur', 'jpeg', 'color_jitter', 'box_blur')
+
+
+def unstructured_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`config.unstructured` checked: a ValueError naming the option for an unknown name."""
+  names = tuple(config.unstructured)
+  unknown = sorted(set(names) - set(UNSTRUCTURED))
+  if unknown:
+    raise ValueError(f'config.data.degradation.unstructured: unknown {unknown}; use names of '
+                     f'{UNSTRUCTURED}')
+  return names
+
+
 def degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
             textures: Optional[tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
   """The full synthetic old-photo model (module docstring), ranges from config.data.degradation.
@@ -269,9 +283,11 @@ def _degrade(image: tf.Tensor, seed, config: ml_collections.ConfigDict,
       lambda x, k: color_jitter(x, k, d.color_jitter),
       lambda x, k: box_blur(x, k, d.box_blur_sizes),
   ]
+  enabled = tf.constant([name in unstructured_names(d) for name in UNSTRUCTURED])
   n = len(unstructured)
+  # Order and drops are drawn over all five, so leaving one out keeps every other draw.
   order = tf.argsort(_uniform(s[0], shape=[n]))
-  keep = _uniform(s[1], shape=[n]) >= d.drop_prob
+  keep = (_uniform(s[1], shape=[n]) >= d.drop_prob) & enabled
   image = tf.convert_to_tensor(image, tf.float32)
 
   def step(t, x):  # A loop, so that each operation is traced once, not once per position.
