@@ -198,3 +198,20 @@ def test_overfit_two_images_and_every_subnet_gets_gradients():
         norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(sub))
         assert norm > 0 and np.isfinite(norm), (path, norm)
   assert history[-1] <= 0.5 * history[0], (history[0], history[-1])
+
+
+def test_restoration_net_keeps_learning_when_its_fusion_is_pushed_below_zero():
+  """Training towards the identity on clean inputs drove the demo's fusion units below zero
+  (99.9 % inactive behind a ReLU): the residual path then carried no gradient and the sub-net
+  returned its input for good. With a linear fusion every parameter still gets gradient."""
+  from pikfix_jax.models.restoration_net import RestorationNet
+  net = RestorationNet(levels=(1, 4), features=8, num_blocks=1, num_units=2, growth=4)
+  rng = np.random.default_rng(0)
+  clean = jnp.asarray(rng.random((2, 32, 32, 1)), jnp.float32)
+  noisy = clean + 0.1 * jnp.asarray(rng.standard_normal(clean.shape), jnp.float32)
+  params = net.init(jax.random.PRNGKey(0), noisy)['params']
+  params['fusion']['bias'] = jnp.full_like(params['fusion']['bias'], -10.0)
+  grads = jax.grad(lambda p: jnp.mean(jnp.abs(net.apply({'params': p}, noisy) - clean)))(params)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    if path[-1].key == 'kernel':
+      assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)

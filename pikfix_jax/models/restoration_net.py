@@ -60,7 +60,10 @@ class RestorationNet(nn.Module):
                    name=f'level_x{factor}')(layers.downsample(x, factor))
       level_features.append(layers.resize(y, h, w))
     y = jnp.concatenate(level_features, axis=-1)
-    y = nn.relu(layers.Conv(self.features, (3, 3), dtype=self.dtype, name='fusion')(y))
+    # Linear, as RDN's global feature fusion: behind a ReLU every fusion unit can die (a residual
+    # pushed to zero on clean inputs), leaving a sub-net that returns its input and never
+    # learns again (docs/MODEL.md, "Restoration in the demo").
+    y = layers.Conv(self.features, (3, 3), dtype=self.dtype, name='fusion')(y)
     residual = layers.Conv(1, (3, 3), dtype=self.dtype, name='output',
                            kernel_init=nn.initializers.variance_scaling(
                                0.01, 'fan_in', 'truncated_normal'))(y)
