@@ -19,7 +19,7 @@ keep the paper's recipe:
   noise, JPEG, film grain, scratch and paper textures, holes; not blur (sigma up to 5 px
   removes the detail of a 64 px crop), colour jitter or fading (a shift or fade of the whole
   print cannot be told from the photo's own exposure, so undoing it darkens clean photos);
-  and two inputs in five are left clean, so the sub-net learns to keep what needs no repair
+  and three inputs in five are left clean, so the sub-net learns to keep what needs no repair
   (docs/MODEL.md, "Restoration in the demo": chosen on grey scikit-image photos that neither
   train nor validate).
 Validation: 128 px centre crops of chelsea and coffee (never trained on), each at four hue
@@ -47,7 +47,7 @@ def get_config():
   c.data.degrade = True
   c.data.degradation.unstructured = ('noise', 'jpeg')
   c.data.degradation.fade_prob = 0.0
-  c.data.degradation.clean_prob = 0.4
+  c.data.degradation.clean_prob = 0.6
   m = c.model
   m.restoration.features = 16
   m.restoration.growth = 8
