@@ -7,8 +7,8 @@ trivial baselines) into the workdir.
 
 Seven training photos cannot teach a colour prior worth having, so the demo shows the part of
 Pik-Fix that does not need one: colours read from the reference (docs/MODEL.md, "Why the
-reference steers"). Three data settings make that learnable in its budget; the paper configs
-keep the paper's recipe:
+reference steers"), and a restoration that helps damaged photos and keeps clean ones. Four
+data settings make both learnable in its budget; the paper configs keep the paper's recipe:
 * every example's colours and its reference's are hue-rotated together by a random angle
   (data.hue_rotation), so colour cannot be predicted from content and must come from the
   reference;

@@ -194,8 +194,8 @@ def bench_train(config, steps: int) -> None:
       'peak_tflops_per_device': peak,
       'mfu': round(achieved / (peak * len(devices)), 4) if achieved and peak else None,
       'peak_memory_gib': round(peak_memory / 2**30, 2), 'peak_memory_source': memory_source,
-      'xla_temp_gib_per_device': round(memory.temp_size_in_bytes / 2**30, 2) if memory else None,
-      'xla_memory_gib_per_device': (round(step_memory_bytes(memory) / 2**30, 2) if memory
+      'xla_temp_gib_per_device': round(memory.temp_size_in_bytes / 2**30, 4) if memory else None,
+      'xla_memory_gib_per_device': (round(step_memory_bytes(memory) / 2**30, 4) if memory
                                     else None),
       'loss': round(float(scalars['total']), 4)})
 

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from pikfix_jax import cli
 from pikfix_jax import metrics
+from pikfix_jax import scoring
 from pikfix_jax.data import color_tf
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.models.restoration_net import RestorationNet
@@ -55,10 +56,6 @@ def probe_crops(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarr
       degraded.append(input_pipeline.degrade_luminance(l, seed, config, bank).numpy())
       clean.append(l.numpy())
   return np.stack(degraded), np.stack(clean)
-
-
-def _l8(l: np.ndarray) -> np.ndarray:
-  return metrics.quantize(np.clip(l, 0.0, 1.0))
 
 
 def run(config: ml_collections.ConfigDict, steps: int) -> dict:
@@ -93,16 +90,20 @@ def run(config: ml_collections.ConfigDict, steps: int) -> dict:
   restored = np.asarray(apply(params, degraded))
   kept = np.asarray(apply(params, clean))
   convention = config.metrics.convention
-  target = _l8(clean)
-  score = lambda l: (metrics.mean(metrics.psnr(target, _l8(l))),
-                     metrics.mean(metrics.ssim_by_convention(target, _l8(l), convention)))
+  target = scoring.luminance8(clean)
+
+  def score(l):
+    l8 = scoring.luminance8(l)
+    return (metrics.mean(metrics.psnr(target, l8)),
+            metrics.mean(metrics.ssim_by_convention(target, l8, convention)))
+
   (dp, ds), (rp, rs) = score(degraded), score(restored)
   return {'steps': steps, 'train_seconds': round(seconds, 1), 'final_loss': float(loss),
           'crops': len(clean), 'ssim_convention': convention,
           'degraded_l_psnr': dp, 'degraded_l_ssim': ds,
           'restored_l_psnr': rp, 'restored_l_ssim': rs,
           'gain_psnr': rp - dp, 'gain_ssim': rs - ds,
-          'clean_restored_l_psnr': metrics.mean(metrics.psnr(target, _l8(kept)))}
+          'clean_restored_l_psnr': metrics.mean(metrics.psnr(target, scoring.luminance8(kept)))}
 
 
 _FLAGS: dict = {}

@@ -174,7 +174,7 @@ def grey(l: np.ndarray) -> np.ndarray:
   return lab_to_rgb(l, np.zeros(l.shape[:3] + (2,), np.float32))
 
 
-def _luminance8(l: np.ndarray) -> np.ndarray:
+def luminance8(l: np.ndarray) -> np.ndarray:
   """Normalised L in [0, 1] -> uint8 (B, H, W, 1): the L channel as an 8-bit image."""
   return metrics.quantize(np.clip(l, 0.0, 1.0))
 
@@ -260,13 +260,13 @@ class Scorer:
     restoration = {}
     if self.restoration:
       target_l = target_lab[..., :1]
-      gt_l8 = _luminance8(target_l)
+      gt_l8 = luminance8(target_l)
       for name, lum in (('degraded', l), ('restored', outputs['restored_l'])):
-        lum8 = _luminance8(lum)
+        lum8 = luminance8(lum)
         restoration[f'{name}_l_psnr'] = metrics.psnr(gt_l8, lum8)
         restoration[f'{name}_l_ssim'] = metrics.ssim_by_convention(gt_l8, lum8, self.convention)
       clean = predict(target_l, reference)
-      restoration['clean_restored_l_psnr'] = metrics.psnr(gt_l8, _luminance8(clean['restored_l']))
+      restoration['clean_restored_l_psnr'] = metrics.psnr(gt_l8, luminance8(clean['restored_l']))
       restoration['clean_output_psnr'] = metrics.psnr(target8, metrics.quantize(clean['rgb']))
       restoration['clean_input_l_output_psnr'] = metrics.psnr(
           target8, metrics.quantize(lab_to_rgb(target_l, clean['ab'])))

@@ -206,7 +206,8 @@ def test_unstructured_list_applies_only_the_named_degradations(bank):
 
 def test_unknown_unstructured_name_is_a_one_line_error(bank):
   cfg = _only_unstructured(('noise', 'scratches'))
-  with pytest.raises(ValueError, match=r"config.data.degradation.unstructured: unknown \['scratches'\]"):
+  with pytest.raises(ValueError,
+                     match=r"config.data.degradation.unstructured: unknown \['scratches'\]"):
     dg.degrade(_smooth_image(), SEED, cfg, bank)
 
 

@@ -213,7 +213,7 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
 def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_workdir, capsys,
                                                          monkeypatch):
   """export --format=stablehlo (the command) writes a jax.export artifact that restore runs
-  with no model code, giving the orbax export's output (to 1e-5)."""
+  with no model code, giving the orbax export's output (to 5e-5, about 1/80 of an 8-bit level)."""
   artifact, orbax = str(tmp_path / 'artifact'), str(tmp_path / 'orbax')
   result = subprocess.run(
       [sys.executable, '-m', 'pikfix_jax.export', f'--workdir={trained_workdir}',
@@ -243,7 +243,7 @@ def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_work
     if name == 'artifact':  # from here on, building a model fails
       monkeypatch.setattr(pikfix, 'build_generator', None)
       exported = inference.ExportedRestorer(artifact, reference_size=128)
-      np.testing.assert_allclose(exported(image, reference), expected, rtol=0, atol=1e-5)
+      np.testing.assert_allclose(exported(image, reference), expected, rtol=0, atol=5e-5)
       assert exported.last_info['padded'] == (96, 128)
     out = str(tmp_path / f'{name}.png')
     code, _ = restore.run(_options(tmp_path, input=str(tmp_path / 'in.png'), output=out,
