@@ -17,7 +17,7 @@ from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
 
 # The tiny model follows its reference from ~900 steps (one run: max error 30° at 900, 20° at
-# 1200, 11° at 1500; another run gave 48° at 900: XLA:CPU thread scheduling changes the sums).
+# 1200, 11° at 1500; the full suite's run gave 48° at 900: runs of the same code differ).
 STEPS = 1200
 
 
