@@ -4,6 +4,7 @@ no split of the bundled data holds."""
 import math
 
 import numpy as np
+import pytest
 
 from configs import demo
 from configs import tiny
@@ -19,6 +20,7 @@ def test_probe_photos_are_outside_the_demo_splits():
     assert ids and not ids & set(restoration_probe.PROBE_PHOTOS), split
 
 
+@pytest.mark.slow
 def test_probe_scores_degraded_restored_and_clean_crops():
   config = tiny.tiny_model(demo.get_config())
   config.data.image_size, config.train.batch_size = 32, 2
