@@ -5,7 +5,7 @@
 
 What a degradation setting (`config.data.degradation`) and a clean-input share cost and buy,
 before a full training run: the restoration sub-net of `config.model.restoration` (sec. 3.1)
-is trained with the L1 of eq. 5's first term only, on the config's training batches (its
+is trained with the luminance L1 term of the objective only, on the config's batches (its
 crops, degradations and clean share), with Adam at `config.optim`'s learning rate and betas.
 It is scored on PROBE_PHOTOS, grey scikit-image photos outside every split of the bundled
 datasets (four native 128 px crops each, each degraded once with a fixed seed), so settings are
