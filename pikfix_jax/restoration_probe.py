@@ -34,7 +34,8 @@ from pikfix_jax import metrics
 from pikfix_jax import scoring
 from pikfix_jax.data import color_tf
 from pikfix_jax.data import input_pipeline
-from pikfix_jax.models.restoration_net import RestorationNet
+from pikfix_jax.models import pikfix
+from pikfix_jax.models import restoration_net
 
 PROBE_PHOTOS = ('moon', 'coins', 'grass', 'gravel', 'brick', 'clock')
 CROP = 128
@@ -60,9 +61,8 @@ def probe_crops(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarr
 
 def run(config: ml_collections.ConfigDict, steps: int) -> dict:
   """Trains the sub-net `steps` steps on the config's batches and scores it (module doc)."""
-  r = config.model.restoration
-  net = RestorationNet(levels=tuple(r.levels), features=r.features, num_blocks=r.num_blocks,
-                       num_units=r.num_units, growth=r.growth)
+  net = restoration_net.from_config(config.model.restoration, remat=config.model.remat,
+                                    dtype=pikfix.dtype_from_name(config.model.dtype))
   size, batch_size = config.data.image_size, config.train.batch_size
   params = net.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 1)))
   tx = optax.adam(config.optim.learning_rate, b1=config.optim.b1, b2=config.optim.b2)

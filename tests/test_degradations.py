@@ -173,11 +173,8 @@ def test_degrade_with_everything_on_changes_image_and_without_is_identity(bank):
 
 
 def _only_unstructured(names):
-  cfg = default.get_config().data.degradation
-  cfg.drop_prob = 0.0
+  cfg = _mask_config()  # every structured step off
   cfg.unstructured = names
-  for p in ('texture_prob', 'paper_prob', 'hole_prob', 'grain_prob', 'fade_prob'):
-    cfg[p] = 0.0
   return cfg
 
 

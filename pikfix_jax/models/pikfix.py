@@ -21,7 +21,7 @@ import ml_collections
 from pikfix_jax.models import layers
 from pikfix_jax.models.colorization_net import ColorizationNet
 from pikfix_jax.models.discriminator import PatchDiscriminator
-from pikfix_jax.models.restoration_net import RestorationNet
+from pikfix_jax.models import restoration_net
 from pikfix_jax.models.similarity_net import NUM_SCALES, SimilarityNet
 from pikfix_jax.ops import color
 from pikfix_jax.ops import histogram
@@ -61,9 +61,7 @@ class PikFix(nn.Module):
                        f'{LOSS_CENTERS}')
     dtype = dtype_from_name(c.dtype)
     r, s, z = c.restoration, c.similarity, c.colorization
-    self.restoration_net = RestorationNet(
-        levels=tuple(r.levels), features=r.features, num_blocks=r.num_blocks,
-        num_units=r.num_units, growth=r.growth, remat=c.remat, dtype=dtype)
+    self.restoration_net = restoration_net.from_config(r, remat=c.remat, dtype=dtype)
     if s.mode != 'none':
       self.similarity_net = SimilarityNet(
           width=s.width, scales=self.similarity_scales(), train_backbone=s.train_backbone,

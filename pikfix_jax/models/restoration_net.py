@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from pikfix_jax.models import layers
 
@@ -68,3 +69,10 @@ class RestorationNet(nn.Module):
                            kernel_init=nn.initializers.variance_scaling(
                                0.01, 'fan_in', 'truncated_normal'))(y)
     return input_l + residual.astype(jnp.float32)
+
+
+def from_config(r: ml_collections.ConfigDict, remat: bool = False,
+                dtype: Any = jnp.float32) -> RestorationNet:
+  """The sub-net of `config.model.restoration`."""
+  return RestorationNet(levels=tuple(r.levels), features=r.features, num_blocks=r.num_blocks,
+                        num_units=r.num_units, growth=r.growth, remat=remat, dtype=dtype)
