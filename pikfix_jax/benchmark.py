@@ -20,7 +20,6 @@ import skimage.data
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
-from pikfix_jax import inference
 from pikfix_jax import methods
 from pikfix_jax import retrieval
 from pikfix_jax import train
@@ -179,7 +178,7 @@ def bench_train(config, steps: int) -> None:
   emit({
       'what': 'train', 'platform': devices[0].platform, 'device_kind': kind,
       'devices': len(devices), 'processes': jax.process_count(),
-      'method': config.get('method', 'pikfix'), 'dtype': dtype,
+      'method': methods.name_of(config), 'dtype': dtype,
       'remat': bool(config.model.get('remat', False)),
       'batch_size': batch_size, 'image_size': size,
       'g_params_m': round((count(state.g_params) + count(state.g_frozen)) / 1e6, 2),
@@ -376,7 +375,7 @@ def bench_restore(config) -> None:
     restorer(image, reference)
     times.append(time.perf_counter() - start)
   info = restorer.last_info
-  emit({'what': 'restore', 'method': config.get('method', 'pikfix'), 'image_size': size,
+  emit({'what': 'restore', 'method': methods.name_of(config), 'image_size': size,
         'dtype': config.model.get('dtype', 'float32'), 'reference': list(info['reference']),
         'tile_size': getattr(restorer, 'tile_size', None),
         'halo': getattr(restorer, 'halo', None), 'windows': info.get('windows'),

@@ -34,41 +34,28 @@ from absl import app
 from absl import flags
 from absl import logging
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from pikfix_jax import checkpoints
+from pikfix_jax import artifacts
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import inference
+from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import metrics
 from pikfix_jax import scoring
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.data import references
 from pikfix_jax.data import sources
+from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
-# Paper numbers (PSNR, SSIM, LPIPS) by (method, dataset, degraded): Pik-Fix's Table 1, and
-# Table 2 for RealOld (Pix2pix is the tables' first row).
-PAPER = {
-    ('pikfix', 'div2k', False): ('Table 1, DIV2K (w/o degradation)', (23.95, 0.925, 0.120)),
-    ('pikfix', 'voc', False): ('Table 1, Pascal VOC (w/o degradation)', (24.01, 0.940, 0.100)),
-    ('pikfix', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (22.22, 0.828, 0.186)),
-    ('pikfix', 'realold', False): ('Table 2, RealOld', (17.20, 0.758, 0.258)),
-    ('pix2pix', 'div2k', False): ('Table 1, DIV2K (w/o degradation)', (21.12, 0.872, 0.138)),
-    ('pix2pix', 'voc', False): ('Table 1, Pascal VOC (w/o degradation)', (20.89, 0.782, 0.200)),
-    ('pix2pix', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (20.37, 0.732, 0.231)),
-    ('pix2pix', 'realold', False): ('Table 2, RealOld', (16.80, 0.684, 0.320)),
-    ('wan2020', 'voc', True): ('Table 1, Pascal VOC (w/ degradation)', (18.01, 0.598, 0.421)),
-    ('wan2020', 'realold', False): ('Table 2, RealOld', (16.99, 0.709, 0.303)),
-}
-METHOD_LABELS = {'pikfix': 'Pik-Fix', 'pix2pix': 'Pix2pix', 'cms4cv': 'CMS4CV U-Net',
-                 'wan2020': 'Wan et al. 2020 (restored L, zero chroma)'}
 # Fig. 5 (DIV2K): only the end points are given in the text.
 PAPER_SENSITIVITY = {1: (23.95, 0.925, 0.12), 10: (22.25, 0.899, 0.15)}
 _LPIPS_TEXT = {
@@ -128,7 +115,7 @@ def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.C
     return
   if _evaluation_split(trained) == _evaluation_split(config):
     raise ValueError(
-        f'--use_best: {os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
+        f'--use_best: {os.path.join(workdir, artifacts.BEST_DIR)} was chosen by PSNR on '
         f'{trained.dataset}/{sources.EVAL_SPLIT.get(trained.dataset)}, the split this '
         'evaluation scores; drop --use_best to score the final checkpoint, or retrain with '
         '--config.data.selection_size=N to choose best/ on held-out training images')
@@ -217,9 +204,9 @@ def _read_csv(path: str) -> list[dict]:
 def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str) -> str:
   """Our numbers in the layout of the paper's Table 1, beside the paper's, with the controls
   and baselines of pikfix_jax.scoring on the same images."""
-  method = config.get('method', 'pikfix')
-  key = (method, config.dataset, bool(config.data.degrade))
-  source, paper = PAPER.get(key, ('', None))
+  method = methods.method_class(config)
+  method_name = method.label(config)
+  source, paper = method.paper_rows.get((config.dataset, bool(config.data.degrade)), ('', None))
   label = condition_label(config)
   rows = summary['scores']['rows']
   has_lpips = summary['lpips'] is not None
@@ -227,10 +214,10 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
   lines = [f'# Evaluation: {label}', '',
            f'| Method | {label}: PSNR ↑ | SSIM ↑ | LPIPS ↓ |', '| --- | --- | --- | --- |']
   if paper:
-    lines.append(f'| {METHOD_LABELS[method]} (paper, {source}) | {paper[0]:.2f} | '
+    lines.append(f'| {method_name} (paper, {source}) | {paper[0]:.2f} | '
                  f'{paper[1]:.3f} | {paper[2]:.3f} |')
   for row, s in rows.items():
-    name = (f'{METHOD_LABELS[method]}, pikfix_jax (this run)' if row == scoring.MODEL
+    name = (f'{method_name}, pikfix_jax (this run)' if row == scoring.MODEL
             else scoring.LABELS[row])
     lpips = num(s['lpips'], 3) if has_lpips else 'n/a ¹'
     lines.append(f'| {name} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
@@ -243,7 +230,7 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
   if not has_lpips:
     lines += ['', f'¹ LPIPS not computed: {lpips_note}']
   if not paper:
-    lines += ['', f'The paper reports no {METHOD_LABELS[method]} numbers for {label}.']
+    lines += ['', f'The paper reports no {method_name} numbers for {label}.']
   return '\n'.join(lines) + '\n'
 
 
@@ -273,15 +260,15 @@ def _float(value) -> Optional[float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _forward(model: pikfix.PikFix):
+def _forward(model: nn.Module):
   """Jitted (variables, L, reference) -> {'rgb', 'restored_l', 'ab'}; inputs padded to
   multiples of 32 and cropped back. One per model, so evaluating several reference ranks
   compiles once."""
   def forward(v, l, r):
-    l, hw = pikfix.pad_to_multiple(l)
-    r, _ = pikfix.pad_to_multiple(r)
+    l, hw = layers.pad_to_multiple(l, pikfix.MULTIPLE)
+    r, _ = layers.pad_to_multiple(r, pikfix.MULTIPLE)
     out = model.apply(v, l, r)
-    return {k: pikfix.crop_to(out[k], hw) for k in ('rgb', 'restored_l', 'ab') if k in out}
+    return {k: layers.crop_to(out[k], hw) for k in ('rgb', 'restored_l', 'ab') if k in out}
   return jax.jit(forward)
 
 
@@ -290,7 +277,7 @@ def _lab_to_rgb(lab: jnp.ndarray) -> jnp.ndarray:
   return color.lab_normalized_to_rgb(lab[..., :1], lab[..., 1:])
 
 
-def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables: dict,
+def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
              output_dir: str, *, reference_rank: Optional[int] = None,
              batch_size: Optional[int] = None, grid_rows: int = 8,
              max_batches: Optional[int] = None, source: str = '',
@@ -463,12 +450,12 @@ def main(argv):
     sys.exit(2)
   try:
     ranks = parse_ranks(f['reference_rank'])
-    model, variables, trained, info = checkpoints.load_generator_info(
+    model, variables, trained, info = loading.load_generator_info(
         f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
     config = f['config']
-    if f['use_best'] and checkpoints.is_workdir(os.path.dirname(info['source'])):
+    if f['use_best'] and artifacts.is_workdir(os.path.dirname(info['source'])):
       check_selection(config, trained, os.path.dirname(info['source']))
-    method, trained_method = config.get('method', 'pikfix'), trained.get('method', 'pikfix')
+    method, trained_method = methods.name_of(config), methods.name_of(trained)
     if method != trained_method:
       raise ValueError(f'--config trains method {method!r} but the checkpoint holds '
                        f'{trained_method!r}; pass the config it was trained with')
@@ -487,7 +474,7 @@ def main(argv):
             f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
       if not rank:
         print(scoring.summary_markdown(summary['scores']))
-  except (checkpoints.RestoreError, ValueError, FileNotFoundError) as e:
+  except (artifacts.RestoreError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

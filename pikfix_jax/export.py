@@ -5,7 +5,7 @@ PATH (a new directory) receives, with the default --format=orbax,
                optimiser state, no discriminator, no training step;
   config.json  the resolved training config (the `model` section defines the architecture);
   export.json  where it came from (workdir, step, latest/best) and its size.
-`python -m pikfix_jax.restore --checkpoint=PATH ...` and `checkpoints.load_generator(checkpoint=
+`python -m pikfix_jax.restore --checkpoint=PATH ...` and `loading.load_generator(checkpoint=
 PATH)` read it. With --format=stablehlo [--platforms=cpu,cuda] it receives instead
   restore_forward.jax_export  the serialized `jax.export` of the generator's forward pass
                (`restore_forward`, variables inside) for those platforms, spatial sizes
@@ -23,13 +23,16 @@ from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pikfix_jax import artifacts
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import inference
+from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax.models import pikfix
 
@@ -65,7 +68,7 @@ def directory_size(path: str) -> int:
              for root, _, names in os.walk(path) for name in names)
 
 
-def restore_forward(model: pikfix.PikFix) -> Callable[..., jnp.ndarray]:
+def restore_forward(model: nn.Module) -> Callable[..., jnp.ndarray]:
   """(variables, luminance (B, H, W, 1), reference (B, Hr, Wr, 3)) -> sRGB (B, H, W, 3): the
   generator's inference forward pass (what --format=stablehlo exports, variables bound)."""
   return lambda variables, l, reference: model.apply(variables, l, reference)['rgb']
@@ -82,7 +85,7 @@ def forward_specs() -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
                                jnp.float32))
 
 
-def export_forward(model: pikfix.PikFix, variables: dict, platforms: Sequence[str]
+def export_forward(model: nn.Module, variables: dict, platforms: Sequence[str]
                    ) -> jax.export.Exported:
   """`restore_forward` with `variables` bound (constants of the program), exported for
   `platforms` on the inputs of `forward_specs`; the output is sRGB (1, 32h, 32w, 3)."""
@@ -103,12 +106,12 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
   output = os.path.abspath(output)
   if os.path.exists(output):
     if not force:
-      raise checkpoints.RestoreError(f'--output={output} exists; pass --force to replace it')
-    if not (checkpoints.is_export(output) or checkpoints.is_stablehlo_export(output)):
-      raise checkpoints.RestoreError(f'--output={output} exists and is not an exported model; '
+      raise artifacts.RestoreError(f'--output={output} exists; pass --force to replace it')
+    if not (artifacts.is_export(output) or artifacts.is_stablehlo_export(output)):
+      raise artifacts.RestoreError(f'--output={output} exists and is not an exported model; '
                                      'refusing to replace it')
     shutil.rmtree(output)
-  model, variables, config, info = checkpoints.load_generator_info(
+  model, variables, config, info = loading.load_generator_info(
       workdir=workdir, use_best=use_best, step=step)
   if export_format == 'stablehlo' and not methods.get(config).exports_stablehlo:
     raise ValueError(f'--format=stablehlo: method {config.method!r} pads inside its network to '
@@ -120,11 +123,11 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
             'step': info['step'], 'use_best': bool(use_best), 'num_variables': num_params}
   if export_format == 'stablehlo':
     exported = export_forward(model, variables, platforms)
-    with open(os.path.join(output, checkpoints.EXPORT_ARTIFACT), 'wb') as f:
+    with open(os.path.join(output, artifacts.EXPORT_ARTIFACT), 'wb') as f:
       f.write(exported.serialize())
     m = pikfix.MULTIPLE
     record.update({
-        'format': 'stablehlo', 'artifact': checkpoints.EXPORT_ARTIFACT,
+        'format': 'stablehlo', 'artifact': artifacts.EXPORT_ARTIFACT,
         'platforms': list(exported.platforms),
         'inputs': {'luminance': f'float32 (1, {m}*h, {m}*w, 1): CIE L / 100 of the photo, '
                                 f'padded to multiples of {m}',
@@ -139,7 +142,7 @@ def export(workdir: str, output: str, use_best: bool = False, step=None,
   else:
     checkpoints.write_export(output, variables, config)
   record['bytes'] = directory_size(output)
-  with open(os.path.join(output, checkpoints.EXPORT_META), 'w') as f:
+  with open(os.path.join(output, artifacts.EXPORT_META), 'w') as f:
     json.dump(record, f, indent=2)
   return record
 
@@ -155,7 +158,7 @@ def main(argv):
   try:
     record = export(f['workdir'], f['output'], f['use_best'], f['step'], f['force'],
                     f['format'], f['platforms'])
-  except (checkpoints.RestoreError, FileNotFoundError, ValueError) as e:
+  except (artifacts.RestoreError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(f'exported step {record["step"]} of {record["checkpoint"]} -> {f["output"]} '

@@ -1,7 +1,7 @@
 """The inference engine: a trained Pik-Fix generator applied to photos of any size.
 
 `Restorer` reduces a photo to its CIE lightness L, pads it to a multiple of 32
-(`pikfix.pad_to_multiple`), restores and colorizes it, and crops back. The reference is resized
+(`layers.pad_to_multiple`), restores and colorizes it, and crops back. The reference is resized
 so that its longer side is min(reference_size, the padded input's longer side), aspect kept,
 sides multiples of 32 (`reference_shape`): that bounds the number of keys of the similarity
 warp (which is chunked over queries).
@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pikfix_jax import checkpoints
+from pikfix_jax import artifacts
 from pikfix_jax import image_io
+from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.models.restoration_net import RestorationNet
 from pikfix_jax.ops import color
@@ -46,7 +47,7 @@ DEFAULT_TILE_SIZE = 1536
 DEFAULT_COLOR_MAX_PIXELS = 2048 * 2048
 
 
-class InputTooSmallError(checkpoints.RestoreError):
+class InputTooSmallError(artifacts.RestoreError):
   """The input photo is smaller than MIN_SIDE on a side."""
 
 
@@ -129,7 +130,7 @@ class PhotoRestorer(abc.ABC):
   def __init__(self, reference_size: int = DEFAULT_REFERENCE_SIZE):
     m = pikfix.MULTIPLE
     if reference_size < m or reference_size % m:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--reference_size={reference_size} must be a positive multiple of {m}')
     self.reference_size = reference_size
     self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
@@ -166,10 +167,10 @@ class PhotoRestorer(abc.ABC):
       raise InputTooSmallError(f'the photo is {w}x{h} px; the smallest supported size is '
                                f'{MIN_SIDE}x{MIN_SIDE}')
     start = time.perf_counter()
-    padded, hw = pikfix.pad_to_multiple(jnp.asarray(image[None]))
+    padded, hw = layers.pad_to_multiple(jnp.asarray(image[None]), pikfix.MULTIPLE)
     l = self._to_l(padded) if padded.shape[-1] == 3 else padded
     reference = self.prepare_reference(reference_rgb, padded.shape[1:3])
-    out = {k: np.asarray(pikfix.crop_to(v, hw)[0])
+    out = {k: np.asarray(layers.crop_to(v, hw)[0])
            for k, v in self.restore_padded(l, jnp.asarray(reference)).items()}
     self.last_info.update(padded=tuple(padded.shape[1:3]), reference=tuple(reference.shape[1:3]),
                           seconds=time.perf_counter() - start)
@@ -186,7 +187,7 @@ class Restorer(PhotoRestorer):
     super().__init__(reference_size)
     m = pikfix.MULTIPLE
     if tile_size and tile_size % m:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--tile_size={tile_size} must be a multiple of {m} (0: no tiling)')
     model_config = (model.config.as_configdict()
                     if isinstance(model.config, ml_collections.FrozenConfigDict)
@@ -276,7 +277,7 @@ class WholeImageRestorer(PhotoRestorer):
   def restore_padded(self, l: jnp.ndarray, reference: jnp.ndarray) -> dict:
     h, w = l.shape[1:3]
     if self.max_pixels and h * w > self.max_pixels:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'the padded photo is {w}x{h} px, above this model\'s {self.max_pixels} pixels at once '
           '(config.model.max_restore_pixels: its memory grows with the square of the size); '
           'downscale the photo or raise the limit on a larger machine')
@@ -284,7 +285,7 @@ class WholeImageRestorer(PhotoRestorer):
     if self.mask is not None:
       mask = jnp.asarray(self.mask, jnp.float32)[None, :, :, None]
       if mask.shape[1:3] != l.shape[1:3]:  # padded like the photo
-        mask, _ = pikfix.pad_to_multiple(mask)
+        mask, _ = layers.pad_to_multiple(mask, pikfix.MULTIPLE)
       kwargs['mask'] = mask
     out = self._apply(self.variables, l, reference, **kwargs)
     return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
@@ -302,13 +303,13 @@ class ExportedRestorer(PhotoRestorer):
 
   def __init__(self, path: str, reference_size: int = DEFAULT_REFERENCE_SIZE):
     super().__init__(reference_size)
-    with open(os.path.join(path, checkpoints.EXPORT_META)) as f:
+    with open(os.path.join(path, artifacts.EXPORT_META)) as f:
       self.meta = json.load(f)
-    with open(os.path.join(path, checkpoints.EXPORT_ARTIFACT), 'rb') as f:
+    with open(os.path.join(path, artifacts.EXPORT_ARTIFACT), 'rb') as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     backend = jax.default_backend()
     if not set(_EXPORT_PLATFORMS.get(backend, (backend,))) & set(exported.platforms):
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'{path} was exported for {", ".join(exported.platforms)}; JAX runs '
           f'on {backend} here (export again with --platforms)')
     self._forward = jax.jit(exported.call)  # compiled once per padded shape

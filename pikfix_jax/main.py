@@ -13,7 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from pikfix_jax import checkpoints
+from pikfix_jax import artifacts
 from pikfix_jax import cli
 from pikfix_jax import distributed
 from pikfix_jax import train
@@ -37,7 +37,7 @@ def main(argv):
                jax.devices()[0].platform)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    checkpoints.write_config(os.path.join(workdir, checkpoints.CONFIG_FILE), config)
+    artifacts.write_config(os.path.join(workdir, artifacts.CONFIG_FILE), config)
   try:
     train.train_and_evaluate(config, workdir)
   except (train.NonFiniteLossError, FileNotFoundError, ValueError) as e:

@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import methods
 
@@ -23,17 +22,14 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Model
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Square input/reference side (multiple of 32).')
 _DETAIL = flags.DEFINE_bool('detail', False, 'Also print every parameter tensor.')
 _ALL = flags.DEFINE_bool('all_methods', False, 'One table over every method\'s config '
-                         '(ALL_METHOD_CONFIGS) instead of --config\'s breakdown.')
+                         '(each method\'s Method.config_modules) instead of --config\'s breakdown.')
 
-# The config of every method of the comparison tables (module path, label).
-ALL_METHOD_CONFIGS = (
-    ('configs.default', 'Pik-Fix (paper config)'),
-    ('configs.baselines.pix2pix', 'Pix2pix'),
-    ('configs.baselines.cms4cv_unet', 'CMS4CV U-Net (sr 2)'),
-    ('configs.baselines.cms4cv_fusion', 'CMS4CV Fusion (sr 2)'),
-    ('configs.baselines.cms4cv_gan', 'CMS4CV U-Net-GAN (sr 2)'),
-    ('configs.baselines.wan2020', 'Wan et al. 2020 (detector + VAE1 enc. + T + VAE2 dec.)'),
-)
+def method_configs() -> list[ml_collections.ConfigDict]:
+  """The config of every variant every method ships (`Method.config_modules`)."""
+  return [importlib.import_module(module).get_config()
+          for name in methods.names()
+          for module in methods.method_class(ml_collections.ConfigDict({'method': name}))
+          .config_modules]
 
 
 def count(tree) -> int:
@@ -81,9 +77,9 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
   for name in sorted(params):
     sub = params[name]
     rows.append((f'generator/{name}', f'{count(sub):,d}'))
-    if name == 'similarity_net':
-      _, frozen = checkpoints.split_frozen({name: sub}, train_backbone=False)
-      rows.append(('  of which ResNet-34 (frozen by default)', f'{count(frozen):,d}'))
+    _, frozen = method.split_frozen({name: sub})
+    if count(frozen):
+      rows.append(('  of which frozen (not trained)', f'{count(frozen):,d}'))
   rows.append(('generator total', f'{count(params):,d}'))
   rows.append(('discriminator', f'{count(d_params):,d}'))
   flops = forward_flops(method.generator, g_vars, inputs)
@@ -97,14 +93,13 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
 
 
 def methods_table(image_size: int) -> str:
-  """One row per method of ALL_METHOD_CONFIGS: parameters (generator, discriminator) and the
+  """One row per config of `method_configs`: parameters (generator, discriminator) and the
   generator's forward GFLOPs per image at image_size^2."""
   rows = []
-  for module, label in ALL_METHOD_CONFIGS:
-    config = importlib.import_module(module).get_config()
+  for config in method_configs():
     method, g_vars, d_params, inputs = abstract_variables(config, image_size)
     flops = forward_flops(method.generator, g_vars, inputs)
-    rows.append((label, config.method, f'{count(g_vars["params"]):,d}', f'{count(d_params):,d}',
+    rows.append((method.label(config), config.method, f'{count(g_vars["params"]):,d}', f'{count(d_params):,d}',
                  f'{flops / 1e9:.2f}'))
   return _table(rows, ('method', 'config.method', 'generator params', 'discriminator params',
                        f'GFLOPs/image at {image_size}^2'))

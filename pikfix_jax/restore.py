@@ -29,10 +29,11 @@ from PIL import Image
 from PIL import ImageOps
 import tqdm
 
-from pikfix_jax import checkpoints
+from pikfix_jax import artifacts
 from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import inference
+from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import retrieval
 from pikfix_jax import weights
@@ -86,7 +87,7 @@ class ReferencePicker:
     if index and os.path.exists(index):
       self.index = retrieval.ReferenceIndex.load(index, vgg)
       if self.index.meta.get('pretrained') and vgg is None:
-        raise checkpoints.RestoreError(
+        raise artifacts.RestoreError(
             f'--index={index} was built with pretrained VGG-19 weights; pass '
             'the same file as --vgg19=FILE')
       if reference_dir:
@@ -97,19 +98,19 @@ class ReferencePicker:
                           len(missing), reference_dir, index)
       return
     if not reference_dir:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--index={index}: no such file (and no --reference_dir to build it '
           'from)')
     corpus = [os.path.abspath(p) for p in list_images(reference_dir)]
     if not corpus:
-      raise checkpoints.RestoreError(f'--reference_dir={reference_dir}: no images found')
+      raise artifacts.RestoreError(f'--reference_dir={reference_dir}: no images found')
     path = index or default_index_path(reference_dir, image_size)
     logging.info('Building the reference index of %s (%d images) -> %s', reference_dir,
                  len(corpus), path)
     self.index = retrieval.build_index(corpus, path, vgg_variables=vgg, image_size=image_size,
                                        neighbors_k=0, batch_size=min(16, len(corpus)))
     if not self.index.paths:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--reference_dir={reference_dir}: none of its images is readable')
 
   def _resolve(self, path: str) -> str:
@@ -132,7 +133,7 @@ class ReferencePicker:
       ranked = [(p, s) for p, s in ranked if os.path.abspath(self._resolve(p)) != me]
     ranked = ranked[:self.top_k]
     if not ranked:
-      raise checkpoints.RestoreError('the reference corpus holds no image other than this photo')
+      raise artifacts.RestoreError('the reference corpus holds no image other than this photo')
     path = self._resolve(ranked[0][0])
     return path, image_io.read_image(path), ranked
 
@@ -144,7 +145,7 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
   photo's size."""
   mask = image_io.read_image(path)
   if mask.shape[:2] != tuple(hw):
-    raise checkpoints.RestoreError(f'--scratch_mask={path} is {mask.shape[1]}x{mask.shape[0]} px; '
+    raise artifacts.RestoreError(f'--scratch_mask={path} is {mask.shape[1]}x{mask.shape[0]} px; '
                                    f'the photo is {hw[1]}x{hw[0]}')
   return (np.mean(mask, axis=-1) > 0.5).astype(np.float32)
 
@@ -212,19 +213,19 @@ class Result:
 
 
 def plan(options: Options) -> list[tuple[str, str]]:
-  """(input file, output file) pairs; checkpoints.RestoreError for unusable paths."""
+  """(input file, output file) pairs; artifacts.RestoreError for unusable paths."""
   src, dst = options.input, options.output
   fmt = options.format.lower().lstrip('.')
   if fmt and '.' + fmt not in WRITE_EXTENSIONS:
-    raise checkpoints.RestoreError(f'--format={options.format}: use one of '
+    raise artifacts.RestoreError(f'--format={options.format}: use one of '
                        f'{sorted(e[1:] for e in WRITE_EXTENSIONS)}')
   if os.path.isdir(src):
     if os.path.exists(dst) and not os.path.isdir(dst):
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--input is a folder, so --output must be a folder; {dst} is a file')
     files = list_images(src, exclude=dst)
     if not files:
-      raise checkpoints.RestoreError(
+      raise artifacts.RestoreError(
           f'--input={src}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
     pairs = []
     for f in files:
@@ -235,13 +236,13 @@ def plan(options: Options) -> list[tuple[str, str]]:
       pairs.append((f, os.path.join(dst, stem + ext)))
     return pairs
   if not os.path.exists(src):
-    raise checkpoints.RestoreError(f'--input={src}: no such file or folder')
+    raise artifacts.RestoreError(f'--input={src}: no such file or folder')
   if os.path.isdir(dst) or dst.endswith(os.sep):
     stem = os.path.splitext(os.path.basename(src))[0]
     dst = os.path.join(dst, stem + ('.' + fmt if fmt else '.png'))
   ext = os.path.splitext(dst)[1].lower()
   if ext not in WRITE_EXTENSIONS:
-    raise checkpoints.RestoreError(f'--output={dst}: unknown image extension {ext!r}; use one of '
+    raise artifacts.RestoreError(f'--output={dst}: unknown image extension {ext!r}; use one of '
                        f'{sorted(WRITE_EXTENSIONS)}')
   return [(src, dst)]
 
@@ -281,15 +282,15 @@ def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePi
 
 def check_reference_source(options: Options) -> None:
   if not (options.reference or options.reference_dir or options.index):
-    raise checkpoints.RestoreError('a colour reference is needed: pass --reference=IMAGE, or '
+    raise artifacts.RestoreError('a colour reference is needed: pass --reference=IMAGE, or '
                        '--reference_dir=DIR (a corpus of colour photos to retrieve the most '
                        'similar one from)')
   if options.reference and (options.reference_dir or options.index):
-    raise checkpoints.RestoreError('give either --reference or --reference_dir/--index, not both')
+    raise artifacts.RestoreError('give either --reference or --reference_dir/--index, not both')
   if options.reference_dir and not os.path.isdir(options.reference_dir):
-    raise checkpoints.RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
+    raise artifacts.RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
   if options.reference and not os.path.exists(options.reference):
-    raise checkpoints.RestoreError(f'--reference={options.reference}: no such file')
+    raise artifacts.RestoreError(f'--reference={options.reference}: no such file')
 
 
 def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
@@ -305,14 +306,14 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
     pairs = plan(options)
     config = None
     if (restorer is None and options.checkpoint and
-        checkpoints.is_stablehlo_export(options.checkpoint)):
+        artifacts.is_stablehlo_export(options.checkpoint)):
       if options.dtype or options.query_chunk:
-        raise checkpoints.RestoreError(
+        raise artifacts.RestoreError(
             '--dtype and --query_chunk cannot change a --format=stablehlo export '
             '(they are compiled in)')
       restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
     elif restorer is None:
-      _, variables, config = checkpoints.load_generator(
+      _, variables, config = loading.load_generator(
           options.workdir or None, options.checkpoint or None, options.use_best)
       restorer = methods.get(config).make_restorer(
           variables, reference_size=options.reference_size, tile_size=options.tile_size,
@@ -320,10 +321,10 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
           query_chunk=options.query_chunk or None)
     if options.scratch_mask:
       if not getattr(restorer, 'accepts_mask', False):
-        raise checkpoints.RestoreError('--scratch_mask: this method takes no defect mask (only '
+        raise artifacts.RestoreError('--scratch_mask: this method takes no defect mask (only '
                                        'wan2020 does)')
       if len(pairs) != 1:
-        raise checkpoints.RestoreError('--scratch_mask is the mask of one photo: give one --input')
+        raise artifacts.RestoreError('--scratch_mask is the mask of one photo: give one --input')
       restorer.mask = read_mask(options.scratch_mask, image_io.read_image(pairs[0][0]).shape[:2])
     picker = None
     if not restorer.uses_reference:
@@ -338,7 +339,7 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
         vgg19 = ''
     picker = ReferencePicker(options.reference, options.reference_dir, options.index,
                              options.top_k, vgg19, options.index_image_size)
-  except (checkpoints.RestoreError, image_io.ImageReadError, ValueError, FileNotFoundError) as e:
+  except (artifacts.RestoreError, image_io.ImageReadError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=out)
     return 2, []
   return _run_files(restorer, picker, pairs, options, out, say)

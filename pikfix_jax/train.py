@@ -32,7 +32,6 @@ from pikfix_jax import scoring
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.data import sources
 from pikfix_jax.methods import base
-from pikfix_jax.ops import color
 
 # Re-exported: the state every method checkpoints (pikfix_jax.methods.base).
 TrainState = base.TrainState

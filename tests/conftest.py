@@ -60,12 +60,12 @@ TINY_TRAINING = pytest.mark.xdist_group('tiny_training')
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory) -> str:
   """A tiny workdir trained for 2 steps, with config.json as main.py writes it (read-only)."""
-  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import artifacts  # pylint: disable=g-import-not-at-top
   from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp('trained_workdir'))
   config = tiny_train_config()
   config.train.num_train_steps = 2
-  checkpoints.write_config(os.path.join(path, checkpoints.CONFIG_FILE), config)
+  artifacts.write_config(os.path.join(path, artifacts.CONFIG_FILE), config)
   train.train_and_evaluate(config, path)
   return path
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAINING, tiny_train_config
-from pikfix_jax import checkpoints
 from pikfix_jax import evaluate
+from pikfix_jax import loading
+from pikfix_jax import methods
 from pikfix_jax import scoring
 from pikfix_jax import weights
-from pikfix_jax.models import pikfix
 
 pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ DEMO_TRAIN = ('astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hub
 
 @pytest.fixture(scope='module')
 def generator(trained_workdir):
-  return checkpoints.load_generator_info(workdir=trained_workdir)
+  return loading.load_generator_info(workdir=trained_workdir)
 
 
 def _rows(path):
@@ -166,16 +166,29 @@ def test_cli(tmp_path, trained_workdir):
     'table4_multiscale_histogram', 'table5_no_similarity', 'table5_single_similarity',
     'table5_multiscale_similarity', 'table6_single_level_rdn', 'table6_multi_level_rdn'])
 def test_ablation_configs_build_their_model(name):
-  import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f'configs.ablations.{name}').get_config()
+  from configs import ablations  # pylint: disable=g-import-not-at-top
+  config = ablations.get_config(name)
   table = name.split('_')[0]
   assert config.dataset == ('voc' if table == 'table6' else 'div2k')
   assert bool(config.data.degrade) == (table == 'table6')
-  model = pikfix.build_generator(config.model)
-  params = checkpoints.abstract_variables(model)['params']
+  params = methods.get(config).abstract_variables()['params']
   assert ('similarity_net' in params) == (config.model.similarity.mode != 'none')
   levels = [k for k in params['restoration_net'] if k.startswith('level_x')]
   assert len(levels) == len(config.model.restoration.levels)
+
+
+def test_ablation_variants_and_old_files_are_one_line_errors():
+  from configs import ablations  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r'configs/ablations.py:NAME, NAME one of table4_input'):
+    ablations.get_config('no_sphist')
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.model_summary',
+       '--config=configs/ablations/table5_no_similarity.py'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'configs/ablations/table5_no_similarity.py is gone: use '
+      '--config=configs/ablations.py:table5_no_similarity')
 
 
 def test_use_best_is_refused_on_the_split_it_was_chosen_on():

@@ -153,7 +153,6 @@ def test_emd_reaches_the_bin_centres_only_when_the_loss_centres_are_learned(mode
 
 
 def test_bin_center_spread_logged_in_training():
-  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
   spread = pikfix_method.bin_center_spread(jnp.array([0.5, -1.0, 0.0, 0.25]))
   np.testing.assert_allclose([float(spread[k]) for k in ('bin_center_min', 'bin_center_max',
                                                           'bin_gap_mean', 'bin_gap_min')],

@@ -2,6 +2,7 @@
 device, so a tool's main() can still set XLA's flags, start jax.distributed and hide
 accelerators from TensorFlow (cli.setup) after its module-level imports."""
 
+import ast
 import json
 import os
 import subprocess
@@ -49,3 +50,91 @@ def test_importing_every_module_starts_no_backend_and_compiles_nothing():
   # JAX reports tracing, lowering and compiling as '/jax/core/compile/...' events (and cache
   # use as '/jax/compilation_cache/...'); orbax's handler registration is no computation.
   assert [e for e in report['events'] if e.startswith(('/jax/core', '/jax/compilation'))] == []
+
+
+def import_graph(package_dirs: dict[str, str]) -> dict[str, set[str]]:
+  """{module: the package's modules it imports}, from every import statement of every file
+  (function-level ones included). Importing a.b.c also runs a's and a.b's __init__."""
+  modules = {}
+  for package, directory in package_dirs.items():
+    for root, _, files in os.walk(directory):
+      for name in files:
+        if name.endswith('.py'):
+          rel = os.path.relpath(os.path.join(root, name), directory)[:-3].split(os.sep)
+          if rel[-1] == '__init__':
+            rel = rel[:-1]
+          modules['.'.join([package] + rel)] = os.path.join(root, name)
+
+  def closest(name: str) -> set[str]:
+    parts = name.split('.')
+    found = {'.'.join(parts[:i]) for i in range(1, len(parts) + 1)} & set(modules)
+    return found
+
+  graph = {}
+  for module, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    edges = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        for alias in node.names:
+          edges |= closest(alias.name)
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        edges |= closest(node.module)
+        for alias in node.names:
+          edges |= closest(f'{node.module}.{alias.name}')
+    graph[module] = edges - {module}
+  return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """The strongly connected components of more than one module (Tarjan), sorted."""
+  index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in sorted(graph.get(v, ())):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        cycles.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return sorted(cycles)
+
+
+def test_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+  package = tmp_path / 'pkg'
+  (package / 'sub').mkdir(parents=True)
+  (package / '__init__.py').write_text('')
+  (package / 'sub' / '__init__.py').write_text('')
+  (package / 'a.py').write_text('from pkg.sub import b\n')
+  (package / 'sub' / 'b.py').write_text('def f():\n  from pkg import c\n')
+  (package / 'c.py').write_text('import pkg.a\n')
+  (package / 'd.py').write_text('from pkg import a\n')
+  graph = import_graph({'pkg': str(package)})
+  assert graph['pkg.a'] == {'pkg', 'pkg.sub', 'pkg.sub.b'}
+  assert import_cycles(graph) == [['pkg.a', 'pkg.c', 'pkg.sub.b']]
+
+
+def test_the_package_imports_form_no_circle():
+  dirs = {p: os.path.join(REPO, p) for p in ('pikfix_jax', 'data_prep', 'configs')}
+  graph = import_graph(dirs)
+  assert {'pikfix_jax.methods.base', 'pikfix_jax.inference'} <= set(graph)
+  assert 'pikfix_jax.inference' in graph['pikfix_jax.methods.base']
+  assert import_cycles(graph) == []

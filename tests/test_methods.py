@@ -14,6 +14,8 @@ from configs.baselines import cms4cv_fusion
 from configs.baselines import cms4cv_gan
 from configs.baselines import cms4cv_unet
 from configs.baselines import pix2pix
+from pikfix_jax import evaluate
+from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
@@ -43,9 +45,38 @@ def tiny_baseline(name: str):
 def test_unknown_method_is_a_one_line_error_listing_the_known():
   c = tiny_baseline('pix2pix')
   c.method = 'deoldify'
-  with pytest.raises(ValueError, match=r"Unknown config.method 'deoldify'; known methods: "
-                                       r'pikfix, pix2pix, cms4cv, wan2020\.'):
+  assert {'pikfix', 'pix2pix', 'cms4cv', 'wan2020'} <= set(methods.names())
+  assert not {'base', 'supervised'} & set(methods.names())  # modules without a Method
+  with pytest.raises(ValueError) as error:
     methods.get(c)
+  assert str(error.value) == (f"Unknown config.method 'deoldify'; known methods: "
+                              f"{', '.join(methods.names())}.")
+
+
+def test_each_method_carries_its_labels_paper_rows_and_configs():
+  from pikfix_jax import model_summary  # pylint: disable=g-import-not-at-top
+  configs = model_summary.method_configs()
+  assert {methods.name_of(c) for c in configs} == set(methods.names())
+  assert [methods.method_class(c).label(c) for c in configs] == [
+      'CMS4CV U-Net (2x SR)', 'CMS4CV Fusion (2x SR)', 'CMS4CV U-Net-GAN (2x SR)', 'Pik-Fix',
+      'Pix2pix', 'Wan et al. 2020 (restored L, zero chroma)']
+  c = cms4cv_gan.get_config()
+  c.model.sr_factor = 1
+  assert methods.method_class(c).label(c) == 'CMS4CV U-Net-GAN'
+  # evaluate's table takes the method's label and its paper row for the dataset.
+  c = pix2pix.get_config()
+  c.dataset, c.data.degrade = 'voc', True
+  rows = {'model': {'psnr': 20.0, 'ssim': 0.7, 'lpips': 0.3}}
+  summary = {'scores': {'rows': rows}, 'lpips': 0.3, 'images': 1, 'split': 'test',
+             'reference': 'none', 'checkpoint': 'W', 'step': 1, 'eval_image_size': 256,
+             'conventions': 'authors'}
+  table = evaluate.table_markdown(c, summary, '')
+  assert ('| Pix2pix (paper, Pik-Fix Table 1, Pascal VOC (w/ degradation)) | 20.37 | 0.732 | '
+          '0.231 |') in table
+  assert '| Pix2pix, pikfix_jax (this run) | 20.00 | 0.700 | 0.300 |' in table
+  c.dataset = 'div2k'
+  c.data.degrade = True
+  assert 'The paper reports no Pix2pix numbers' in evaluate.table_markdown(c, summary, '')
 
 
 def test_fusion_without_segmentation_weights_refuses_to_train():
@@ -156,9 +187,8 @@ def test_baseline_trains_resumes_restores_and_evaluates(tmp_path):
   run(*common, f'--workdir={whole}', '--config.train.num_train_steps=4')
   run(*common, f'--workdir={parts}', '--config.train.num_train_steps=2')
   run(*common, f'--workdir={parts}', '--config.train.num_train_steps=4')
-  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  a = checkpoints.load_generator(workdir=whole)[1]
-  b = checkpoints.load_generator(workdir=parts)[1]
+  a = loading.load_generator(workdir=whole)[1]
+  b = loading.load_generator(workdir=parts)[1]
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
   photo = tmp_path / 'photo.png'

@@ -43,7 +43,7 @@ def _leaves(tree):
 def test_bfloat16_training_overfits_and_keeps_float32_state():
   config = tiny_config()
   config.model.dtype = 'bfloat16'
-  config.optim.learning_rate = 3e-3  # as the float32 overfit test in test_model.py
+  config.optim.learning_rate = 3e-3  # as the float32 overfit test in test_models_pikfix.py
   config.optim.b1 = 0.9
   # No adversarial weight: with it a 60-step run of this tiny GAN oscillates (l1_chroma fell
   # to 0.12 by step 15, rose to 0.25 by step 60, fell again), so where it ends says more about

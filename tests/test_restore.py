@@ -11,12 +11,14 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from conftest import TINY_TRAINING, tiny_train_config
-from pikfix_jax import checkpoints
+from conftest import TINY_TRAINING
+from pikfix_jax import artifacts
 from pikfix_jax import export
 from pikfix_jax import image_io
 from pikfix_jax import inference
+from pikfix_jax import loading
 from pikfix_jax import restore
+from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 
 pytestmark = TINY_TRAINING
@@ -25,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def restorer(trained_workdir):
-  model, variables, config = checkpoints.load_generator(workdir=trained_workdir)
+  model, variables, config = loading.load_generator(workdir=trained_workdir)
   assert tuple(config.model.restoration.levels) == (1, 4, 8)  # JSON lists back to tuples
   return inference.Restorer(model, variables, reference_size=64)
 
@@ -58,8 +60,8 @@ def test_odd_sizes_come_back_at_input_size_and_tiling_is_exact(restorer):
   assert restorer.last_info['reference'] == (32, 64)  # longer side 64, aspect ~2:3, x32
 
   # Windows overlapping by the receptive field reproduce the untiled restoration.
-  padded, _ = pikfix.pad_to_multiple(jnp.asarray(_photo(300, 451)[None] / 255.0,
-                                                         jnp.float32))
+  padded, _ = layers.pad_to_multiple(
+      jnp.asarray(_photo(300, 451)[None] / 255.0, jnp.float32), pikfix.MULTIPLE)
   l = restorer._to_l(padded)  # pylint: disable=protected-access
   whole = np.asarray(restorer.restore_luminance(l))
   tiled = inference.Restorer(restorer.model, restorer.variables, reference_size=64,
@@ -186,12 +188,12 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
   record = export.export(trained_workdir, exported)
   assert record['step'] == 2 and record['bytes'] > 0
   assert sorted(os.listdir(exported)) == ['config.json', 'export.json', 'variables']
-  with pytest.raises(checkpoints.RestoreError, match='exists'):
+  with pytest.raises(artifacts.RestoreError, match='exists'):
     export.export(trained_workdir, exported)
 
-  model, variables, config = checkpoints.load_generator(checkpoint=exported)
+  model, variables, config = loading.load_generator(checkpoint=exported)
   assert set(variables) == {'params', 'batch_stats'}  # no optimiser, no discriminator
-  assert config.model.to_dict() == checkpoints.read_config(
+  assert config.model.to_dict() == artifacts.read_config(
       os.path.join(trained_workdir, 'config.json')).model.to_dict()
 
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
@@ -205,8 +207,8 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
     outs[name] = np.asarray(Image.open(out))
   np.testing.assert_array_equal(outs['export'], outs['workdir'])
 
-  with pytest.raises(checkpoints.RestoreError, match='not an exported checkpoint'):
-    checkpoints.load_generator(checkpoint=str(tmp_path))
+  with pytest.raises(artifacts.RestoreError, match='not an exported checkpoint'):
+    loading.load_generator(checkpoint=str(tmp_path))
 
 
 @pytest.mark.slow
@@ -220,22 +222,22 @@ def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_work
        f'--output={artifact}', '--format=stablehlo', '--platforms=cpu,cuda'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
-  assert sorted(os.listdir(artifact)) == ['export.json', checkpoints.EXPORT_ARTIFACT]
+  assert sorted(os.listdir(artifact)) == ['export.json', artifacts.EXPORT_ARTIFACT]
   with open(os.path.join(artifact, 'export.json')) as f:
     meta = json.load(f)
   assert meta['platforms'] == ['cpu', 'cuda'] and meta['multiple'] == 32
-  assert meta['model'] == json.loads(checkpoints.read_config(
+  assert meta['model'] == json.loads(artifacts.read_config(
       os.path.join(trained_workdir, 'config.json')).model.to_json_best_effort())
   export.export(trained_workdir, orbax)
-  with pytest.raises(checkpoints.RestoreError, match='stablehlo'):
-    checkpoints.load_generator(checkpoint=artifact)
+  with pytest.raises(artifacts.RestoreError, match='stablehlo'):
+    loading.load_generator(checkpoint=artifact)
 
   # At least 96 px after padding (photo and reference): no conv output is then smaller than
   # its kernel, where the orbax engine on CPU computes the conv as a matrix product
   # (ops/conv.conv_by_matmul) that a size-polymorphic artifact cannot choose by size: the
   # same values, summed in another order.
   image, reference = _photo(70, 100) / 255.0, skimage.data.coffee() / 255.0
-  model, variables, _ = checkpoints.load_generator(checkpoint=orbax)
+  model, variables, _ = loading.load_generator(checkpoint=orbax)
   expected = inference.Restorer(model, variables, reference_size=128)(image, reference)
   Image.fromarray(_photo(70, 100)).save(tmp_path / 'in.png')
   outs = {}

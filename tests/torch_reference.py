@@ -435,7 +435,7 @@ def _conv_to_flax(conv):
 
 def _conv_transpose_to_flax(conv):
   """ConvTranspose2d (I, O, kh, kw) -> {'kernel': (kh, kw, I, O)[, 'bias']}, not flipped
-  (`pix2pix.ConvTransposeStride2`)."""
+  (`layers.ConvTransposeStride2`)."""
   out = {'kernel': conv.weight.detach().numpy().transpose(2, 3, 0, 1)}
   if conv.bias is not None:
     out['bias'] = conv.bias.detach().numpy()
@@ -642,3 +642,9 @@ class CMS4CVDiscriminator(nn.Module):
     params['dense'] = {'kernel': self.dense.weight.detach().numpy().T,
                        'bias': self.dense.bias.detach().numpy()}
     return {'params': params, 'batch_stats': stats}
+
+
+def count_parameters(module_fn) -> int:
+  """Parameters of the torch module `module_fn()` builds (on the meta device: shapes only)."""
+  with torch.device('meta'):
+    return sum(p.numel() for p in module_fn().parameters())

@@ -5,17 +5,17 @@ up-sampling block for their 2x super-resolution, sigmoid RGB; MAE + (1 - SSIM).
   python -m pikfix_jax.main --config=configs/baselines/cms4cv_unet.py --workdir=W
 
 sr_factor 2 is the report's task (the network sees the input shrunk 2x and returns it full
-size: 128^2 -> 256^2); 1 uses it as a same-size baseline beside the paper's tables. The model,
-loss and optimiser sections are the report's (Pik-Fix's are not used by this method).
+size: 128^2 -> 256^2); 1 uses it as a same-size baseline beside the paper's tables. It builds on
+configs/common.py; the model, loss and optimiser sections are the report's.
 """
 
 import ml_collections
 
-from configs import default
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = default.get_config()
+  c = common.get_config()
   c.method = 'cms4cv'
   m = c.model = ml_collections.ConfigDict()
   m.num_down = 5  # Down-sampling blocks (Fusion: 4).
@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.segmentation = False  # Fusion: also feed a DeepLabV3-MobileNetV3 segmentation of the input.
   m.gan = False  # U-Net-GAN: train against the 4-block CNN discriminator.
   m.d_features = 64  # Filters of the discriminator's first block (x2 per block).
+  # Converted DeepLabV3-MobileNetV3 of the Fusion model's segmentation (docs/WEIGHTS.md).
+  c.backbones.deeplabv3 = ''
   l = c.loss = ml_collections.ConfigDict()
   l.ssim_weight = 1.0  # MAE + ssim_weight (1 - SSIM) (U-Net and Fusion).
   l.mae_weight = 150.0  # U-Net-GAN: adversarial + mae_weight MAE (lambda, report sec. 4).

@@ -1,18 +1,18 @@
 """Pix2pix (Isola et al. 2017), the first row of Pik-Fix's Tables 1-2, trained on our pairs
-(the data, degradations and evaluation of configs/default.py): degraded L in, Lab out.
+(the data, degradations and evaluation of configs/common.py): degraded L in, Lab out.
 
   python -m pikfix_jax.main --config=configs/baselines/pix2pix.py --workdir=W
 
-The model and loss sections are Pix2pix's own (Pik-Fix's are not used by this method).
+It builds on configs/common.py; the model and loss sections are Pix2pix's own.
 """
 
 import ml_collections
 
-from configs import default
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = default.get_config()
+  c = common.get_config()
   c.method = 'pix2pix'
   m = c.model = ml_collections.ConfigDict()
   m.num_downs = 8  # U-Net-256: 8 stride-2 levels (inputs are padded to multiples of 2^8).

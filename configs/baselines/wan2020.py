@@ -7,16 +7,16 @@ baseline of Pik-Fix's Tables 1-2, trained on our data in its three stages.
 X, Y: the pipeline's synthetic pairs (degraded L, clean L); the defect mask: data.defect_mask;
 R: a folder of real old scans (data.real_old_dir; without it VAE1 sees X alone, a warning).
 Sizes follow the paper's Table 1 and the authors' release (docs/MODEL.md, "Wan et al. 2020:
-networks"); the model and loss sections are Wan's own (Pik-Fix's are not used).
+networks"); it builds on configs/common.py; the model and loss sections are Wan's own.
 """
 
 import ml_collections
 
-from configs import default
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = default.get_config()
+  c = common.get_config()
   c.method = 'wan2020'
   c.dataset = 'voc'  # Table 1's "w/ degradation" column (and Table 2 with realold_eval).
   c.data.degrade = True

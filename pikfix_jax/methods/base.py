@@ -5,12 +5,16 @@ A method (Pik-Fix, Pix2pix, the CMS4CV U-Nets, ...) is looked up by `config.meth
 updates; the training loop (`pikfix_jax.train`), `evaluate`, `restore` and `export` only call
 this interface:
 
-  init_state(seed) -> TrainState            random state (pretrained backbones loaded)
-  init_frozen(seed) -> pytree               frozen variables the step reads (Pik-Fix: VGG-19)
+  init_state(seed) -> TrainState            random state (pretrained backbones loaded), built
+                                            from init_generator / init_discriminator /
+                                            load_pretrained / init_optimizer
+  init_frozen(seed) -> pytree               frozen variables the step reads (`vgg`: VGG-19)
   train_step(state, batch, frozen) -> (state, scalars)   pure; jitted and sharded by train.py
   generator                                 a Flax module: apply(variables, input_l,
                                             reference_rgb) -> {'rgb', ['restored_l', 'ab']}
   make_restorer(variables, **options)       an `inference.PhotoRestorer` for photos of any size
+  label(config), paper_rows, config_modules what the tables print: the variant's display name,
+                                            the papers' numbers, the configs it ships
 
 Every method checkpoints the same `TrainState` layout (generator params split into trainable
 and frozen, its batch statistics, a discriminator and both optimiser states: empty trees where
@@ -20,6 +24,7 @@ a method has none), so checkpoints, export and the loaders need no per-method co
 import abc
 from typing import Any, Optional
 
+import dm_pix
 import flax
 import flax.struct
 import jax
@@ -27,12 +32,17 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from pikfix_jax import inference
+from pikfix_jax import models
+from pikfix_jax import weights
+from pikfix_jax.ops import color
+
 
 class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training (and is checkpointed)."""
   step: jnp.ndarray
   g_params: Any  # Trainable generator parameters.
-  g_frozen: Any  # Frozen generator parameters (checkpoints.split_frozen).
+  g_frozen: Any  # Frozen generator parameters (Method.split_frozen).
   g_batch_stats: Any  # BatchNorm statistics of the generator ({} when it has none).
   d_params: Any  # Discriminator parameters ({} for methods without one).
   g_opt_state: Any
@@ -59,6 +69,19 @@ def seed_keys(seed: int) -> tuple[jnp.ndarray, ...]:
   return tuple(jax.random.split(jax.random.PRNGKey(seed), 4))
 
 
+def example_inputs(size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(input L, reference RGB) of one size x size example: what networks are initialised on."""
+  return (jnp.zeros((1, size, size, 1), jnp.float32), jnp.zeros((1, size, size, 3), jnp.float32))
+
+
+def image_scalars(rgb: jnp.ndarray, target_lab: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """Batch-mean PSNR and SSIM (dm_pix) of an RGB output against a normalised-Lab target: the
+  training scalars every method logs."""
+  target_rgb = color.lab_normalized_to_rgb(target_lab[..., :1], target_lab[..., 1:])
+  return {'psnr': jnp.mean(dm_pix.psnr(rgb, target_rgb)),
+          'ssim': jnp.mean(dm_pix.ssim(rgb, target_rgb))}
+
+
 class Method(abc.ABC):
   """One method of the comparison tables (module docstring)."""
 
@@ -70,19 +93,70 @@ class Method(abc.ABC):
   loss_terms: tuple[str, ...] = ()
   scalars: tuple[str, ...] = ()
   generator: flax.linen.Module
+  # The method's rows in the papers' tables, {(dataset, degraded): (source, (PSNR, SSIM,
+  # LPIPS))} (evaluate prints the one of its dataset beside ours), and the configs it ships
+  # (module names; `model_summary --all_methods` has a row for each).
+  paper_rows: dict[tuple[str, bool], tuple[str, tuple[float, float, float]]] = {}
+  config_modules: tuple[str, ...] = ()
+
+  @classmethod
+  @abc.abstractmethod
+  def label(cls, config: ml_collections.ConfigDict) -> str:
+    """The display name of the variant `config` trains (tables, the app)."""
 
   def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
     self.config = config
     self.steps_per_epoch = steps_per_epoch
+    # The generator's and the discriminator's optimisers (the same settings, apart states).
+    self.g_tx = make_optimizer(config, steps_per_epoch)
+    self.d_tx = make_optimizer(config, steps_per_epoch)
 
-  @abc.abstractmethod
+  # ------------------------------------------------------------------------ state
+  # The frozen VGG-19 of a perceptual loss (config.backbones.vgg19), None without one.
+  vgg: Optional[flax.linen.Module] = None
+
+  def init_generator(self, key: jax.Array, size: int) -> dict:
+    """The generator's random variables (traced inside `init_state`'s jit)."""
+    return self.generator.init(key, *example_inputs(size))
+
+  def init_discriminator(self, key: jax.Array, size: int) -> dict:
+    """The discriminator's random params ({} without one; traced inside `init_state`'s jit)."""
+    del key, size
+    return {}
+
+  def load_pretrained(self, g_vars: dict) -> dict:
+    """Pretrained parts of the generator's initial variables (none by default)."""
+    return g_vars
+
+  def init_optimizer(self, params: dict, discriminator: bool) -> Any:
+    """The optimiser state of the generator's trainable params or of the discriminator's."""
+    return (self.d_tx if discriminator else self.g_tx).init(params)
+
   def init_state(self, seed: int) -> TrainState:
     """The random initial state (on the default device; train.py replicates it)."""
+    size = self.config.data.image_size
+    g_key, d_key, _, rng = seed_keys(seed)
+    g_vars, d_params = models.jit_init(
+        lambda g, d: (self.init_generator(g, size), self.init_discriminator(d, size)))(
+            g_key, d_key)
+    g_vars = self.load_pretrained(flax.core.unfreeze(g_vars))
+    g_params, g_frozen = self.split_frozen(g_vars['params'])
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
+        g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_params,
+        g_opt_state=models.jit_init(lambda p: self.init_optimizer(p, False))(g_params),
+        d_opt_state=models.jit_init(lambda p: self.init_optimizer(p, True))(d_params), rng=rng)
 
   def init_frozen(self, seed: int) -> Any:
-    """Frozen variables passed to every `train_step` (not checkpointed)."""
-    del seed
-    return {}
+    """Frozen variables passed to every `train_step` (not checkpointed): the VGG-19 of `vgg`
+    from config.backbones.vgg19, or a random init from `seed` when no weights are given (the
+    same for the same seed); {} without one."""
+    if self.vgg is None:
+      return {}
+    _, _, key, _ = seed_keys(seed)
+    size = self.config.data.image_size
+    init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
+    return weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
 
   @abc.abstractmethod
   def train_step(self, state: TrainState, batch: dict, frozen: Any
@@ -137,9 +211,8 @@ class Method(abc.ABC):
 
   def abstract_variables(self, image_size: int = 64) -> dict:
     """Shapes of the generator's variables (no compute)."""
-    l = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-    rgb = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    return flax.core.unfreeze(jax.eval_shape(self.generator.init, jax.random.PRNGKey(0), l, rgb))
+    return flax.core.unfreeze(jax.eval_shape(
+        lambda k: self.init_generator(k, image_size), jax.random.PRNGKey(0)))
 
   def networks(self) -> dict:
     """{name: fn(generator module, input_l) -> output}: the generator's networks one by one,
@@ -148,10 +221,10 @@ class Method(abc.ABC):
 
   def abstract_discriminator(self, image_size: int = 64) -> dict:
     """Shapes of the discriminator's params ({} without one; no compute)."""
-    return {}
+    return flax.core.unfreeze(jax.eval_shape(
+        lambda k: self.init_discriminator(k, image_size), jax.random.PRNGKey(0)))
 
   def make_restorer(self, variables: dict, **options):
     """The inference engine for photos of any size: the whole generator at once."""
-    from pikfix_jax import inference  # pylint: disable=g-import-not-at-top  (a cycle otherwise)
     kept = {k: v for k, v in options.items() if k == 'reference_size' and v}
     return inference.WholeImageRestorer(self.generator, variables, self.uses_reference, **kept)

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from pikfix_jax import weights
+from pikfix_jax.losses import cms4cv as cms4cv_losses
 from pikfix_jax.methods import supervised
 from pikfix_jax.models import cms4cv
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import layers
-from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 
 SEGMENTATION_ARCH = 'deeplabv3_mobilenet_v3_large'
@@ -37,7 +37,7 @@ class CMS4CVGenerator(nn.Module):
   def __call__(self, input_l: jnp.ndarray, reference_rgb: Optional[jnp.ndarray] = None,
                train: bool = False) -> dict:
     del reference_rgb
-    x, hw = pikfix.pad_to_multiple(input_l, self.sr_factor)
+    x, hw = layers.pad_to_multiple(input_l, self.sr_factor)
     x = layers.downsample(x, self.sr_factor)
     if self.segmentation:  # Fusion: the frozen segmentation's class probabilities.
       grey_rgb = color.gray_to_rgb(x)
@@ -45,7 +45,7 @@ class CMS4CVGenerator(nn.Module):
       x = jnp.concatenate([x, jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)], -1)
     rgb = cms4cv.UNet(self.num_down, self.base_features, self.sr_factor, self.upsampling,
                       name='unet')(x, train)
-    rgb = pikfix.crop_to(rgb, hw)
+    rgb = layers.crop_to(rgb, hw)
     l, ab = color.rgb_to_lab_normalized(rgb)
     return {'raw': rgb, 'rgb': rgb, 'restored_l': l, 'ab': ab}
 
@@ -53,6 +53,15 @@ class CMS4CVGenerator(nn.Module):
 class Method(supervised.SupervisedMethod):
   """config.model.{num_down, base_features, sr_factor, upsampling, segmentation, gan,
   d_features}; config.loss.{ssim_weight, mae_weight}."""
+
+  config_modules = ('configs.baselines.cms4cv_unet', 'configs.baselines.cms4cv_fusion',
+                    'configs.baselines.cms4cv_gan')
+
+  @classmethod
+  def label(cls, config) -> str:
+    m = config.model
+    name = 'Fusion' if m.segmentation else ('U-Net-GAN' if m.gan else 'U-Net')
+    return f'CMS4CV {name}' + (f' ({m.sr_factor}x SR)' if m.sr_factor > 1 else '')
 
   def __init__(self, config, steps_per_epoch: int = 1):
     m = config.model
@@ -90,8 +99,8 @@ class Method(supervised.SupervisedMethod):
 
   def generator_losses(self, raw, target, fake_logits) -> dict:
     if fake_logits is not None:
-      return cms4cv.generator_loss(fake_logits, raw, target, self.config.loss.mae_weight)
-    terms = cms4cv.unet_loss(raw, target, self.config.loss.ssim_weight)
+      return cms4cv_losses.generator_loss(fake_logits, raw, target, self.config.loss.mae_weight)
+    terms = cms4cv_losses.unet_loss(raw, target, self.config.loss.ssim_weight)
     return {'total': terms['total'], 'mae': terms['mae'], 'ssim_term': terms['ssim']}
 
-  discriminator_loss = staticmethod(cms4cv.discriminator_loss)  # D sees the RGB alone
+  discriminator_loss = staticmethod(cms4cv_losses.discriminator_loss)  # D sees the RGB alone

@@ -10,33 +10,41 @@ generator's loss is differentiated w.r.t. that output - with D before or after i
 import functools
 from typing import Any, Optional
 
-import dm_pix
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from pikfix_jax import checkpoints
-from pikfix_jax import losses
-from pikfix_jax import models
+from pikfix_jax import inference
 from pikfix_jax import weights
+from pikfix_jax.losses import common
+from pikfix_jax.losses import pikfix as pikfix_losses
 from pikfix_jax.methods import base
 from pikfix_jax.models import backbones
 from pikfix_jax.models import pikfix
-from pikfix_jax.ops import color
 
 LOSS_TERMS = ('total', 'l1_luminance', 'perceptual', 'emd', 'l1_chroma', 'adversarial')
 SCALARS = LOSS_TERMS + ('d_loss', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm',
                         'd_grad_norm', 'learning_rate', 'bin_center_min', 'bin_center_max',
                         'bin_gap_mean', 'bin_gap_min')
+FROZEN_BACKBONE = 'resnet34'  # Generator subtree kept frozen unless similarity.train_backbone.
 
 
 class Method(base.Method):
   """Pik-Fix: the generator of `models.pikfix`, its PatchGAN and the frozen VGG-19 of the
-  perceptual loss (passed to the step as `frozen`)."""
+  perceptual loss (`vgg`, passed to the step as `frozen`)."""
 
   uses_reference = True
   exports_stablehlo = True
+  # Pik-Fix's Table 1 (synthetic data) and Table 2 (RealOld).
+  paper_rows = {
+      ('div2k', False): ('Table 1, DIV2K (w/o degradation)', (23.95, 0.925, 0.120)),
+      ('voc', False): ('Table 1, Pascal VOC (w/o degradation)', (24.01, 0.940, 0.100)),
+      ('voc', True): ('Table 1, Pascal VOC (w/ degradation)', (22.22, 0.828, 0.186)),
+      ('realold', False): ('Table 2, RealOld', (17.20, 0.758, 0.258)),
+  }
+  config_modules = ('configs.default',)
   loss_terms = LOSS_TERMS + ('d_loss',)
   scalars = SCALARS
 
@@ -44,54 +52,41 @@ class Method(base.Method):
     super().__init__(config, steps_per_epoch)
     self.generator = pikfix.build_generator(config.model)
     self.discriminator = pikfix.build_discriminator(config.model)
-    self.g_tx = base.make_optimizer(config, steps_per_epoch)
-    self.d_tx = base.make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=tuple(config.loss.perceptual_layers),
                              dtype=pikfix.dtype_from_name(config.model.dtype))
 
+  @classmethod
+  def label(cls, config) -> str:
+    return 'Pik-Fix'
+
   # --------------------------------------------------------------------------- state
   def split_frozen(self, params: dict) -> tuple[dict, dict]:
-    return checkpoints.split_frozen(params, self.config.model.similarity.train_backbone)
+    """(trainable, frozen): frozen holds the ResNet-34 subtree unless
+    config.model.similarity.train_backbone."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    train_backbone = self.config.model.similarity.train_backbone
+    is_frozen = lambda path: (not train_backbone) and FROZEN_BACKBONE in path
+    trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
+    frozen = {k: v for k, v in flat.items() if is_frozen(k)}
+    return (flax.traverse_util.unflatten_dict(trainable),
+            flax.traverse_util.unflatten_dict(frozen))
 
-  def init_state(self, seed: int) -> base.TrainState:
-    """Random initial state, with pretrained backbones loaded when the config names them."""
-    c = self.config
-    size = c.data.image_size
-    l = jnp.zeros((1, size, size, 1), jnp.float32)
-    rgb = jnp.zeros((1, size, size, 3), jnp.float32)
-    g_key, d_key, _, rng = base.seed_keys(seed)
+  def init_discriminator(self, key, size: int) -> dict:
+    l, _ = base.example_inputs(size)
+    k = self.config.model.histogram.num_bins
+    condition = (jnp.zeros((1, 2 * k), jnp.float32)
+                 if self.config.model.discriminator.condition_on_reference else None)
+    return self.discriminator.init(key, l, jnp.zeros((1, size, size, 2)), condition)['params']
 
-    def init(g_key, d_key):
-      g_vars = self.generator.init(g_key, l, rgb)
-      k = c.model.histogram.num_bins
-      condition = (jnp.zeros((1, 2 * k), jnp.float32)
-                   if c.model.discriminator.condition_on_reference else None)
-      d_vars = self.discriminator.init(d_key, l, jnp.zeros((1, size, size, 2)), condition)
-      return g_vars, d_vars
-
-    g_vars, d_vars = models.jit_init(init)(g_key, d_key)
-    g_vars = flax.core.unfreeze(g_vars)
+  def load_pretrained(self, g_vars: dict) -> dict:
+    """The similarity sub-net's ResNet-34 from config.backbones.resnet34, when given."""
     if 'similarity_net' in g_vars['params']:
       resnet = {'params': g_vars['params']['similarity_net']['resnet34'],
                 'batch_stats': g_vars['batch_stats']['similarity_net']['resnet34']}
-      resnet = weights.maybe_load_backbone(c.backbones.resnet34, 'resnet34', resnet)
+      resnet = weights.maybe_load_backbone(self.config.backbones.resnet34, 'resnet34', resnet)
       g_vars['params']['similarity_net']['resnet34'] = resnet['params']
       g_vars['batch_stats']['similarity_net']['resnet34'] = resnet['batch_stats']
-    g_params, g_frozen = self.split_frozen(g_vars['params'])
-    return base.TrainState(
-        step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
-        g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
-        g_opt_state=models.jit_init(self.g_tx.init)(g_params),
-        d_opt_state=models.jit_init(self.d_tx.init)(d_vars['params']),
-        rng=rng)
-
-  def init_frozen(self, seed: int) -> dict:
-    """Frozen VGG-19 variables of the perceptual loss: config.backbones.vgg19, or a random
-    init from `seed` when no weights are given (the same for the same seed)."""
-    _, _, key, _ = base.seed_keys(seed)
-    size = self.config.data.image_size
-    init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
-    return weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
+    return g_vars
 
   # ----------------------------------------------------------------------------- step
   def _condition(self, outputs: dict) -> Optional[jnp.ndarray]:
@@ -122,7 +117,7 @@ class Method(base.Method):
       # D judges chroma: real and fake ab are both shown with the ground-truth luminance.
       real = self.discriminator.apply({'params': d_params}, target_l, target_ab, condition)
       fake = self.discriminator.apply({'params': d_params}, target_l, fake_ab, condition)
-      return losses.discriminator_loss(real, fake, c.loss.adversarial), (real, fake)
+      return common.discriminator_loss(real, fake, c.loss.adversarial), (real, fake)
 
     def d_update(d_params, d_opt_state):
       (d_loss, (real, fake)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
@@ -145,7 +140,7 @@ class Method(base.Method):
     def g_loss_fn(outs):
       fake_logits = self.discriminator.apply(
           {'params': d_params}, target_l, outs['ab'], condition)
-      terms = losses.generator_losses(outs, batch['target_lab'], fake_logits,
+      terms = pikfix_losses.generator_loss(outs, batch['target_lab'], fake_logits,
                                       vgg_features, c.loss)
       return terms['total'], terms
 
@@ -156,10 +151,7 @@ class Method(base.Method):
     if not c.train.d_first:
       d_params, d_opt_state, d_aux = d_updates(d_params, d_opt_state)
 
-    target_rgb = color.lab_normalized_to_rgb(target_l, target_ab)
-    scalars = dict(terms, **d_aux)
-    scalars['psnr'] = jnp.mean(dm_pix.psnr(outputs['rgb'], target_rgb))
-    scalars['ssim'] = jnp.mean(dm_pix.ssim(outputs['rgb'], target_rgb))
+    scalars = dict(terms, **d_aux, **base.image_scalars(outputs['rgb'], batch['target_lab']))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
     scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
     scalars.update(bin_center_spread(g_params['bin_centers']))
@@ -167,21 +159,8 @@ class Method(base.Method):
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)
     return new_state, scalars
 
-  def abstract_variables(self, image_size: int = 64) -> dict:
-    return checkpoints.abstract_variables(self.generator, image_size)
-
-  def abstract_discriminator(self, image_size: int = 64) -> dict:
-    l = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-    ab = jax.ShapeDtypeStruct((1, image_size, image_size, 2), jnp.float32)
-    k = self.config.model.histogram.num_bins
-    cond = (jax.ShapeDtypeStruct((1, 2 * k), jnp.float32)
-            if self.config.model.discriminator.condition_on_reference else None)
-    return flax.core.unfreeze(jax.eval_shape(self.discriminator.init, jax.random.PRNGKey(0),
-                                             l, ab, cond))['params']
-
   def make_restorer(self, variables: dict, **options):
     """Restoration in exact overlapping tiles, colour at bounded resolution (inference.py)."""
-    from pikfix_jax import inference  # pylint: disable=g-import-not-at-top
     return inference.Restorer(self.generator, variables, **options)
 
 

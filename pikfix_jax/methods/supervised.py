@@ -12,7 +12,6 @@ import abc
 import functools
 from typing import Any, Callable, Optional
 
-import dm_pix
 import flax
 import flax.linen as nn
 import jax
@@ -20,9 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from pikfix_jax import checkpoints
-from pikfix_jax import models
 from pikfix_jax.methods import base
-from pikfix_jax.ops import color
 
 
 class SupervisedMethod(base.Method):
@@ -34,8 +31,6 @@ class SupervisedMethod(base.Method):
 
   def __init__(self, config, steps_per_epoch: int = 1):
     super().__init__(config, steps_per_epoch)
-    self.g_tx = base.make_optimizer(config, steps_per_epoch)
-    self.d_tx = base.make_optimizer(config, steps_per_epoch)
     gan = ('d_loss', 'd_real', 'd_fake', 'd_grad_norm') if self.has_discriminator else ()
     self.loss_terms = self.generator_terms + (('d_loss',) if self.has_discriminator else ())
     self.scalars = self.generator_terms + gan + ('psnr', 'ssim', 'g_grad_norm', 'learning_rate')
@@ -73,33 +68,11 @@ class SupervisedMethod(base.Method):
     example = {'input_l': jnp.zeros((1, size, size, 1), jnp.float32)}
     return (*self.d_condition(example), jnp.zeros((1, size, size, 3), jnp.float32))
 
-  def load_pretrained(self, g_vars: dict) -> dict:
-    """Pretrained parts of the generator's initial variables (none by default)."""
-    return g_vars
-
   # ---------------------------------------------------------------------------- state
-  def init_state(self, seed: int) -> base.TrainState:
-    size = self.config.data.image_size
-    l = jnp.zeros((1, size, size, 1), jnp.float32)
-    rgb = jnp.zeros((1, size, size, 3), jnp.float32)
-    g_key, d_key, _, rng = base.seed_keys(seed)
-
-    def init(g_key, d_key):
-      g_vars = self.generator.init(g_key, l, rgb)
-      d_params = {}
-      if self.has_discriminator:
-        d_params = self.discriminator.init(d_key, *self.d_example_input(size),
-                                           train=True)['params']
-      return g_vars, d_params
-
-    g_vars, d_params = models.jit_init(init)(g_key, d_key)
-    g_vars = self.load_pretrained(flax.core.unfreeze(g_vars))
-    g_params, g_frozen = self.split_frozen(g_vars['params'])
-    return base.TrainState(
-        step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen=g_frozen,
-        g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_params,
-        g_opt_state=models.jit_init(self.g_tx.init)(g_params),
-        d_opt_state=models.jit_init(self.d_tx.init)(d_params), rng=rng)
+  def init_discriminator(self, key, size: int) -> dict:
+    if not self.has_discriminator:
+      return {}
+    return self.discriminator.init(key, *self.d_example_input(size), train=True)['params']
 
   def _d_apply(self, d_params: dict, batch: dict, raw: jnp.ndarray) -> jnp.ndarray:
     """D in training mode. Its BatchNorm statistics only matter in inference mode, which D
@@ -110,13 +83,6 @@ class SupervisedMethod(base.Method):
     stats = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                    flax.core.unfreeze(shapes).get('batch_stats', {}))
     return self.d_logits({'params': d_params, 'batch_stats': stats}, batch, raw)
-
-  def abstract_discriminator(self, image_size: int = 64) -> dict:
-    if not self.has_discriminator:
-      return {}
-    shapes = jax.eval_shape(functools.partial(self.discriminator.init, train=True),
-                            jax.random.PRNGKey(0), *self.d_example_input(image_size))
-    return flax.core.unfreeze(shapes)['params']
 
   # ----------------------------------------------------------------------------- step
   def train_step(self, state: base.TrainState, batch: dict, frozen: Any
@@ -162,11 +128,8 @@ class SupervisedMethod(base.Method):
     g_updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
 
-    target_rgb = color.lab_normalized_to_rgb(batch['target_lab'][..., :1],
-                                             batch['target_lab'][..., 1:])
     scalars.update(terms)
-    scalars['psnr'] = jnp.mean(dm_pix.psnr(rgb, target_rgb))
-    scalars['ssim'] = jnp.mean(dm_pix.ssim(rgb, target_rgb))
+    scalars.update(base.image_scalars(rgb, batch['target_lab']))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
     scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
     new_state = state.replace(step=state.step + 1, g_params=g_params,

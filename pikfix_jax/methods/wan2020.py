@@ -15,26 +15,25 @@ restored L with zero chroma (how the paper's tables can score a method that does
 X and Y are the synthetic pairs of the data pipeline (input_l, target L), the defect mask its
 `defect_mask` field (config.data.defect_mask); R is `real_l` (config.data.real_old_dir), without
 which VAE1 sees X alone and the latent GAN is off (a warning; docs/MODEL.md). The networks and
-losses are models/wan.py and models/wan_losses.py.
+losses are models/wan.py and losses/wan.py.
 """
 
 from typing import Any, Optional
 
 from absl import logging
 import dm_pix
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pikfix_jax import models
-from pikfix_jax import weights
+from pikfix_jax import inference
+from pikfix_jax.losses import common
+from pikfix_jax.losses import wan as wan_losses
 from pikfix_jax.methods import base
 from pikfix_jax.models import backbones
 from pikfix_jax.models import wan
-from pikfix_jax.models import wan_losses
 from pikfix_jax.ops import color
 
 STAGES = ('vae', 'mapping', 'scratch')
@@ -95,6 +94,16 @@ class Method(base.Method):
   stage_steps / stage of configs/baselines/wan2020.py."""
 
   uses_reference = False
+  # Pik-Fix's Tables 1-2, which ran the authors' release.
+  paper_rows = {
+      ('voc', True): ('Pik-Fix Table 1, Pascal VOC (w/ degradation)', (18.01, 0.598, 0.421)),
+      ('realold', False): ('Pik-Fix Table 2, RealOld', (16.99, 0.709, 0.303)),
+  }
+  config_modules = ('configs.baselines.wan2020',)
+
+  @classmethod
+  def label(cls, config) -> str:
+    return 'Wan et al. 2020 (restored L, zero chroma)'
 
   def __init__(self, config, steps_per_epoch: int = 1):
     super().__init__(config, steps_per_epoch)
@@ -105,7 +114,6 @@ class Method(base.Method):
         'd_vae2': wan.MultiscaleDiscriminator(m.d_scales, m.d_features, m.d_layers),
         'd_latent': wan.LatentDiscriminator(m.d_features, m.d_layers),
         'd_mapping': wan.MultiscaleDiscriminator(m.d_scales, m.d_features, m.d_layers)}
-    self.tx = base.make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=wan_losses.VGG_LAYERS)
     self.real_photos = bool(config.data.real_old_dir)
     self.scalars = tuple(dict.fromkeys(s for v in SCALARS.values() for s in v))
@@ -127,7 +135,6 @@ class Method(base.Method):
   def make_restorer(self, variables: dict, **options):
     """The whole pipeline at once; `restorer.mask` (restore --scratch_mask) replaces the
     detector's mask."""
-    from pikfix_jax import inference  # pylint: disable=g-import-not-at-top  (a cycle otherwise)
     kept = {k: v for k, v in options.items() if k == 'reference_size' and v}
     return inference.WholeImageRestorer(self.generator, variables, False, accepts_mask=True,
                                         max_pixels=self.config.model.get('max_restore_pixels',
@@ -148,18 +155,11 @@ class Method(base.Method):
     return LOSS_TERMS[stage] if stage else self.loss_terms
 
   # -------------------------------------------------------------------------- state
-  def _example(self, size: int) -> tuple:
-    l = jnp.zeros((1, size, size, 1), jnp.float32)
-    return l, jnp.zeros((1, size, size, 3), jnp.float32)
+  def init_generator(self, key, size: int) -> dict:
+    return self.generator.init(key, *base.example_inputs(size), method=WanNetworks.init_all)
 
-  def abstract_variables(self, image_size: int = 64) -> dict:
-    l, rgb = self._example(image_size)
-    return flax.core.unfreeze(jax.eval_shape(
-        lambda k: self.generator.init(k, l, rgb, method=WanNetworks.init_all),
-        jax.random.PRNGKey(0)))
-
-  def _d_init(self, key, size: int) -> dict:
-    l, _ = self._example(size)
+  def init_discriminator(self, key, size: int) -> dict:
+    l, _ = base.example_inputs(size)
     m = self.config.model
     latent = jnp.zeros((1, size // 2 ** m.vae_downsample, size // 2 ** m.vae_downsample,
                         m.vae_features), jnp.float32)
@@ -169,38 +169,17 @@ class Method(base.Method):
             'd_latent': self.discriminators['d_latent'].init(keys[2], latent)['params'],
             'd_mapping': self.discriminators['d_mapping'].init(keys[3], l, l)['params']}
 
-  def abstract_discriminator(self, image_size: int = 64) -> dict:
-    return jax.eval_shape(lambda k: self._d_init(k, image_size), jax.random.PRNGKey(0))
+  def init_optimizer(self, params: dict, discriminator: bool) -> dict:
+    """One Adam state per network: each stage updates its own networks only."""
+    tx = self.d_tx if discriminator else self.g_tx
+    return {name: tx.init(p) for name, p in params.items()}
 
   def init_state(self, seed: int) -> base.TrainState:
     if not self.real_photos:
       logging.warning('config.data.real_old_dir is empty: VAE1 trains on synthetic old photos '
                       'alone and the latent GAN that aligns real and synthetic codes is off '
                       '(docs/MODEL.md, "Wan et al. 2020").')
-    size = self.config.data.image_size
-    l, rgb = self._example(size)
-    g_key, d_key, _, rng = base.seed_keys(seed)
-
-    def init(g_key, d_key):
-      g_vars = self.generator.init(g_key, l, rgb, method=WanNetworks.init_all)
-      return g_vars, self._d_init(d_key, size)
-
-    g_vars, d_params = models.jit_init(init)(g_key, d_key)
-    g_vars = flax.core.unfreeze(g_vars)
-    g_params = g_vars['params']
-    opt = models.jit_init(lambda p: {k: self.tx.init(v) for k, v in p.items()})
-    return base.TrainState(
-        step=jnp.zeros((), jnp.int32), g_params=g_params, g_frozen={},
-        g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_params,
-        g_opt_state=opt(g_params), d_opt_state=opt(d_params), rng=rng)
-
-  def init_frozen(self, seed: int) -> dict:
-    """VGG-19 (relu1_1 .. relu5_1) of eq. 6's perceptual feature matching: config.backbones.vgg19,
-    or a random init from `seed`."""
-    _, _, key, _ = base.seed_keys(seed)
-    size = self.config.data.image_size
-    init = models.jit_init(self.vgg.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))
-    return weights.maybe_load_backbone(self.config.backbones.vgg19, 'vgg19', init)
+    return super().init_state(seed)
 
   # --------------------------------------------------------------------------- steps
   def _update(self, state: base.TrainState, names: tuple[str, ...], grads: dict,
@@ -209,7 +188,8 @@ class Method(base.Method):
     params = dict(state.d_params if discriminator else state.g_params)
     opt = dict(state.d_opt_state if discriminator else state.g_opt_state)
     for name in names:
-      updates, opt[name] = self.tx.update(grads[name], opt[name], params[name])
+      tx = self.d_tx if discriminator else self.g_tx
+      updates, opt[name] = tx.update(grads[name], opt[name], params[name])
       params[name] = optax.apply_updates(params[name], updates)
     return params, opt
 
@@ -276,7 +256,7 @@ class Method(base.Method):
                                 ('vae2', ['y'], 'd_vae2')):
         targets = {'x': x, 'y': y, 'r': r}
         terms[f'{net}_kl'] = sum(wan_losses.kl_divergence(o[k]['mu']) for k in keys_)
-        terms[f'{net}_l1'] = sum(wan_losses.l1(o[k]['recon'], targets[k]) for k in keys_)
+        terms[f'{net}_l1'] = sum(common.l1(o[k]['recon'], targets[k]) for k in keys_)
         terms[f'{net}_gan'] = sum(wan_losses.lsgan_generator_loss(
             d[dname].apply({'params': d_params[dname]}, o[k]['recon'])) for k in keys_)
       terms['latent_gan'] = (wan_losses.latent_generator_loss(
@@ -323,7 +303,7 @@ class Method(base.Method):
     def g_loss_fn(zo):
       z, o = zo
       fake_outputs = d.apply({'params': d_params['d_mapping']}, o, x)
-      terms = {'latent_l1': wan_losses.l1(z, z_y), 'image_l1': wan_losses.l1(o, y),
+      terms = {'latent_l1': common.l1(z, z_y), 'image_l1': common.l1(o, y),
                'gan': wan_losses.lsgan_generator_loss(fake_outputs),
                'feature_matching': wan_losses.feature_matching_loss(fake_outputs, real_outputs),
                'vgg': wan_losses.vgg_feature_matching_loss(vgg, o, y)}

@@ -8,31 +8,20 @@ arguments this port takes Keras' defaults (nearest UpSampling2D, LeakyReLU slope
 BatchNormalization momentum 0.99 / eps 1e-3, Glorot-uniform kernels). docs/MODEL.md,
 "Baselines: Pix2pix and CMS4CV", lists every choice and why.
 
-Objectives: `unet_loss` (MAE + (1 - SSIM), U-Net and Fusion) and `discriminator_loss` /
-`generator_loss` (BCE; adversarial + 150 MAE, U-Net-GAN). The optimisers are the caller's:
-Adam (the report names none; Keras' defaults ADAM_B1, ADAM_B2, ADAM_EPS), lr UNET_LEARNING_RATE
-for the U-Net and Fusion (unstated: Keras' default) and GAN_LEARNING_RATE for both GAN nets.
+Objectives: losses/cms4cv.py; optimiser settings: configs/baselines/cms4cv_*.py.
 """
 
 from typing import Any, Optional
 
-import dm_pix
 import flax.linen as nn
 import jax.numpy as jnp
 
-from pikfix_jax import losses
 from pikfix_jax.models import layers
-from pikfix_jax.models.pikfix import crop_to, pad_to_multiple
 
 BOTTLENECK_FEATURES = 1024  # "Bottleneck with 1024 channels"
 SR_FACTORS = (1, 2)
 UPSAMPLINGS = ('nearest', 'bilinear')
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU()
-UNET_LEARNING_RATE = 1e-3  # not in the report: Keras Adam's default
-GAN_LEARNING_RATE = 1e-5  # sec. 4: "a very small 1e-5"
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-7  # Keras Adam's defaults
-SSIM_WEIGHT = 1.0  # MAE + 1 * (1 - SSIM): the report's "linear combination", weights unstated
-GAN_MAE_WEIGHT = 150.0  # lambda, sec. 4: 100, 150 and 200 tried, 150 best
 
 _glorot = nn.initializers.glorot_uniform()  # Keras Conv2D / Dense kernel default
 
@@ -77,7 +66,7 @@ class UNet(nn.Module):
   bottleneck has the report's 1024 channels (32 for the U-Net, 64 for Fusion's num_down=4).
   Input channels are the input's (Fusion: grey + segmentation).
 
-  Any H, W: padded to a multiple of 2^num_down (`pikfix.pad_to_multiple`: reflect, or edge
+  Any H, W: padded to a multiple of 2^num_down (`layers.pad_to_multiple`: reflect, or edge
   where the pad is not shorter than the side), the output cropped to sr_factor (H, W).
   `train`: BatchNorm on batch statistics, updating 'batch_stats'.
   """
@@ -96,7 +85,7 @@ class UNet(nn.Module):
     if self.upsampling not in UPSAMPLINGS:
       raise ValueError(f'upsampling={self.upsampling!r}: use one of {UPSAMPLINGS}')
     base = self.base_features or BOTTLENECK_FEATURES // 2 ** self.num_down
-    x, (h, w) = pad_to_multiple(x, 2 ** self.num_down)
+    x, (h, w) = layers.pad_to_multiple(x, 2 ** self.num_down)
     x = x.astype(self.dtype)
 
     def block(features: int, name: str) -> ConvBNLeakyReLU:
@@ -117,7 +106,7 @@ class UNet(nn.Module):
       x = block(base, 'sr_up')(_upsample2(x, self.upsampling), train)
     x = layers.Conv(self.output_channels, (1, 1), kernel_init=_glorot, dtype=self.dtype,
                     name='output')(x)
-    return crop_to(nn.sigmoid(x.astype(jnp.float32)), (self.sr_factor * h, self.sr_factor * w))
+    return layers.crop_to(nn.sigmoid(x.astype(jnp.float32)), (self.sr_factor * h, self.sr_factor * w))
 
 
 class Discriminator(nn.Module):
@@ -148,34 +137,3 @@ class Discriminator(nn.Module):
     x = x.reshape(x.shape[0], -1)  # channels-last, as Keras' Flatten
     x = nn.Dense(1, kernel_init=_glorot, dtype=self.dtype, name='dense')(x)
     return x.astype(jnp.float32)
-
-
-def ssim(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-  """Differentiable SSIM of RGB (B, H, W, C) in [0, 1] -> (B,): tf.image.ssim's convention
-  (11x11 Gaussian window, sigma 1.5, 'valid' positions, K1 0.01, K2 0.03, max_val 1), the
-  Keras SSIM loss a Keras model such as the report's is trained with (dm_pix.ssim)."""
-  return dm_pix.ssim(a.astype(jnp.float32), b.astype(jnp.float32), max_val=1.0)
-
-
-def unet_loss(output: jnp.ndarray, target: jnp.ndarray, ssim_weight: float = SSIM_WEIGHT
-              ) -> dict[str, jnp.ndarray]:
-  """MAE + ssim_weight * (1 - SSIM) on RGB in [0, 1], the loss of the report's best U-Net and
-  Fusion model (appendix 8.3); returns {'mae', 'ssim', 'total'} ('ssim': the batch mean)."""
-  terms = {'mae': losses.l1(output, target), 'ssim': jnp.mean(ssim(output, target))}
-  terms['total'] = terms['mae'] + ssim_weight * (1.0 - terms['ssim'])
-  return terms
-
-
-def discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
-  """L_D = L_real + L_fake (appendix 8.3.3): BCE(D(y), 1) + BCE(D(G(x)), 0), from logits."""
-  return losses.discriminator_loss(real_logits, fake_logits, 'nonsaturating')
-
-
-def generator_loss(fake_logits: jnp.ndarray, output: jnp.ndarray, target: jnp.ndarray,
-                   mae_weight: float = GAN_MAE_WEIGHT) -> dict[str, jnp.ndarray]:
-  """BCE(D(G(x)), 1) + mae_weight * MAE(G(x), y) (appendix 8.3.3; the non-saturating form,
-  as Keras GANs train G with "real" labels); returns {'adversarial', 'mae', 'total'}."""
-  terms = {'adversarial': losses.generator_adversarial_loss(fake_logits, 'nonsaturating'),
-           'mae': losses.l1(output, target)}
-  terms['total'] = terms['adversarial'] + mae_weight * terms['mae']
-  return terms

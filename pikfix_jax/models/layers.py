@@ -1,4 +1,5 @@
-"""Building blocks shared by the sub-nets: dense units/blocks, residual dense blocks, resizing."""
+"""Building blocks shared by the networks: dense units/blocks, residual dense blocks, resizing,
+padding to a size multiple, the stride-2 transposed convolution."""
 
 import functools
 from typing import Any, Callable
@@ -7,6 +8,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from pikfix_jax.ops import conv
 
@@ -192,3 +194,60 @@ def _fan_out_dense_units(x: jnp.ndarray, kernels: list, biases: list) -> jnp.nda
     features.append(nn.relu(pre_activations[i]))
     start += width
   return jnp.concatenate(features, axis=-1)
+
+
+def pad_to_multiple(x: jnp.ndarray, multiple: int) -> tuple[jnp.ndarray, tuple[int, int]]:
+  """Reflect-pads an NHWC batch so both sides are multiples of `multiple`.
+
+  Returns the padded batch and the original (H, W); `crop_to(y, hw)` undoes it.
+  """
+  h, w = x.shape[1:3]
+  ph, pw = -h % multiple, -w % multiple
+  if ph or pw:
+    mode = 'reflect' if (ph < h and pw < w) else 'edge'
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+  return x, (h, w)
+
+
+def crop_to(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
+  """The first hw = (H, W) rows and columns of an NHWC batch (undoes `pad_to_multiple`)."""
+  return x[:, :hw[0], :hw[1]]
+
+
+# Output phase r (0: even, 1: odd position along an axis) of torch's ConvTranspose2d(k=4, s=2,
+# p=1) reads input positions m - 1 + r and m + r through kernel taps _PHASE_TAPS[r]
+# (output y = 2 x - 1 + k).
+_PHASE_TAPS = np.array([[3, 1], [2, 0]])
+
+
+class ConvTransposeStride2(nn.Module):
+  """torch.nn.ConvTranspose2d(in, features, kernel_size=4, stride=2, padding=1): (B, H, W, C)
+  -> (B, 2H, 2W, features). `kernel` (4, 4, C, features) is torch's weight.permute(2, 3, 0, 1),
+  not flipped.
+
+  Computed as one stride-1 2x2 conv giving the four output phases as channels, interleaved
+  (depth-to-space): the same function, but its gradients take the fast CPU paths of
+  `ops.conv`, where nn.ConvTranspose's lhs-dilated conv has XLA:CPU gradients ~25x slower
+  (docs/MODEL.md, "Performance rewrites")."""
+  features: int
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.normal(0.02)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    b, h, w, c = x.shape
+    o = self.features
+    kernel = self.param('kernel', self.kernel_init, (4, 4, c, o)).astype(self.dtype)
+    # phases[a, bb, c, rh, rw, o]: tap (a, bb) of the 2x2 window of output phase (rh, rw).
+    taps = kernel[_PHASE_TAPS[:, :, None, None], _PHASE_TAPS[None, None, :, :]]  # rh,a,rw,bb
+    phases = jnp.transpose(taps, (1, 3, 4, 0, 2, 5)).reshape(2, 2, c, 4 * o)
+    y = conv.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y.reshape(b, h + 1, w + 1, 2, 2, o)
+    rows = [jnp.stack([y[:, rh:rh + h, rw:rw + w, rh, rw] for rw in (0, 1)], axis=3)
+            for rh in (0, 1)]
+    y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (o,)).astype(self.dtype)
+    return y

@@ -120,7 +120,7 @@ class PikFix(nn.Module):
     for name, x in (('input', input_l), ('reference', reference_rgb)):
       if x.shape[1] % MULTIPLE or x.shape[2] % MULTIPLE:
         raise ValueError(f'{name} size {x.shape[1:3]} is not a multiple of {MULTIPLE}; '
-                         'use pikfix_jax.models.pikfix.pad_to_multiple')
+                         'use pikfix_jax.models.layers.pad_to_multiple')
     c = self.config
     restored_l = self.restoration_net(input_l)
     reference_l, reference_ab = color.rgb_to_lab_normalized(reference_rgb)
@@ -176,20 +176,3 @@ def build_discriminator(model_config: ml_collections.ConfigDict) -> PatchDiscrim
   d = model_config.discriminator
   return PatchDiscriminator(features=d.features, num_layers=d.num_layers,
                             dtype=dtype_from_name(model_config.dtype))
-
-
-def pad_to_multiple(x: jnp.ndarray, multiple: int = MULTIPLE) -> tuple[jnp.ndarray, tuple[int, int]]:
-  """Reflect-pads an NHWC batch so both sides are multiples of `multiple`.
-
-  Returns the padded batch and the original (H, W); `crop_to(y, hw)` undoes it.
-  """
-  h, w = x.shape[1:3]
-  ph, pw = -h % multiple, -w % multiple
-  if ph or pw:
-    mode = 'reflect' if (ph < h and pw < w) else 'edge'
-    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
-  return x, (h, w)
-
-
-def crop_to(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
-  return x[:, :hw[0], :hw[1]]

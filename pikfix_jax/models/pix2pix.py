@@ -9,66 +9,19 @@ CMS4CV", lists what this port decides.
 
 Colour space: G maps degraded L (B, H, W, 1) in [0, 1] to (B, H, W, 3) in [-1, 1], read as
 normalised Lab: channel 0 is the restored L mapped to [-1, 1], channels 1-2 are ab / 110
-(`to_lab`, `to_target`). The optimiser is the caller's: Adam(LEARNING_RATE, ADAM_B1, ADAM_B2)
-for both networks, constant for 100 epochs, then linearly to 0 over 100 more (junyanz's
-defaults).
+(`to_lab`, `to_target`). Objective: losses/pix2pix.py; optimiser: configs/baselines/pix2pix.py.
 """
 
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from pikfix_jax import losses
 from pikfix_jax.models import layers
 from pikfix_jax.models.discriminator import PatchDiscriminator
-from pikfix_jax.models.pikfix import crop_to, pad_to_multiple
-from pikfix_jax.ops import conv
 
-LEARNING_RATE = 2e-4
-ADAM_B1, ADAM_B2 = 0.5, 0.999
-L1_WEIGHT = 100.0  # lambda of eq. 4
 INIT_STD = 0.02  # "weights initialized from a Gaussian distribution with mean 0 and std 0.02"
 DROPOUT_RATE = 0.5
-
-# Output phase r (0: even, 1: odd position along an axis) of torch's ConvTranspose2d(k=4, s=2,
-# p=1) reads input positions m - 1 + r and m + r through kernel taps _PHASE_TAPS[r]
-# (output y = 2 x - 1 + k).
-_PHASE_TAPS = np.array([[3, 1], [2, 0]])
-
-
-class ConvTransposeStride2(nn.Module):
-  """torch.nn.ConvTranspose2d(in, features, kernel_size=4, stride=2, padding=1): (B, H, W, C)
-  -> (B, 2H, 2W, features). `kernel` (4, 4, C, features) is torch's weight.permute(2, 3, 0, 1),
-  not flipped.
-
-  Computed as one stride-1 2x2 conv giving the four output phases as channels, interleaved
-  (depth-to-space): the same function, but its gradients take the fast CPU paths of
-  `ops.conv`, where nn.ConvTranspose's lhs-dilated conv has XLA:CPU gradients ~25x slower
-  (docs/MODEL.md, "Performance rewrites")."""
-  features: int
-  use_bias: bool = True
-  kernel_init: Any = nn.initializers.normal(INIT_STD)
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    b, h, w, c = x.shape
-    o = self.features
-    kernel = self.param('kernel', self.kernel_init, (4, 4, c, o)).astype(self.dtype)
-    # phases[a, bb, c, rh, rw, o]: tap (a, bb) of the 2x2 window of output phase (rh, rw).
-    taps = kernel[_PHASE_TAPS[:, :, None, None], _PHASE_TAPS[None, None, :, :]]  # rh,a,rw,bb
-    phases = jnp.transpose(taps, (1, 3, 4, 0, 2, 5)).reshape(2, 2, c, 4 * o)
-    y = conv.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    y = y.reshape(b, h + 1, w + 1, 2, 2, o)
-    rows = [jnp.stack([y[:, rh:rh + h, rw:rw + w, rh, rw] for rw in (0, 1)], axis=3)
-            for rh in (0, 1)]
-    y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (o,)).astype(self.dtype)
-    return y
 
 
 class UnetGenerator(nn.Module):
@@ -82,7 +35,7 @@ class UnetGenerator(nn.Module):
   seeing [encoder skip, decoder] concatenated. Convs are bias-free except the outermost
   transposed conv (junyanz: no bias with BatchNorm). Widths ngf * (1, 2, 4, 8, 8, ...).
 
-  Any H, W: the input is padded to a multiple of 2^num_downs (`pikfix.pad_to_multiple`:
+  Any H, W: the input is padded to a multiple of 2^num_downs (`layers.pad_to_multiple`:
   reflect, or edge where the pad is not shorter than the side) and the output cropped back.
   `train`: BatchNorm on batch statistics (updating 'batch_stats') and dropout on (rng
   'dropout'). Isola et al. keep both at test time too; that is `train=True` with the updated
@@ -99,7 +52,7 @@ class UnetGenerator(nn.Module):
     if self.num_downs < 5:
       raise ValueError(f'num_downs={self.num_downs}: pix2pix\'s U-Net has at least 5')
     n = self.num_downs
-    x, hw = pad_to_multiple(l, 2 ** n)
+    x, hw = layers.pad_to_multiple(l, 2 ** n)
     x = (2.0 * x - 1.0).astype(self.dtype)  # pix2pix's inputs are in [-1, 1]
     widths = [self.ngf * min(2 ** i, 8) for i in range(n)]
     kernel_init = nn.initializers.normal(self.init_std)
@@ -122,7 +75,7 @@ class UnetGenerator(nn.Module):
     for i in reversed(range(n)):
       x = nn.relu(x)
       outermost = i == 0
-      x = ConvTransposeStride2(self.output_channels if outermost else widths[i - 1],
+      x = layers.ConvTransposeStride2(self.output_channels if outermost else widths[i - 1],
                                use_bias=outermost, kernel_init=kernel_init, dtype=self.dtype,
                                name=f'up{i}')(x)
       if outermost:
@@ -133,7 +86,7 @@ class UnetGenerator(nn.Module):
       # junyanz's skip is the LeakyReLU'd encoder output (an in-place activation); the ReLU
       # that opens the next decoder layer makes the two the same.
       x = jnp.concatenate([encoder[i - 1], x], axis=-1)
-    return crop_to(jnp.tanh(x).astype(jnp.float32), hw)
+    return layers.crop_to(jnp.tanh(x).astype(jnp.float32), hw)
 
 
 def make_discriminator(features: int = 64, num_layers: int = 3, dtype: Any = jnp.float32
@@ -155,19 +108,3 @@ def to_target(l: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
 def to_lab(output: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """G's output -> (L in [0, 1], ab in [-1, 1]), the project's normalised Lab."""
   return (output[..., :1] + 1.0) / 2.0, output[..., 1:]
-
-
-def discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
-  """(BCE(D(x, y), 1) + BCE(D(x, G(x)), 0)) / 2, BCE with logits averaged over patches: the
-  halved objective of sec. 3.3 (gan_mode='vanilla')."""
-  return 0.5 * losses.discriminator_loss(real_logits, fake_logits, 'nonsaturating')
-
-
-def generator_loss(fake_logits: jnp.ndarray, output: jnp.ndarray, target: jnp.ndarray,
-                   l1_weight: float = L1_WEIGHT) -> dict[str, jnp.ndarray]:
-  """BCE(D(x, G(x)), 1) + l1_weight * |G(x) - y|_1 (eq. 4, non-saturating form), on G's
-  output space; returns {'adversarial', 'l1', 'total'}."""
-  terms = {'adversarial': losses.generator_adversarial_loss(fake_logits, 'nonsaturating'),
-           'l1': losses.l1(output, target)}
-  terms['total'] = terms['adversarial'] + l1_weight * terms['l1']
-  return terms

@@ -3,7 +3,7 @@ TPAMI; journal version of "Bringing Old Photos Back to Life", CVPR 2020): the tr
 VAEs (VAE1 = E_{R,X} / G_{R,X} for real and synthetic old photos, VAE2 = E_Y / G_Y for clean
 photos), the latent discriminator D_{R,X} (eq. 3), the latent mapping T with the partial
 nonlocal block (sec. 3.2, eqs. 7-10, Table 1), the multi-scale image discriminators and the
-scratch-detection U-Net (sec. 3.3). Losses: `wan_losses.py`.
+scratch-detection U-Net (sec. 3.3). Losses: `losses/wan.py`.
 
 Sizes are Table 1's where it gives them, else the authors' release
 (microsoft/Bringing-Old-Photos-Back-to-Life, Global/models/networks.py `GlobalGenerator_DCDCv2`
@@ -24,8 +24,6 @@ import jax.numpy as jnp
 
 from pikfix_jax.models import layers
 from pikfix_jax.models.discriminator import PatchDiscriminator
-from pikfix_jax.models.pikfix import crop_to, pad_to_multiple
-from pikfix_jax.models.pix2pix import ConvTransposeStride2
 
 # The release's `weights_init`: every conv kernel N(0, 0.02) (also the nonlocal block's output
 # conv W, whose zero init the release overwrites when it applies weights_init to the mapping net).
@@ -96,7 +94,7 @@ class _Decoder(nn.Module):
       x = ResBlock(self.features, name=f'res{i}')(x)
     for i in range(self.n_downsample):
       # torch ConvTranspose2d(k=4, s=2, p=1), output_padding 0 (the release's k_size 4)
-      x = ConvTransposeStride2(self.features, kernel_init=_normal, name=f'up{i}')(x)
+      x = layers.ConvTransposeStride2(self.features, kernel_init=_normal, name=f'up{i}')(x)
       x = nn.relu(instance_norm(x))
     return jnp.tanh(_conv(self.channels, 7, name='out')(_reflect(x, 3)))
 
@@ -112,7 +110,7 @@ class VAE(nn.Module):
 
   Variance: the release's "reduced VAE" (after MUNIT): the posterior is N(mu, I), fixed unit
   variance, so there is no log-variance head; training decodes z = mu + eps, eps ~ N(0, I), and
-  the KL term is `wan_losses.kl_divergence(mu)`. `encode` therefore returns (mu, None).
+  the KL term is `losses.wan.kl_divergence(mu)`. `encode` therefore returns (mu, None).
   """
   features: int = 64
   n_downsample: int = 2
@@ -129,7 +127,7 @@ class VAE(nn.Module):
     (sides padded to multiples of 2^n_downsample). `train` changes nothing (no batch norm,
     no dropout); kept for a uniform interface."""
     del train
-    x, _ = pad_to_multiple(x, 2 ** self.n_downsample)
+    x, _ = layers.pad_to_multiple(x, 2 ** self.n_downsample)
     return self.encoder(2.0 * x - 1.0), None
 
   def decode(self, z: jnp.ndarray, train: bool = False,
@@ -137,7 +135,7 @@ class VAE(nn.Module):
     """Latent (B, h, w, features) -> image (B, h 2^n, w 2^n, C) in [0, 1], cropped to `hw`."""
     del train
     x = (self.decoder(z) + 1.0) / 2.0
-    return x if hw is None else crop_to(x, hw)
+    return x if hw is None else layers.crop_to(x, hw)
 
   def __call__(self, x: jnp.ndarray, train: bool = False,
                rng: Optional[jax.Array] = None) -> dict[str, jnp.ndarray]:
@@ -186,7 +184,7 @@ class MultiscaleDiscriminator(nn.Module):
 
   Call D(image) (unconditional: the VAEs, `--no_cgan`) or D(image, condition) (conditional: the
   mapping stage's D_T sees [degraded input, output]). Returns one (logits, features) per scale,
-  finest first; features feed `wan_losses.feature_matching_loss` (eq. 6)."""
+  finest first; features feed `losses.wan.feature_matching_loss` (eq. 6)."""
   num_d: int = 2
   features: int = 64
   num_layers: int = 3
@@ -220,7 +218,7 @@ def latent_mask(mask: jnp.ndarray, latent_hw: tuple[int, int], factor: int) -> j
   whole footprint, a bilinear 1/4 resize only its central 2 x 2 pixels). A mask already at
   `latent_hw` is only binarised."""
   if tuple(mask.shape[1:3]) != tuple(latent_hw):
-    mask, _ = pad_to_multiple(mask, factor)
+    mask, _ = layers.pad_to_multiple(mask, factor)
     mask = layers.max_pool_tiles(mask, factor)
     if tuple(mask.shape[1:3]) != tuple(latent_hw):
       raise ValueError(f'mask {mask.shape} pooled by {factor} does not match latent {latent_hw}')
@@ -370,7 +368,7 @@ class ScratchDetector(nn.Module):
       t = _conv(width, 3, name=name)(_reflect(t, 1))
       return nn.leaky_relu(norm(t, name + '_norm'), LEAKY_SLOPE)
 
-    x, hw = pad_to_multiple(x, 2 ** self.depth)
+    x, hw = layers.pad_to_multiple(x, 2 ** self.depth)
     x = 2.0 * x - 1.0  # the release's Normalize(0.5, 0.5)
     x = nn.leaky_relu(_conv(self.base_features, 7, name='first')(_reflect(x, 3)), LEAKY_SLOPE)
     skips = []
@@ -387,4 +385,4 @@ class ScratchDetector(nn.Module):
       for k in range(self.conv_num):
         x = conv_norm_act(x, width, f'up{i}_block{k}')
     x = _conv(1, 3, name='last')(_reflect(x, 1))
-    return crop_to(x, hw).astype(jnp.float32)
+    return layers.crop_to(x, hw).astype(jnp.float32)

@@ -1,4 +1,4 @@
-"""Networks and losses of Wan et al. 2020 (pikfix_jax/models/wan.py, wan_losses.py): shapes at odd
+"""Networks and losses of Wan et al. 2020 (pikfix_jax/models/wan.py, losses/wan.py): shapes at odd
 sizes, the partial nonlocal block's masking (eqs. 7-10), gradients, and every loss against
 NumPy (docs/MODEL.md, "Wan et al. 2020: networks")."""
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pikfix_jax.models import wan
-from pikfix_jax.models import wan_losses
+from pikfix_jax.losses import common
+from pikfix_jax.losses import wan as wan_losses
 from pikfix_jax.models.discriminator import PatchDiscriminator
 from pikfix_jax.ops import color
 
@@ -259,7 +260,7 @@ def test_mapping_gradient_reaches_every_parameter():
   mapping = _tiny_mapping()
   variables = mapping.init(KEY, z, mask)
   target = jnp.asarray(_uniform(2, z.shape, -1.0))
-  grads = jax.grad(lambda p: wan_losses.l1(mapping.apply({'params': p}, z, mask), target))(
+  grads = jax.grad(lambda p: common.l1(mapping.apply({'params': p}, z, mask), target))(
       variables['params'])
   flat = flax.traverse_util.flatten_dict(grads, sep='/')
   zero = [k for k, g in flat.items() if not np.any(np.asarray(g))]
@@ -354,7 +355,7 @@ def test_detection_losses():
 
 def test_l1_and_constants():
   a, b = _uniform(0, (2, 3, 3, 1)), _uniform(1, (2, 3, 3, 1))
-  np.testing.assert_allclose(wan_losses.l1(a, b), np.mean(np.abs(a - b)), rtol=1e-6)
+  np.testing.assert_allclose(common.l1(a, b), np.mean(np.abs(a - b)), rtol=1e-6)
   assert (wan_losses.RECON_WEIGHT, wan_losses.LATENT_L1_WEIGHT,
           wan_losses.FEATURE_MATCHING_WEIGHT) == (10.0, 60.0, 10.0)
   assert (wan_losses.FOCAL_GAMMA, wan_losses.FOCAL_WEIGHT) == (0.2, 10.0)

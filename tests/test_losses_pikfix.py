@@ -4,34 +4,35 @@ import numpy as np
 import optax
 import pytest
 
-from pikfix_jax import losses
+from pikfix_jax.losses import common
+from pikfix_jax.losses import pikfix as pikfix_losses
 from pikfix_jax.models.discriminator import PatchDiscriminator
 
 
 def test_perceptual_zero_for_identical_and_positive_otherwise():
   a = {'x': jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))}
   b = {'x': a['x'] + 0.5}
-  assert float(losses.perceptual_loss(a, a)) == 0.0
+  assert float(common.perceptual_loss(a, a)) == 0.0
   # squared error normalised by C*H*W: a constant offset of 0.5 gives 0.25
-  np.testing.assert_allclose(losses.perceptual_loss(a, b), 0.25, rtol=1e-6)
+  np.testing.assert_allclose(common.perceptual_loss(a, b), 0.25, rtol=1e-6)
 
 
 def test_luminance_perceptual_uses_features_of_both_images():
   feats = lambda rgb: {'mean': jnp.mean(rgb, axis=(1, 2), keepdims=True)}
   l = jnp.full((2, 8, 8, 1), 0.5)
-  assert float(losses.luminance_perceptual_loss(feats, l, l)) == pytest.approx(0.0, abs=1e-10)
-  assert float(losses.luminance_perceptual_loss(feats, l, l * 0.5)) > 0
+  assert float(pikfix_losses.luminance_perceptual_loss(feats, l, l)) == pytest.approx(0.0, abs=1e-10)
+  assert float(pikfix_losses.luminance_perceptual_loss(feats, l, l * 0.5)) > 0
 
 
-@pytest.mark.parametrize('kind', losses.ADVERSARIAL_LOSSES)
+@pytest.mark.parametrize('kind', common.ADVERSARIAL_LOSSES)
 def test_adversarial_signs(kind):
   confident_real, confident_fake = jnp.full((4,), 5.0), jnp.full((4,), -5.0)
-  good_d = losses.discriminator_loss(confident_real, confident_fake, kind)
-  bad_d = losses.discriminator_loss(confident_fake, confident_real, kind)
+  good_d = common.discriminator_loss(confident_real, confident_fake, kind)
+  bad_d = common.discriminator_loss(confident_fake, confident_real, kind)
   assert float(good_d) < float(bad_d)
   # G is rewarded when D calls its output real.
-  assert float(losses.generator_adversarial_loss(confident_real, kind)) < float(
-      losses.generator_adversarial_loss(confident_fake, kind))
+  assert float(common.generator_adversarial_loss(confident_real, kind)) < float(
+      common.generator_adversarial_loss(confident_fake, kind))
 
 
 def test_discriminator_condition_is_a_conv_of_the_broadcast_histogram():
@@ -63,7 +64,7 @@ def test_discriminator_condition_is_a_conv_of_the_broadcast_histogram():
                grads, (ref_grads[0], ref_grads[1][..., :2]))
 
 
-@pytest.mark.parametrize('kind', losses.ADVERSARIAL_LOSSES)
+@pytest.mark.parametrize('kind', common.ADVERSARIAL_LOSSES)
 def test_discriminator_learns_separable_real_and_fake(kind):
   d = PatchDiscriminator(features=8, num_layers=2)
   l = jnp.full((4, 32, 32, 1), 0.5)
@@ -75,7 +76,7 @@ def test_discriminator_learns_separable_real_and_fake(kind):
 
   @jax.jit
   def step(p, s):
-    loss, g = jax.value_and_grad(lambda p: losses.discriminator_loss(
+    loss, g = jax.value_and_grad(lambda p: common.discriminator_loss(
         d.apply({'params': p}, l, real), d.apply({'params': p}, l, fake), kind))(p)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s, loss
@@ -98,7 +99,7 @@ def test_generator_losses_weighted_sum():
   outputs = {'restored_l': target[..., :1] + 0.1, 'ab': target[..., 1:] - 0.2,
              'output_hist': hist, 'reference_hist': hist}
   feats = lambda rgb: {'x': rgb}
-  terms = losses.generator_losses(outputs, target, jnp.zeros((b, 2, 2, 1)), feats, cfg)
+  terms = pikfix_losses.generator_loss(outputs, target, jnp.zeros((b, 2, 2, 1)), feats, cfg)
   np.testing.assert_allclose(terms['l1_luminance'], 0.1, rtol=1e-5)
   np.testing.assert_allclose(terms['l1_chroma'], 0.2, rtol=1e-5)
   assert float(terms['emd']) == 0.0

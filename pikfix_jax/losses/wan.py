@@ -1,11 +1,11 @@
 """Losses of Wan et al. 2020 ("Old Photo Restoration via Deep Latent Space Translation", TPAMI),
-as functions; the networks are in `wan.py`, docs/MODEL.md "Wan et al. 2020: networks".
+as functions; the networks are in `models/wan.py`, docs/MODEL.md "Wan et al. 2020: networks".
 
 Stage 1, VAE1 (eqs. 2-4) per domain r or x: KL_WEIGHT * kl_divergence(mu)
-  + RECON_WEIGHT * l1(recon, image) + lsgan_generator_loss(D(recon)); the latent GAN:
+  + RECON_WEIGHT * common.l1(recon, image) + lsgan_generator_loss(D(recon)); the latent GAN:
   latent_discriminator_loss(D_RX(z_r), D_RX(z_x)) for D_RX, latent_generator_loss(D_RX(z_r))
   for E_RX. VAE2 the same without the latent GAN.
-Stage 2, mapping T (eq. 5): LATENT_L1_WEIGHT * l1(T(z_x), z_y) + lsgan_generator_loss(D_T(.))
+Stage 2, mapping T (eq. 5): LATENT_L1_WEIGHT * common.l1(T(z_x), z_y) + lsgan_generator_loss(D_T(.))
   + FEATURE_MATCHING_WEIGHT * (feature_matching_loss + vgg_feature_matching_loss) (eq. 6).
 Scratch detection (eqs. 11-15): detection_loss = weighted_bce + FOCAL_WEIGHT * focal_loss.
 """
@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from pikfix_jax.losses import common
 from pikfix_jax.ops import color
 
 # Sec. 4.1: "we empirically set the parameters in Equations (2) and (5) with alpha = 10,
@@ -33,11 +34,6 @@ VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 def _f32(x: jnp.ndarray) -> jnp.ndarray:
   return x.astype(jnp.float32)
-
-
-def l1(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-  """Mean |a - b|: eq. 2's reconstruction and eq. 5's latent term."""
-  return jnp.mean(jnp.abs(_f32(a) - _f32(b)))
 
 
 def kl_divergence(mu: jnp.ndarray, logvar: Optional[jnp.ndarray] = None) -> jnp.ndarray:
@@ -98,7 +94,7 @@ def feature_matching_loss(fake_outputs: Sequence, real_outputs: Sequence) -> jnp
   for (_, fake), (_, real) in zip(fake_outputs, real_outputs):
     layer_weight = 4.0 / len(fake)  # len(features) = n_layers_D + 1
     for f, r in zip(fake, real):
-      total = total + layer_weight / num_d * l1(f, jax.lax.stop_gradient(r))
+      total = total + layer_weight / num_d * common.l1(f, jax.lax.stop_gradient(r))
   return total
 
 
@@ -112,7 +108,7 @@ def vgg_feature_matching_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str,
   constant."""
   target = jax.lax.stop_gradient(vgg_features(color.gray_to_rgb(target_l)))
   out = vgg_features(color.gray_to_rgb(jnp.clip(output_l, 0.0, 1.0)))
-  return sum(w * l1(out[n], target[n]) for w, n in zip(layer_weights, layer_names))
+  return sum(w * common.l1(out[n], target[n]) for w, n in zip(layer_weights, layer_names))
 
 
 def positive_fraction(target: jnp.ndarray) -> jnp.ndarray:

@@ -5,14 +5,14 @@ workdir restores photos and is scored by evaluate."""
 import io
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from configs.baselines import wan2020
 from conftest import state_params
-from pikfix_jax import checkpoints
+from pikfix_jax import artifacts
 from pikfix_jax import evaluate
+from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
 from pikfix_jax import train
@@ -85,7 +85,7 @@ def test_killed_in_a_stage_resumes_exactly_then_restores_and_evaluates(tmp_path,
   c = tiny_wan()
   full = train.train_and_evaluate(c, str(tmp_path / 'full'))
   assert int(full.step) == 6
-  checkpoints.write_config(str(tmp_path / 'full' / checkpoints.CONFIG_FILE), c)  # as main does
+  artifacts.write_config(str(tmp_path / 'full' / artifacts.CONFIG_FILE), c)  # as main does
 
   def sigterm(batch):
     os.kill(os.getpid(), __import__('signal').SIGTERM)
@@ -122,7 +122,7 @@ def test_killed_in_a_stage_resumes_exactly_then_restores_and_evaluates(tmp_path,
   assert code == 0, messages.getvalue()
   assert not np.array_equal(np.asarray(Image.open(tmp_path / 'out.png')),
                             np.asarray(Image.open(tmp_path / 'masked.png')))
-  model, variables, trained = checkpoints.load_generator(workdir=str(tmp_path / 'full'))
+  model, variables, trained = loading.load_generator(workdir=str(tmp_path / 'full'))
   summary = evaluate.evaluate(trained, model, variables, str(tmp_path / 'eval'))
   table = open(tmp_path / 'eval' / 'table.md').read()
   assert '| Wan et al. 2020 (restored L, zero chroma), pikfix_jax (this run) |' in table
