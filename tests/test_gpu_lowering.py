@@ -76,3 +76,28 @@ def test_restore_forward_lowers_for_cuda_without_cpu_code():
       variables, *export.forward_specs())
   assert [str(a.shape) for a in exported.out_avals] == ['(1, 32*h, 32*w, 3)']
   _check_cuda_module(exported.mlir_module())
+
+
+def test_partial_nonlocal_block_lowers_for_cuda_without_quadratic_tensors():
+  """Wan et al.'s partial nonlocal block (eqs. 7-9) at a 1024 x 1024 photo's latent, 256 x 256
+  positions at the release's 512 channels, forward and gradient (the mapping stage trains it):
+  eq. 9's sum runs in chunks (ops/attention.py), so no tensor of either CUDA module has
+  hw * hw elements along an axis or two axes of hw (the dense weights: 16 GiB in float32)."""
+  from pikfix_jax.models import wan
+  side, channels = 256, 512
+  hw = side * side
+  block = wan.PartialNonLocalBlock(global_res=2)
+  f = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
+  m = jax.ShapeDtypeStruct((1, side, side, 1), jnp.float32)
+  variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), f, m)
+  grad = jax.grad(lambda v, x, mask: jnp.sum(block.apply(v, x, mask) ** 2), argnums=(0, 1))
+  for fn in (block.apply, grad):
+    text = jax.export.export(jax.jit(fn), platforms=['cuda'])(variables, f, m).mlir_module()
+    targets = re.findall(r'stablehlo\.custom_call @([\w.$-]+)', text)
+    targets += re.findall(r'call_target_name = "([^"]+)"', text)
+    assert set(targets) <= set(CUDA_CUSTOM_CALLS), sorted(set(targets))
+    shapes = [[int(d) for d in re.findall(r'(\d+)x', t)]
+              for t in re.findall(r'tensor<([^>]*)>', text)]
+    assert [1, hw, channels] in shapes  # the flattened theta / phi / mu: the sizes are right
+    assert not [shape for shape in shapes if hw * hw in shape or shape.count(hw) > 1]
+    assert 'stablehlo.while' in text  # the chunk loops

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from pikfix_jax.models import layers
 from pikfix_jax.models.discriminator import PatchDiscriminator
+from pikfix_jax.ops import attention
 
 # The release's `weights_init`: every conv kernel N(0, 0.02) (also the nonlocal block's output
 # conv W, whose zero init the release overwrites when it applies weights_init to the mapping net).
@@ -251,9 +252,18 @@ class PartialNonLocalBlock(nn.Module):
   whose local restoration is the residual blocks after the fusion).
 
   A query at an intact position i sees only intact keys, so its weights, O_i and (with
-  rho_local the identity) F_fuse_i do not depend on F at defect positions."""
+  rho_local the identity) F_fuse_i do not depend on F at defect positions.
+
+  `attention_chunk`: with more than this many positions h * w, eq. 9's sum is computed by
+  `ops.attention.masked_attention` in attention_chunk x attention_chunk blocks (an online
+  softmax: memory linear in h * w instead of the (hw, hw) weights, 16 GB at a 1 MP photo's
+  latent) and equals the dense result up to float32 rounding; 0 never chunks. The
+  intermediates' 'weights' are then computed separately, densely, for inspecting small inputs:
+  MappingNetwork always asks for them, but jit drops them unless they are returned (only an
+  un-jitted call at a large size would materialise them)."""
   global_res: int = 2
   local_res: int = 0
+  attention_chunk: int = 1024
 
   @nn.compact
   def __call__(self, f: jnp.ndarray, m: jnp.ndarray, return_intermediates: bool = False) -> Any:
@@ -263,8 +273,17 @@ class PartialNonLocalBlock(nn.Module):
     phi = flat(_conv(c, 1, name='phi')(f))
     values = flat(_conv(c, 1, name='g')(f))  # mu of eq. 9
     keep = (m.reshape(b, 1, h * w) < 0.5)  # key j is used iff m_j = 0
-    weights = masked_softmax(jnp.einsum('bic,bjc->bij', theta, phi), keep)
-    o = _conv(c, 1, name='W')(jnp.einsum('bij,bjc->bic', weights, values).reshape(b, h, w, c))
+    dense_weights = lambda: masked_softmax(jnp.einsum('bic,bjc->bij', theta, phi), keep)
+    n = h * w
+    # A symbolic size (export with shape polymorphism) cannot be compared: chunked.
+    if self.attention_chunk > 0 and (jax.export.is_symbolic_dim(n) or n > self.attention_chunk):
+      o = attention.masked_attention(theta, phi, values, keep[:, 0], self.attention_chunk,
+                                     self.attention_chunk)
+      weights = dense_weights() if return_intermediates else None
+    else:
+      weights = dense_weights()
+      o = jnp.einsum('bij,bjc->bic', weights, values)
+    o = _conv(c, 1, name='W')(o.reshape(b, h, w, c))
     glob = o
     for i in range(self.global_res):
       glob = ResBlock(c, name=f'global_res{i}')(glob)
