@@ -19,6 +19,7 @@ import optax
 from pikfix_jax import checkpoints
 from pikfix_jax import losses
 from pikfix_jax import models
+from pikfix_jax import optim
 from pikfix_jax import weights
 from pikfix_jax.methods import base
 from pikfix_jax.models import backbones
@@ -44,8 +45,8 @@ class Method(base.Method):
     super().__init__(config, steps_per_epoch)
     self.generator = pikfix.build_generator(config.model)
     self.discriminator = pikfix.build_discriminator(config.model)
-    self.g_tx = base.make_optimizer(config, steps_per_epoch)
-    self.d_tx = base.make_optimizer(config, steps_per_epoch)
+    self.g_tx = optim.make_optimizer(config, steps_per_epoch)
+    self.d_tx = optim.make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=tuple(config.loss.perceptual_layers),
                              dtype=pikfix.dtype_from_name(config.model.dtype))
 
@@ -161,7 +162,7 @@ class Method(base.Method):
     scalars['psnr'] = jnp.mean(dm_pix.psnr(outputs['rgb'], target_rgb))
     scalars['ssim'] = jnp.mean(dm_pix.ssim(outputs['rgb'], target_rgb))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
-    scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
+    scalars['learning_rate'] = optim.learning_rate(c, state.step, self.steps_per_epoch)
     scalars.update(bin_center_spread(g_params['bin_centers']))
     new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)

@@ -21,6 +21,7 @@ import optax
 
 from pikfix_jax import checkpoints
 from pikfix_jax import models
+from pikfix_jax import optim
 from pikfix_jax.methods import base
 from pikfix_jax.ops import color
 
@@ -34,8 +35,8 @@ class SupervisedMethod(base.Method):
 
   def __init__(self, config, steps_per_epoch: int = 1):
     super().__init__(config, steps_per_epoch)
-    self.g_tx = base.make_optimizer(config, steps_per_epoch)
-    self.d_tx = base.make_optimizer(config, steps_per_epoch)
+    self.g_tx = optim.make_optimizer(config, steps_per_epoch)
+    self.d_tx = optim.make_optimizer(config, steps_per_epoch)
     gan = ('d_loss', 'd_real', 'd_fake', 'd_grad_norm') if self.has_discriminator else ()
     self.loss_terms = self.generator_terms + (('d_loss',) if self.has_discriminator else ())
     self.scalars = self.generator_terms + gan + ('psnr', 'ssim', 'g_grad_norm', 'learning_rate')
@@ -168,7 +169,7 @@ class SupervisedMethod(base.Method):
     scalars['psnr'] = jnp.mean(dm_pix.psnr(rgb, target_rgb))
     scalars['ssim'] = jnp.mean(dm_pix.ssim(rgb, target_rgb))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
-    scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
+    scalars['learning_rate'] = optim.learning_rate(c, state.step, self.steps_per_epoch)
     new_state = state.replace(step=state.step + 1, g_params=g_params,
                               g_batch_stats=batch_stats or state.g_batch_stats,
                               d_params=d_params, g_opt_state=g_opt_state,

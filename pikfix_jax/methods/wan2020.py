@@ -30,6 +30,7 @@ import ml_collections
 import optax
 
 from pikfix_jax import models
+from pikfix_jax import optim
 from pikfix_jax import weights
 from pikfix_jax.methods import base
 from pikfix_jax.models import backbones
@@ -105,7 +106,7 @@ class Method(base.Method):
         'd_vae2': wan.MultiscaleDiscriminator(m.d_scales, m.d_features, m.d_layers),
         'd_latent': wan.LatentDiscriminator(m.d_features, m.d_layers),
         'd_mapping': wan.MultiscaleDiscriminator(m.d_scales, m.d_features, m.d_layers)}
-    self.tx = base.make_optimizer(config, steps_per_epoch)
+    self.tx = optim.make_optimizer(config, steps_per_epoch)
     self.vgg = backbones.VGG(depth=19, outputs=wan_losses.VGG_LAYERS)
     self.real_photos = bool(config.data.real_old_dir)
     self.scalars = tuple(dict.fromkeys(s for v in SCALARS.values() for s in v))
@@ -228,7 +229,11 @@ class Method(base.Method):
       state, scalars = self._scratch_step(state, batch)
     else:
       raise ValueError(f'unknown stage {stage!r}; one of {STAGES}')
-    scalars['learning_rate'] = base.learning_rate(self.config, state.step, self.steps_per_epoch)
+    # The rate this stage's networks apply: each has its own Adam state, whose update count (and
+    # so its schedule, optim.py) starts at the stage's first step.
+    start = sum(n for _, n in self.stages()[:STAGES.index(stage)])
+    scalars['learning_rate'] = optim.learning_rate(self.config, state.step - start,
+                                                   self.steps_per_epoch)
     return state.replace(step=state.step + 1), scalars
 
   def _vae_step(self, state, batch, rng):
