@@ -43,7 +43,6 @@ import numpy as np
 from pikfix_jax import checkpoints
 from pikfix_jax import cli
 from pikfix_jax import image_io
-from pikfix_jax import inference
 from pikfix_jax import methods
 from pikfix_jax import metrics
 from pikfix_jax import scoring
@@ -294,9 +293,15 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
              output_dir: str, *, reference_rank: Optional[int] = None,
              batch_size: Optional[int] = None, grid_rows: int = 8,
              max_batches: Optional[int] = None, source: str = '',
-             step: Optional[int] = None, reference_control: bool = True) -> dict:
+             step: Optional[int] = None, reference_control: bool = True,
+             trained: Optional[ml_collections.ConfigDict] = None) -> dict:
   """Scores `model`, its controls and the baselines (pikfix_jax.scoring) on config's evaluation
   split and writes the files (module docstring).
+
+  With config.data.eval_image_size = 0 every image is scored whole through the inference
+  engine of the method that `trained` (the checkpoint's config; default `config`) names,
+  `make_restorer`, as `restore` runs it: Pik-Fix's exact tiling, the baselines' whole-image
+  restorer.
 
   Returns the summary dict: the model's means over images ('lpips' None when unavailable) and
   'scores', pikfix_jax.scoring.summarize of every row.
@@ -316,7 +321,9 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
 
   variables = jax.device_put(variables)
   forward = _forward(model)
-  restorer = inference.Restorer(model, variables) if full_size else None
+  # The method's own engine (not inference.Restorer, which only builds a Pik-Fix): the model
+  # section of the checkpoint's config, which built `model`.
+  restorer = (methods.get(trained or config).make_restorer(variables) if full_size else None)
 
   def predict(l: np.ndarray, reference: np.ndarray) -> dict:
     if full_size:
@@ -480,7 +487,8 @@ def main(argv):
       summary = evaluate(config, model, variables, output_dir, reference_rank=rank,
                          batch_size=f['batch_size'], grid_rows=f['grid_rows'],
                          max_batches=f['max_batches'], source=info['source'],
-                         step=info['step'], reference_control=f['reference_control'])
+                         step=info['step'], reference_control=f['reference_control'],
+                         trained=trained)
       lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
       label = f'rank {rank}: ' if rank else ''
       print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '

@@ -188,3 +188,53 @@ def test_use_best_is_refused_on_the_split_it_was_chosen_on():
   held_out = div2k.get_config()
   held_out.data.selection_size = 50
   evaluate.check_selection(div2k.get_config(), held_out, '/runs/div2k')
+
+
+def _whole_image_scores(config, model, variables, out) -> tuple[float, float, tuple]:
+  """(PSNR evaluate reports for the first image scored whole, the PSNR of what the method's
+  `make_restorer` gives on that image, the image's (H, W))."""
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import metrics  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config.data.eval_image_size = 0
+  summary = evaluate.evaluate(config, model, variables, out, max_batches=1,
+                              reference_control=False, trained=config)
+  assert summary['eval_image_size'] == 0 and summary['images'] == 1
+  model_rows = [r for r in _rows(os.path.join(out, 'per_image.csv')) if r['method'] == 'model']
+  batch = next(input_pipeline.eval_dataset(config, batch_size=1).as_numpy_iterator())
+  assert model_rows[0]['id'] == batch['id'][0].decode()
+  rgb = methods.get(config).make_restorer(variables)(batch['input_l'][0],
+                                                      batch['reference_rgb'][0])
+  target = batch['target_lab']
+  target8 = metrics.quantize(scoring.lab_to_rgb(target[..., :1], target[..., 1:]))
+  want = float(metrics.psnr(target8, metrics.quantize(rgb[None]))[0])
+  return float(model_rows[0]['psnr']), want, batch['input_l'].shape[1:3]
+
+
+@pytest.mark.slow
+def test_whole_image_evaluation_of_pikfix_is_its_restorer(tmp_path, generator):
+  """eval_image_size=0: the score of Pik-Fix's own engine (exact tiling) on the whole photo."""
+  model, variables, trained, _ = generator
+  got, want, hw = _whole_image_scores(trained, model, variables, str(tmp_path / 'eval'))
+  assert hw == (300, 451)  # chelsea, whole
+  assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['pix2pix', 'cms4cv_unet', 'wan2020'])
+def test_whole_image_evaluation_of_every_baseline_is_its_restorer(tmp_path, name):
+  """eval_image_size=0 scores Pix2pix, CMS4CV and Wan et al. through their `make_restorer`
+  (evaluate built Pik-Fix's Restorer for every method, which failed for these)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
+  from test_methods import tiny_baseline  # pylint: disable=g-import-not-at-top
+  from test_wan import tiny_wan  # pylint: disable=g-import-not-at-top
+  config = tiny_wan() if name == 'wan2020' else tiny_baseline(name)
+  method = methods.get(config)
+  variables = jax.jit(method.generator.init)(
+      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32),
+      np.zeros((1, 32, 32, 3), np.float32))
+  got, want, hw = _whole_image_scores(config, method.generator, variables,
+                                      str(tmp_path / 'eval'))
+  assert hw == (300, 451)
+  assert got == pytest.approx(want, abs=1e-5)
