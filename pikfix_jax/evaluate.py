@@ -26,6 +26,7 @@ unavailable, never computed from random features).
 import csv
 import datetime
 import functools
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -115,22 +116,40 @@ def check_model_config(config: ml_collections.ConfigDict,
 
 
 def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict,
-                    workdir: str) -> None:
+                    workdir: str, export: str = '') -> None:
   """Refuses to score a best/ checkpoint on the split it was chosen on.
 
   Training keeps best/ by validation PSNR on `sources.validation_split`: images held out of
   the training split when data.selection_size > 0 (never an evaluation split: allowed), else
   the config's evaluation split (`sources.EVAL_SPLIT`), which for the paper's datasets is the
   test split: a checkpoint chosen there and scored there reports an optimistic number.
-  Scoring it on another dataset (a VOC model on RealOld) is fine."""
+  Scoring it on another dataset (a VOC model on RealOld) is fine. `export`: the path of an
+  export made with `export --use_best` from `workdir` (the same best/, the same refusal)."""
   if trained.data.get('selection_size', 0):
     return
   if _evaluation_split(trained) == _evaluation_split(config):
+    what, remedy = '--use_best: ', 'drop --use_best'
+    if export:
+      what, remedy = (f'--checkpoint={export} was exported with --use_best: ',
+                      'export without --use_best')
     raise ValueError(
-        f'--use_best: {os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
+        f'{what}{os.path.join(workdir, checkpoints.BEST_DIR)} was chosen by PSNR on '
         f'{trained.dataset}/{sources.EVAL_SPLIT.get(trained.dataset)}, the split this '
-        'evaluation scores; drop --use_best to score the final checkpoint, or retrain with '
+        f'evaluation scores; {remedy} to score the final checkpoint, or retrain with '
         '--config.data.selection_size=N to choose best/ on held-out training images')
+
+
+def check_export_selection(config: ml_collections.ConfigDict,
+                           trained: ml_collections.ConfigDict, export: str) -> None:
+  """`check_selection` for an exported model: its export.json records whether `export
+  --use_best` wrote it and from which workdir (its config.json is that workdir's)."""
+  path = os.path.join(export, checkpoints.EXPORT_META)
+  if not os.path.exists(path):  # not an export, or one from before export.json
+    return
+  with open(path) as f:
+    record = json.load(f)
+  if record.get('use_best'):
+    check_selection(config, trained, record.get('workdir') or export, export=export)
 
 
 def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:
@@ -475,6 +494,8 @@ def main(argv):
     config = f['config']
     if f['use_best'] and checkpoints.is_workdir(os.path.dirname(info['source'])):
       check_selection(config, trained, os.path.dirname(info['source']))
+    if f['checkpoint'] and checkpoints.is_export(info['source']):
+      check_export_selection(config, trained, info['source'])
     method, trained_method = config.get('method', 'pikfix'), trained.get('method', 'pikfix')
     if method != trained_method:
       raise ValueError(f'--config trains method {method!r} but the checkpoint holds '

@@ -238,3 +238,46 @@ def test_whole_image_evaluation_of_every_baseline_is_its_restorer(tmp_path, name
                                       str(tmp_path / 'eval'))
   assert hw == (300, 451)
   assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_export_made_with_use_best_is_refused_on_the_split_it_was_chosen_on(tmp_path):
+  """evaluate --checkpoint=EXPORT reads export.json: an `export --use_best` of a workdir without
+  a selection split is refused, in one line naming data.selection_size, as --use_best is."""
+  import json  # pylint: disable=g-import-not-at-top
+  from configs import div2k, realold_eval, pascal_voc  # pylint: disable=g-import-not-at-top
+
+  def exported(use_best: bool) -> str:
+    path = tmp_path / f'export_{use_best}'
+    path.mkdir()
+    (path / checkpoints.EXPORT_META).write_text(json.dumps(
+        {'workdir': '/runs/div2k', 'checkpoint': '/runs/div2k/best', 'use_best': use_best}))
+    return str(path)
+
+  best, final = exported(True), exported(False)
+  with pytest.raises(ValueError) as refused:
+    evaluate.check_export_selection(div2k.get_config(), div2k.get_config(), best)
+  message = str(refused.value)
+  assert '\n' not in message and message.startswith(f'--checkpoint={best} was exported with '
+                                                    '--use_best: /runs/div2k/best was chosen')
+  assert 'data.selection_size' in message and 'export without --use_best' in message
+  evaluate.check_export_selection(div2k.get_config(), div2k.get_config(), final)
+  held_out = div2k.get_config()
+  held_out.data.selection_size = 50
+  evaluate.check_export_selection(div2k.get_config(), held_out, best)
+  evaluate.check_export_selection(realold_eval.get_config(), pascal_voc.get_config(), best)
+
+
+@pytest.mark.slow
+def test_cli_refuses_an_export_of_best_without_a_selection_split(tmp_path, trained_workdir):
+  from pikfix_jax import export  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'best_export')
+  assert export.export(trained_workdir, out, use_best=True)['use_best']
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
+       f'--checkpoint={out}', f'--output_dir={tmp_path / "eval"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: --checkpoint={out} was exported with --use_best: ')
+  assert '--config.data.selection_size=N' in last
+  assert not os.path.exists(tmp_path / 'eval')
