@@ -281,3 +281,37 @@ def test_cli_refuses_an_export_of_best_without_a_selection_split(tmp_path, train
   assert last.startswith(f'error: --checkpoint={out} was exported with --use_best: ')
   assert '--config.data.selection_size=N' in last
   assert not os.path.exists(tmp_path / 'eval')
+
+
+def test_every_paper_table_command_of_reproduce_md_shows_its_paper_row():
+  """Each `evaluate` command of docs/REPRODUCE.md for Pik-Fix, Pix2pix and Wan et al. (with its
+  --config.dataset / --config.data.degrade overrides) writes a table with the paper's row."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = open(os.path.join(REPO, 'docs', 'REPRODUCE.md')).read().replace('\\\n', ' ')
+  variables = dict(re.findall(r'^(\w+)=(configs/\S+\.py)$', text, re.M))
+  summary = {'scores': {'rows': {}, 'images': 0}, 'lpips': None, 'images': 0, 'split': 'test',
+             'reference': '', 'checkpoint': '', 'step': 0, 'eval_image_size': 256,
+             'conventions': ''}
+  checked = []
+  for command in re.findall(r'python -m pikfix_jax\.evaluate (.*)', text):
+    path = re.search(r'--config=(\S+)', command).group(1)
+    path = variables.get(path.lstrip('$'), path)
+    if not os.path.exists(os.path.join(REPO, path)):  # a loop variable ($m, $ROW)
+      continue
+    spec = importlib.util.spec_from_file_location('reproduce_config', os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if config.get('method', 'pikfix') == 'cms4cv':  # the report's table: no PAPER row
+      continue
+    for key, value in re.findall(r'--config\.(dataset|data\.degrade)=(\S+)', command):
+      if key == 'dataset':
+        config.dataset = value
+      else:
+        config.data.degrade = value == 'True'
+    table = evaluate.table_markdown(config, summary, '')
+    assert '(paper, ' in table, (command, config.dataset, config.data.degrade)
+    checked.append((config.get('method', 'pikfix'), config.dataset, bool(config.data.degrade)))
+  assert ('wan2020', 'realold', False) in checked and ('pix2pix', 'realold', False) in checked
+  assert len(checked) >= 11
