@@ -342,7 +342,7 @@ def evaluate(config: ml_collections.ConfigDict, model: pikfix.PikFix, variables:
   forward = _forward(model)
   # The method's own engine (not inference.Restorer, which only builds a Pik-Fix): the model
   # section of the checkpoint's config, which built `model`.
-  restorer = (methods.get(trained or config).make_restorer(variables) if full_size else None)
+  restorer = methods.get(trained or config).make_restorer(variables) if full_size else None
 
   def predict(l: np.ndarray, reference: np.ndarray) -> dict:
     if full_size:
