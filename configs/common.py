@@ -118,7 +118,14 @@ def get_config() -> ml_collections.ConfigDict:
   o.learning_rate = 1e-4  # Adam learning rate (G and D; each method's config sets its own).
   o.b1 = 0.99  # Adam beta1 as written in the paper.
   o.b2 = 0.999  # Adam beta2.
-  o.decay_rate = 0.99  # Learning rate multiplied by this at the end of every epoch.
+  o.eps = 1e-8  # Adam epsilon (optax's default; the paper gives none).
+  # Schedule (pikfix_jax/optim.py): 'exponential' (the paper: x decay_rate after every epoch) or
+  # 'linear_decay' (constant for constant_epochs, then linear to 0 over decay_epochs; Pix2pix,
+  # Wan et al.). The rate changes only at epoch boundaries.
+  o.lr_schedule = 'exponential'
+  o.decay_rate = 0.99  # 'exponential': learning rate multiplied by this after every epoch.
+  o.constant_epochs = 100  # 'linear_decay': epochs at the initial rate (junyanz's n_epochs).
+  o.decay_epochs = 100  # 'linear_decay': epochs of linear decay (junyanz's n_epochs_decay).
   o.grad_clip = 0.0  # Global-norm gradient clipping (0 = off).
 
   # --------------------------------------------------------------------------- train

@@ -26,6 +26,7 @@ unavailable, never computed from random features).
 import csv
 import datetime
 import functools
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -44,7 +45,6 @@ import numpy as np
 from pikfix_jax import artifacts
 from pikfix_jax import cli
 from pikfix_jax import image_io
-from pikfix_jax import inference
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import metrics
@@ -103,22 +103,40 @@ def check_model_config(config: ml_collections.ConfigDict,
 
 
 def check_selection(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict,
-                    workdir: str) -> None:
+                    workdir: str, export: str = '') -> None:
   """Refuses to score a best/ checkpoint on the split it was chosen on.
 
   Training keeps best/ by validation PSNR on `sources.validation_split`: images held out of
   the training split when data.selection_size > 0 (never an evaluation split: allowed), else
   the config's evaluation split (`sources.EVAL_SPLIT`), which for the paper's datasets is the
   test split: a checkpoint chosen there and scored there reports an optimistic number.
-  Scoring it on another dataset (a VOC model on RealOld) is fine."""
+  Scoring it on another dataset (a VOC model on RealOld) is fine. `export`: the path of an
+  export made with `export --use_best` from `workdir` (the same best/, the same refusal)."""
   if trained.data.get('selection_size', 0):
     return
   if _evaluation_split(trained) == _evaluation_split(config):
+    what, remedy = '--use_best: ', 'drop --use_best'
+    if export:
+      what, remedy = (f'--checkpoint={export} was exported with --use_best: ',
+                      'export without --use_best')
     raise ValueError(
-        f'--use_best: {os.path.join(workdir, artifacts.BEST_DIR)} was chosen by PSNR on '
+        f'{what}{os.path.join(workdir, artifacts.BEST_DIR)} was chosen by PSNR on '
         f'{trained.dataset}/{sources.EVAL_SPLIT.get(trained.dataset)}, the split this '
-        'evaluation scores; drop --use_best to score the final checkpoint, or retrain with '
+        f'evaluation scores; {remedy} to score the final checkpoint, or retrain with '
         '--config.data.selection_size=N to choose best/ on held-out training images')
+
+
+def check_export_selection(config: ml_collections.ConfigDict,
+                           trained: ml_collections.ConfigDict, export: str) -> None:
+  """`check_selection` for an exported model: its export.json records whether `export
+  --use_best` wrote it and from which workdir (its config.json is that workdir's)."""
+  path = os.path.join(export, artifacts.EXPORT_META)
+  if not os.path.exists(path):  # not an export, or one from before export.json
+    return
+  with open(path) as f:
+    record = json.load(f)
+  if record.get('use_best'):
+    check_selection(config, trained, record.get('workdir') or export, export=export)
 
 
 def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:
@@ -281,9 +299,15 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
              output_dir: str, *, reference_rank: Optional[int] = None,
              batch_size: Optional[int] = None, grid_rows: int = 8,
              max_batches: Optional[int] = None, source: str = '',
-             step: Optional[int] = None, reference_control: bool = True) -> dict:
+             step: Optional[int] = None, reference_control: bool = True,
+             trained: Optional[ml_collections.ConfigDict] = None) -> dict:
   """Scores `model`, its controls and the baselines (pikfix_jax.scoring) on config's evaluation
   split and writes the files (module docstring).
+
+  With config.data.eval_image_size = 0 every image is scored whole through the inference
+  engine of the method that `trained` (the checkpoint's config; default `config`) names,
+  `make_restorer`, as `restore` runs it: Pik-Fix's exact tiling, the baselines' whole-image
+  restorer.
 
   Returns the summary dict: the model's means over images ('lpips' None when unavailable) and
   'scores', pikfix_jax.scoring.summarize of every row.
@@ -303,7 +327,9 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
 
   variables = jax.device_put(variables)
   forward = _forward(model)
-  restorer = inference.Restorer(model, variables) if full_size else None
+  # The method's own engine (not inference.Restorer, which only builds a Pik-Fix): the model
+  # section of the checkpoint's config, which built `model`.
+  restorer = methods.get(trained or config).make_restorer(variables) if full_size else None
 
   def predict(l: np.ndarray, reference: np.ndarray) -> dict:
     if full_size:
@@ -455,6 +481,8 @@ def main(argv):
     config = f['config']
     if f['use_best'] and artifacts.is_workdir(os.path.dirname(info['source'])):
       check_selection(config, trained, os.path.dirname(info['source']))
+    if f['checkpoint'] and artifacts.is_export(info['source']):
+      check_export_selection(config, trained, info['source'])
     method, trained_method = methods.name_of(config), methods.name_of(trained)
     if method != trained_method:
       raise ValueError(f'--config trains method {method!r} but the checkpoint holds '
@@ -467,7 +495,8 @@ def main(argv):
       summary = evaluate(config, model, variables, output_dir, reference_rank=rank,
                          batch_size=f['batch_size'], grid_rows=f['grid_rows'],
                          max_batches=f['max_batches'], source=info['source'],
-                         step=info['step'], reference_control=f['reference_control'])
+                         step=info['step'], reference_control=f['reference_control'],
+                         trained=trained)
       lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
       label = f'rank {rank}: ' if rank else ''
       print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '

@@ -24,7 +24,6 @@ Process 0 writes the .npz.
 
 import argparse
 import ast
-import functools
 import os
 import sys
 import time
@@ -46,7 +45,8 @@ def _parse():
   p.add_argument('--late_s', type=float, default=0,
                  help='Processes other than 0 sleep this long after joining the job.')
   p.add_argument('--adam_eps', type=float, default=None,
-                 help='Adam epsilon (default: optax, 1e-8). See tests/test_parallel.py.')
+                 help='config.optim.eps (default: the config\'s, 1e-8). See '
+                      'tests/test_parallel.py.')
   p.add_argument('--permute', action='store_true',
                  help='Reverse the rows of every global batch (same batch, other summation '
                       'order: a float32 rounding control).')
@@ -88,7 +88,6 @@ if ARGS.num_processes > 1:  # the way launchers configure it: JAX_* variables
     time.sleep(ARGS.late_s)
 
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
-import optax  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from pikfix_jax import train  # noqa: E402  pylint: disable=g-import-not-at-top
 from pikfix_jax.ops import color  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -103,14 +102,16 @@ def worker_config():
 
 
 def shared_settings(c):
-  """What the worker's configs share: the paper's perceptual layers (below), then the --set
-  section.field=value overrides.
+  """What the worker's configs share: the paper's perceptual layers (below), --adam_eps, then
+  the --set section.field=value overrides.
 
   conftest's tiny configs use VGG-19's relu1_2 and relu2_2 only. With a random VGG that term is
   ~5e-4, and float32 summation-order noise (5e-8) is 1e-4 of it, over the 1e-5 these
   comparisons allow. The paper's deeper layers keep the term well conditioned.
   """
   c.loss.perceptual_layers = default.get_config().loss.perceptual_layers
+  if ARGS.adam_eps is not None:
+    c.optim.eps = ARGS.adam_eps
   for item in ARGS.set:
     key, value = item.split('=', 1)
     section, field = key.rsplit('.', 1)
@@ -161,8 +162,6 @@ def local_slice(batch: dict) -> dict:
 
 
 def main():
-  if ARGS.adam_eps is not None:  # make_optimizer calls optax.adam(schedule, b1=, b2=)
-    optax.adam = functools.partial(optax.adam, eps=ARGS.adam_eps)
   result = {}
   if ARGS.loop:
     config = loop_config()

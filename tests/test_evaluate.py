@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAINING, tiny_train_config
+from pikfix_jax import artifacts
 from pikfix_jax import evaluate
 from pikfix_jax import loading
 from pikfix_jax import methods
@@ -201,3 +202,130 @@ def test_use_best_is_refused_on_the_split_it_was_chosen_on():
   held_out = div2k.get_config()
   held_out.data.selection_size = 50
   evaluate.check_selection(div2k.get_config(), held_out, '/runs/div2k')
+
+
+def _whole_image_scores(config, model, variables, out) -> tuple[float, float, tuple]:
+  """(PSNR evaluate reports for the first image scored whole, the PSNR of what the method's
+  `make_restorer` gives on that image, the image's (H, W))."""
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import metrics  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config.data.eval_image_size = 0
+  summary = evaluate.evaluate(config, model, variables, out, max_batches=1,
+                              reference_control=False, trained=config)
+  assert summary['eval_image_size'] == 0 and summary['images'] == 1
+  model_rows = [r for r in _rows(os.path.join(out, 'per_image.csv')) if r['method'] == 'model']
+  batch = next(input_pipeline.eval_dataset(config, batch_size=1).as_numpy_iterator())
+  assert model_rows[0]['id'] == batch['id'][0].decode()
+  rgb = methods.get(config).make_restorer(variables)(batch['input_l'][0],
+                                                      batch['reference_rgb'][0])
+  target = batch['target_lab']
+  target8 = metrics.quantize(scoring.lab_to_rgb(target[..., :1], target[..., 1:]))
+  want = float(metrics.psnr(target8, metrics.quantize(rgb[None]))[0])
+  return float(model_rows[0]['psnr']), want, batch['input_l'].shape[1:3]
+
+
+@pytest.mark.slow
+def test_whole_image_evaluation_of_pikfix_is_its_restorer(tmp_path, generator):
+  """eval_image_size=0: the score of Pik-Fix's own engine (exact tiling) on the whole photo."""
+  model, variables, trained, _ = generator
+  got, want, hw = _whole_image_scores(trained, model, variables, str(tmp_path / 'eval'))
+  assert hw == (300, 451)  # chelsea, whole
+  assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['pix2pix', 'cms4cv_unet', 'wan2020'])
+def test_whole_image_evaluation_of_every_baseline_is_its_restorer(tmp_path, name):
+  """eval_image_size=0 scores Pix2pix, CMS4CV and Wan et al. through their `make_restorer`
+  (evaluate built Pik-Fix's Restorer for every method, which failed for these)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
+  from test_methods import tiny_baseline  # pylint: disable=g-import-not-at-top
+  from test_wan import tiny_wan  # pylint: disable=g-import-not-at-top
+  config = tiny_wan() if name == 'wan2020' else tiny_baseline(name)
+  method = methods.get(config)
+  variables = jax.jit(method.generator.init)(
+      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32),
+      np.zeros((1, 32, 32, 3), np.float32))
+  got, want, hw = _whole_image_scores(config, method.generator, variables,
+                                      str(tmp_path / 'eval'))
+  assert hw == (300, 451)
+  assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_export_made_with_use_best_is_refused_on_the_split_it_was_chosen_on(tmp_path):
+  """evaluate --checkpoint=EXPORT reads export.json: an `export --use_best` of a workdir without
+  a selection split is refused, in one line naming data.selection_size, as --use_best is."""
+  import json  # pylint: disable=g-import-not-at-top
+  from configs import div2k, realold_eval, pascal_voc  # pylint: disable=g-import-not-at-top
+
+  def exported(use_best: bool) -> str:
+    path = tmp_path / f'export_{use_best}'
+    path.mkdir()
+    (path / artifacts.EXPORT_META).write_text(json.dumps(
+        {'workdir': '/runs/div2k', 'checkpoint': '/runs/div2k/best', 'use_best': use_best}))
+    return str(path)
+
+  best, final = exported(True), exported(False)
+  with pytest.raises(ValueError) as refused:
+    evaluate.check_export_selection(div2k.get_config(), div2k.get_config(), best)
+  message = str(refused.value)
+  assert '\n' not in message and message.startswith(f'--checkpoint={best} was exported with '
+                                                    '--use_best: /runs/div2k/best was chosen')
+  assert 'data.selection_size' in message and 'export without --use_best' in message
+  evaluate.check_export_selection(div2k.get_config(), div2k.get_config(), final)
+  held_out = div2k.get_config()
+  held_out.data.selection_size = 50
+  evaluate.check_export_selection(div2k.get_config(), held_out, best)
+  evaluate.check_export_selection(realold_eval.get_config(), pascal_voc.get_config(), best)
+
+
+@pytest.mark.slow
+def test_cli_refuses_an_export_of_best_without_a_selection_split(tmp_path, trained_workdir):
+  from pikfix_jax import export  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'best_export')
+  assert export.export(trained_workdir, out, use_best=True)['use_best']
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
+       f'--checkpoint={out}', f'--output_dir={tmp_path / "eval"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: --checkpoint={out} was exported with --use_best: ')
+  assert '--config.data.selection_size=N' in last
+  assert not os.path.exists(tmp_path / 'eval')
+
+
+def test_every_paper_table_command_of_reproduce_md_shows_its_paper_row():
+  """Each `evaluate` command of docs/REPRODUCE.md for Pik-Fix, Pix2pix and Wan et al. (with its
+  --config.dataset / --config.data.degrade overrides) writes a table with the paper's row."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = open(os.path.join(REPO, 'docs', 'REPRODUCE.md')).read().replace('\\\n', ' ')
+  variables = dict(re.findall(r'^(\w+)=(configs/\S+\.py)$', text, re.M))
+  summary = {'scores': {'rows': {}, 'images': 0}, 'lpips': None, 'images': 0, 'split': 'test',
+             'reference': '', 'checkpoint': '', 'step': 0, 'eval_image_size': 256,
+             'conventions': ''}
+  checked = []
+  for command in re.findall(r'python -m pikfix_jax\.evaluate (.*)', text):
+    path = re.search(r'--config=(\S+)', command).group(1)
+    path = variables.get(path.lstrip('$'), path)
+    if not os.path.exists(os.path.join(REPO, path)):  # a loop variable ($m, $ROW)
+      continue
+    spec = importlib.util.spec_from_file_location('reproduce_config', os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if config.get('method', 'pikfix') == 'cms4cv':  # the report's table: no PAPER row
+      continue
+    for key, value in re.findall(r'--config\.(dataset|data\.degrade)=(\S+)', command):
+      if key == 'dataset':
+        config.dataset = value
+      else:
+        config.data.degrade = value == 'True'
+    table = evaluate.table_markdown(config, summary, '')
+    assert '(paper, ' in table, (command, config.dataset, config.data.degrade)
+    checked.append((config.get('method', 'pikfix'), config.dataset, bool(config.data.degrade)))
+  assert ('wan2020', 'realold', False) in checked and ('pix2pix', 'realold', False) in checked
+  assert len(checked) >= 11

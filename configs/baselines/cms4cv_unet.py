@@ -34,5 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   o.learning_rate = 1e-3  # Not in the report: Keras Adam's default (docs/MODEL.md).
   o.b1 = 0.9  # Keras Adam's defaults.
   o.b2 = 0.999
+  # Keras' epsilon, in optax's place (added to the bias-corrected sqrt(v); Keras adds it before
+  # the bias correction, a larger effective epsilon over the first few thousand steps).
+  o.eps = 1e-7
   o.decay_rate = 1.0  # The report names no schedule.
   return c

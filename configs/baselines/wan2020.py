@@ -51,7 +51,15 @@ def get_config() -> ml_collections.ConfigDict:
   o.learning_rate = 2e-4  # The release's Adam lr and beta1.
   o.b1 = 0.5
   o.b2 = 0.999
-  o.decay_rate = 1.0
+  # Sec. 4.1: 2e-4 "for the first 100 epochs, with linear decay to zero thereafter"; the release
+  # (pix2pixHD's loop, `--niter 100 --niter_decay 100`) lowers the rate by 2e-4 / 100 after
+  # every epoch past the 100th: epochs 1-101 at 2e-4, epoch 200 at 2e-6. In optim.py's rule that
+  # is constant_epochs = niter + 1, decay_epochs = niter_decay - 1. Each network's schedule starts
+  # at its own stage's first step (one Adam state per network); stage lengths are
+  # train.stage_steps, so the decay is reached only when a stage runs more than 101 epochs.
+  o.lr_schedule = 'linear_decay'
+  o.constant_epochs = 101
+  o.decay_epochs = 99
   t = c.train
   t.stages = ('vae', 'mapping', 'scratch')  # The paper's order (fixed).
   t.stage_steps = (50000, 50000, 20000)  # Steps of each stage (the paper gives epochs only).

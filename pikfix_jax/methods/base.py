@@ -1,4 +1,5 @@
-"""The interface every method implements, and the state and optimiser they share.
+"""The interface every method implements, and the state they share (optimisers:
+`pikfix_jax.optim`).
 
 A method (Pik-Fix, Pix2pix, the CMS4CV U-Nets, ...) is looked up by `config.method`
 (`pikfix_jax.methods.get`). It owns its networks, losses, optimisers and discriminator
@@ -30,10 +31,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from pikfix_jax import inference
 from pikfix_jax import models
+from pikfix_jax import optim
 from pikfix_jax import weights
 from pikfix_jax.ops import color
 
@@ -48,20 +49,6 @@ class TrainState(flax.struct.PyTreeNode):
   g_opt_state: Any
   d_opt_state: Any
   rng: jnp.ndarray
-
-
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """Adam (config.optim betas), lr decayed x decay_rate at the end of every epoch."""
-  o = config.optim
-  schedule = optax.exponential_decay(o.learning_rate, transition_steps=steps_per_epoch,
-                                     decay_rate=o.decay_rate, staircase=True)
-  adam = optax.adam(schedule, b1=o.b1, b2=o.b2)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip), adam) if o.grad_clip else adam
-
-
-def learning_rate(config: ml_collections.ConfigDict, step, steps_per_epoch: int):
-  return config.optim.learning_rate * config.optim.decay_rate ** (step // steps_per_epoch)
 
 
 def seed_keys(seed: int) -> tuple[jnp.ndarray, ...]:
@@ -108,8 +95,8 @@ class Method(abc.ABC):
     self.config = config
     self.steps_per_epoch = steps_per_epoch
     # The generator's and the discriminator's optimisers (the same settings, apart states).
-    self.g_tx = make_optimizer(config, steps_per_epoch)
-    self.d_tx = make_optimizer(config, steps_per_epoch)
+    self.g_tx = optim.make_optimizer(config, steps_per_epoch)
+    self.d_tx = optim.make_optimizer(config, steps_per_epoch)
 
   # ------------------------------------------------------------------------ state
   # The frozen VGG-19 of a perceptual loss (config.backbones.vgg19), None without one.

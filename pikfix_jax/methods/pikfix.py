@@ -17,6 +17,7 @@ import optax
 
 from pikfix_jax import checkpoints
 from pikfix_jax import inference
+from pikfix_jax import optim
 from pikfix_jax import weights
 from pikfix_jax.losses import common
 from pikfix_jax.losses import pikfix as pikfix_losses
@@ -153,7 +154,7 @@ class Method(base.Method):
 
     scalars = dict(terms, **d_aux, **base.image_scalars(outputs['rgb'], batch['target_lab']))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
-    scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
+    scalars['learning_rate'] = optim.learning_rate(c, state.step, self.steps_per_epoch)
     scalars.update(bin_center_spread(g_params['bin_centers']))
     new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                               g_opt_state=g_opt_state, d_opt_state=d_opt_state)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from pikfix_jax import checkpoints
+from pikfix_jax import optim
 from pikfix_jax.methods import base
 
 
@@ -131,7 +132,7 @@ class SupervisedMethod(base.Method):
     scalars.update(terms)
     scalars.update(base.image_scalars(rgb, batch['target_lab']))
     scalars['g_grad_norm'] = optax.global_norm(g_grads)
-    scalars['learning_rate'] = base.learning_rate(c, state.step, self.steps_per_epoch)
+    scalars['learning_rate'] = optim.learning_rate(c, state.step, self.steps_per_epoch)
     new_state = state.replace(step=state.step + 1, g_params=g_params,
                               g_batch_stats=batch_stats or state.g_batch_stats,
                               d_params=d_params, g_opt_state=g_opt_state,

@@ -29,6 +29,7 @@ import ml_collections
 import optax
 
 from pikfix_jax import inference
+from pikfix_jax import optim
 from pikfix_jax.losses import common
 from pikfix_jax.losses import wan as wan_losses
 from pikfix_jax.methods import base
@@ -208,7 +209,11 @@ class Method(base.Method):
       state, scalars = self._scratch_step(state, batch)
     else:
       raise ValueError(f'unknown stage {stage!r}; one of {STAGES}')
-    scalars['learning_rate'] = base.learning_rate(self.config, state.step, self.steps_per_epoch)
+    # The rate this stage's networks apply: each has its own Adam state, whose update count (and
+    # so its schedule, optim.py) starts at the stage's first step.
+    start = sum(n for _, n in self.stages()[:STAGES.index(stage)])
+    scalars['learning_rate'] = optim.learning_rate(self.config, state.step - start,
+                                                   self.steps_per_epoch)
     return state.replace(step=state.step + 1), scalars
 
   def _vae_step(self, state, batch, rng):
