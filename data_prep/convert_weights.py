@@ -9,12 +9,14 @@ r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.ba
   python -m data_prep.convert_weights --arch=vgg19 --download --output=weights/vgg19.msgpack
   python -m data_prep.convert_weights --arch=deeplabv3_mobilenet_v3_large \
       --input=deeplabv3_mobilenet_v3_large-fc3c493d.pth --output=weights/deeplabv3_mbv3.msgpack
+  python -m data_prep.convert_weights --arch=gfpgan --input=GFPGANv1.4.pth \
+      --output=weights/gfpgan.msgpack
 
 --download (online machines only) fetches the torchvision weights from the Hugging Face Hub
 (timm's '*.tv_in1k' repositories hold torchvision's original weights under the same keys) and
 the LPIPS heads from the lpips GitHub repository; deeplabv3_mobilenet_v3_large and lpips_alex's
-AlexNet (timm has neither) come from download.pytorch.org (TORCHVISION_URLS). See
-docs/WEIGHTS.md.
+AlexNet (timm has neither) come from download.pytorch.org (TORCHVISION_URLS), GFP-GAN v1.4
+from its GitHub release (GFPGAN_URL). See docs/WEIGHTS.md.
 """
 
 import os
@@ -27,7 +29,8 @@ from absl import logging
 from pikfix_jax import weights
 
 _ARCH = flags.DEFINE_enum('arch', None, list(weights.ARCHS), 'Architecture of the weights.')
-_INPUT = flags.DEFINE_string('input', None, 'torchvision .pth or .safetensors file.')
+_INPUT = flags.DEFINE_string('input', None, 'torchvision .pth or .safetensors file (gfpgan: the '
+                             'released GFPGANv1.3.pth / GFPGANv1.4.pth).')
 _LPIPS_HEADS = flags.DEFINE_string('lpips_heads', None, 'lpips weights/v0.1/vgg.pth (lpips_vgg) '
                                    'or alex.pth (lpips_alex).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Converted Flax variables (.msgpack).')
@@ -49,6 +52,8 @@ TORCHVISION_URLS = {
 LPIPS_BACKBONES = {'lpips_vgg': 'vgg16', 'lpips_alex': 'alexnet'}
 LPIPS_HEADS_URL = ('https://github.com/richzhang/PerceptualSimilarity/raw/master/'
                    'lpips/weights/v0.1/{net}.pth')
+# GFP-GAN v1.4 (TencentARC/GFPGAN README, "Model zoo"; GFPGANv1.3.pth sits beside it).
+GFPGAN_URL = 'https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth'
 
 
 def download_torchvision(arch: str, cache_dir: str | None = None) -> str:
@@ -87,7 +92,10 @@ def main(argv):
   del argv
   arch, path, heads = _ARCH.value, _INPUT.value, _LPIPS_HEADS.value
   net = weights.LPIPS_NETS.get(arch)
-  if _DOWNLOAD.value:
+  if _DOWNLOAD.value and arch == 'gfpgan':
+    directory = _CACHE_DIR.value or os.path.expanduser('~/.cache/gfpgan')
+    path = path or _download(GFPGAN_URL, os.path.join(directory, GFPGAN_URL.rsplit('/', 1)[1]))
+  elif _DOWNLOAD.value:
     path = path or download_torchvision(LPIPS_BACKBONES.get(arch, arch), _CACHE_DIR.value)
     if net and not heads:
       heads = download_lpips_heads(_CACHE_DIR.value or os.path.dirname(path), net)
@@ -96,6 +104,9 @@ def main(argv):
   if net and not heads:
     raise app.UsageError(f'--arch={arch} needs --lpips_heads (lpips weights/v0.1/{net}.pth)')
   variables = weights.convert_files(arch, path, heads)
+  if arch == 'gfpgan':  # the config is read off the shapes again when loading (load_gfpgan)
+    config = weights.gfpgan_config(weights.gfpgan_torch_shapes(variables))
+    logging.info('GFP-GAN config: %s', config)
   weights.save_variables(_OUTPUT.value, variables)
   logging.info('Wrote %s weights to %s (fingerprint %s)', arch, _OUTPUT.value,
                weights.fingerprint(variables))

@@ -7,11 +7,16 @@ heads ('fc.', 'classifier.', timm's 'pre_logits.'/'head.'; for deeplabv3_mobilen
 whose 'classifier.' is the segmentation head, only 'aux_classifier.') and BatchNorm
 'num_batches_tracked' are ignored; any other extra key, a missing key or a wrong shape is a
 ValueError naming the key and the file. Converted variables are stored as Flax msgpack.
+
+GFP-GAN (arch 'gfpgan', the released GFPGANv1.3 / v1.4 files) has its own mechanical mapping
+(`gfpgan_torch_key`, models/gfpgan.py): its torch names have underscores, so only '_<index>'
+components become '.<index>'; its config is read off the file's shapes (`gfpgan_config`).
 """
 
 import functools
 import hashlib
 import os
+import re
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -26,10 +31,11 @@ from safetensors import numpy as st_numpy
 from pikfix_jax import models
 from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
+from pikfix_jax.models import gfpgan
 from pikfix_jax.models import lpips
 
 ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
-         'deeplabv3_mobilenet_v3_large')
+         'deeplabv3_mobilenet_v3_large', 'gfpgan')
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
 LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
 LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
@@ -55,10 +61,16 @@ def build_model(arch: str) -> flax.linen.Module:
     return lpips.LPIPS(net=LPIPS_NETS[arch])
   if arch == 'deeplabv3_mobilenet_v3_large':
     return deeplab.DeepLabV3MobileNetV3Large()
+  if arch == 'gfpgan':
+    return gfpgan.GFPGANv1Clean()  # the released v1.3 / v1.4 config (512 px faces)
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
 def _init_args(arch: str, x) -> tuple:
+  if arch == 'gfpgan':  # its input size is fixed by the architecture (out_size)
+    shape = (1, 512, 512, 3)
+    return ((jax.ShapeDtypeStruct(shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
+             else jnp.zeros(shape, x.dtype)),)
   return (x, x) if arch in LPIPS_NETS else (x,)
 
 
@@ -150,6 +162,8 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
   """Reads torchvision weights (and, for lpips_vgg / lpips_alex, the lpips package's v0.1
   heads file, vgg.pth / alex.pth) into Flax variables."""
+  if arch == 'gfpgan':
+    return convert_gfpgan_state_dict(read_gfpgan_file(path), path)
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
@@ -243,3 +257,134 @@ def maybe_load_backbone(path: str, arch: str, init_variables: Mapping[str, Any])
     out[key] = jnp.asarray(flat_full[key], init.dtype)
   logging.info('Loaded pretrained %s weights from %s', arch, path)
   return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
+# --- GFP-GAN (models/gfpgan.py) ---------------------------------------------------------------
+
+# Torch -> Flax axis order per Flax leaf: 'kernel' is torch's 'weight' (modulated conv
+# (1, O, I, k, k), conv OIHW, linear (out, in)); any other 4-D leaf (constant input, StyleConv /
+# ToRGB biases, noise buffers) is NCHW. Everything else keeps its layout.
+_GFPGAN_KERNEL_PERMS = {5: (0, 3, 4, 2, 1), 4: (2, 3, 1, 0), 2: (1, 0)}
+_GFPGAN_NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+def _gfpgan_perm(leaf: str, ndim: int) -> Optional[tuple[int, ...]]:
+  if leaf == 'kernel':
+    return _GFPGAN_KERNEL_PERMS.get(ndim)
+  return _GFPGAN_NCHW_TO_NHWC if ndim == 4 else None
+
+
+def gfpgan_torch_key(path: tuple[str, ...]) -> str:
+  """Flax path inside a collection -> the release's state-dict key: components joined by '.',
+  '_<index>' components split off ('condition_scale_0_2' -> 'condition_scale.0.2'; the
+  release's own names, such as 'style_conv1' or 'noise0', have no '_<digits>' part), leaf
+  'kernel' -> 'weight'. ('stylegan_decoder', 'style_convs_3', 'modulated_conv', 'kernel') ->
+  'stylegan_decoder.style_convs.3.modulated_conv.weight'."""
+  *modules, leaf = path
+  modules = [re.sub(r'_(\d+)(?=_|$)', r'.\1', m) for m in modules]
+  return '.'.join(modules + ['weight' if leaf == 'kernel' else leaf])
+
+
+def gfpgan_torch_shapes(variables: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """{release key: torch shape} of a GFP-GAN Flax variable tree (arrays or shape structs)."""
+  out = {}
+  for (_, *path), leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(variables)).items():
+    shape = tuple(np.shape(leaf))
+    perm = _gfpgan_perm(path[-1], len(shape))
+    if perm is not None:
+      shape = tuple(shape[i] for i in np.argsort(perm))
+    out[gfpgan_torch_key(tuple(path))] = shape
+  return out
+
+
+def read_gfpgan_file(path: str) -> dict[str, np.ndarray]:
+  """A released GFP-GAN .pth ({'params_ema': state dict}; like GFPGANer, 'params' if there is
+  no 'params_ema') or a bare state dict -> {key: numpy array}. torch.load(weights_only=True)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a dict, got {type(state).__name__}')
+  for name in ('params_ema', 'params'):
+    if name in state:
+      state = state[name]
+      break
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: params_ema holds a {type(state).__name__}, not a state dict')
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor '
+                       "(expected {'params_ema': state dict} or a state dict)")
+  return {k: v.detach().cpu().float().numpy() for k, v in state.items()}
+
+
+def gfpgan_config(shapes: Mapping[str, tuple[int, ...]], source: str = '<state dict>') -> dict:
+  """The GFPGANv1Clean fields a release state dict ({key: torch shape}) was built with.
+  out_size from the number of down blocks; narrow from the constant input's width;
+  channel_multiplier from the 64 px width (1 below 64 px, where it changes nothing);
+  different_w / sft_half from the widths of final_linear / the SFT convs. input_is_latent is not
+  in the weights: True, as GFPGANer runs every released clean model."""
+  def shape(key: str) -> tuple[int, ...]:
+    if key not in shapes:
+      raise ValueError(f'{source}: missing key {key!r} (not a GFPGANv1Clean state dict?)')
+    return tuple(shapes[key])
+  downs = {m.group(1) for k in shapes for m in [re.match(r'conv_body_down\.(\d+)\.', k)] if m}
+  out_size = 2 ** (len(downs) + 2)
+  gfpgan.log_size(out_size)
+  narrow = shape('stylegan_decoder.constant_input.weight')[1] / 512
+  style = shape('stylegan_decoder.style_conv1.modulated_conv.modulation.weight')[1]
+  num_mlp = len([k for k in shapes if re.fullmatch(r'stylegan_decoder\.style_mlp\.\d+\.weight', k)])
+  multiplier = 1
+  if out_size >= 64:
+    multiplier = shape('stylegan_decoder.to_rgbs.3.modulated_conv.weight')[2] / (256 * narrow)
+    multiplier = int(multiplier) if float(multiplier).is_integer() else multiplier
+  codes = shape('final_linear.weight')[0]
+  if codes not in (style, gfpgan.num_latent(out_size) * style):
+    raise ValueError(f"{source}: key 'final_linear.weight' has {codes} outputs, expected {style} "
+                     f'or {gfpgan.num_latent(out_size) * style}')
+  sft = shape('condition_scale.0.2.weight')[0]
+  hidden = shape('condition_scale.0.0.weight')[0]
+  if sft not in (hidden, 2 * hidden):
+    raise ValueError(f"{source}: key 'condition_scale.0.2.weight' has {sft} outputs, expected "
+                     f'{hidden} or {2 * hidden}')
+  return dict(out_size=out_size, num_style_feat=style, channel_multiplier=multiplier,
+              num_mlp=num_mlp, input_is_latent=True, different_w=codes != style,
+              narrow=narrow if not narrow.is_integer() else int(narrow), sft_half=sft == hidden)
+
+
+def gfpgan_variable_shapes(model: 'gfpgan.GFPGANv1Clean') -> dict:
+  """{'params': ..., 'buffers': ...} of `jax.ShapeDtypeStruct` for a GFPGANv1Clean (no compute)."""
+  x = jax.ShapeDtypeStruct((1, model.out_size, model.out_size, 3), jnp.float32)
+  return flax.core.unfreeze(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
+
+
+def convert_gfpgan_state_dict(state_dict: Mapping[str, np.ndarray],
+                              source: str = '<state dict>') -> dict:
+  """A GFPGANv1Clean release state dict -> Flax variables of `GFPGANv1Clean(**gfpgan_config)`
+  (strict: a missing, unexpected or misshapen key is a ValueError naming it and `source`)."""
+  config = gfpgan_config({k: np.shape(v) for k, v in state_dict.items()}, source)
+  shapes = gfpgan_variable_shapes(gfpgan.GFPGANv1Clean(**config))
+  expected = {gfpgan_torch_key(tuple(path)): ((collection, *path), leaf.shape)
+              for (collection, *path), leaf in flax.traverse_util.flatten_dict(shapes).items()}
+  for key in state_dict:
+    if key not in expected:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    perm = _gfpgan_perm(flax_path[-1], len(shape))
+    torch_shape = tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
+    if value.shape != torch_shape:
+      raise ValueError(f'{source}: key {key!r} has shape {value.shape}, expected {torch_shape}')
+    out[flax_path] = value.transpose(perm) if perm else value
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def load_gfpgan(path: str) -> tuple['gfpgan.GFPGANv1Clean', dict]:
+  """(model, variables) from a converted GFP-GAN msgpack (`data_prep.convert_weights
+  --arch=gfpgan`); the config is read off the shapes, every path and shape checked."""
+  tree = load_variables(path)
+  model = gfpgan.GFPGANv1Clean(**gfpgan_config(gfpgan_torch_shapes(tree), path))
+  check_tree(tree, gfpgan_variable_shapes(model), f'{path} (gfpgan)')
+  return model, tree
