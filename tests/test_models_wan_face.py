@@ -132,7 +132,8 @@ def test_release_keys_and_shapes_on_meta_device():
   92,059,587 parameters (the paper's "92.1M") in torch and in Flax."""
   net = ref.release_generator(device='meta')
   state = net.state_dict()
-  expected, bn_modules = weights._face_expected_keys(64, 'normal', 128)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  expected, bn_modules = weights._face_expected_keys(64, 'normal', 128)
   torch_shape = lambda s: tuple(s[i] for i in (3, 2, 0, 1)) if len(s) == 4 else tuple(s)
   want = {k: torch_shape(shape) for k, (_, shape) in expected.items()}
   got = {k: tuple(v.shape) for k, v in state.items() if not k.endswith('num_batches_tracked')}
