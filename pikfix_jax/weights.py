@@ -15,6 +15,7 @@ components become '.<index>'; its config is read off the file's shapes (`gfpgan_
 
 import functools
 import hashlib
+import json
 import os
 import re
 from typing import Any, Mapping, Optional
@@ -33,9 +34,12 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import gfpgan
 from pikfix_jax.models import lpips
+from pikfix_jax.models import wan_face
 
 ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
-         'deeplabv3_mobilenet_v3_large', 'gfpgan')
+         'deeplabv3_mobilenet_v3_large', 'gfpgan', 'bopbtl_face')
+# Wan et al.'s released face-enhancement generator (models/wan_face.py; convert_face_generator).
+FACE_ARCH = 'bopbtl_face'
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
 LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
 LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
@@ -63,6 +67,8 @@ def build_model(arch: str) -> flax.linen.Module:
     return deeplab.DeepLabV3MobileNetV3Large()
   if arch == 'gfpgan':
     return gfpgan.GFPGANv1Clean()  # the released v1.3 / v1.4 config (512 px faces)
+  if arch == FACE_ARCH:
+    return wan_face.FaceGenerator()  # the variables of both released sizes (256, 512)
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
@@ -164,6 +170,8 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
   heads file, vgg.pth / alex.pth) into Flax variables."""
   if arch == 'gfpgan':
     return convert_gfpgan_state_dict(read_gfpgan_file(path), path)
+  if arch == FACE_ARCH:
+    return convert_face_generator(read_state_dict(path), path)
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
@@ -182,6 +190,102 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
       raise ValueError(f'{lpips_heads}: key {torch_key(key)!r} has negative '
                        'weights; LPIPS heads are non-negative')
   return {'params': {'net': net['params'], **heads['params']}}
+
+
+def convert_face_generator(state_dict: Mapping[str, np.ndarray], source: str = '<state dict>',
+                           module: Optional[flax.linen.Module] = None) -> dict:
+  """The release's face generator state dict (Face_Enhancement/checkpoints/*/latest_net_G.pth)
+  -> variables of `module` (default `wan_face.FaceGenerator()`, the release's size), strictly:
+  a missing, unexpected or misshapen key is a ValueError naming it and `source`. The block
+  convs' weight_orig, weight_u, weight_v become the effective kernel weight_orig / (u . W v),
+  torch's eval-mode spectral norm (`wan_face.fold_spectral_norm`); BatchNorm
+  num_batches_tracked may be there or not."""
+  module = wan_face.FaceGenerator() if module is None else module
+  expected, bn_modules = _face_expected_keys(module.ngf, module.num_upsampling_layers,
+                                             module.spade_hidden)
+  for key in state_dict:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
+                       f'expected {_torch_shape(shape)}')
+    out[flax_path] = value
+  try:
+    return wan_face.fold_spectral_norm(flax.traverse_util.unflatten_dict(out))
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}') from None
+
+
+@functools.lru_cache(maxsize=None)
+def _face_expected_keys(ngf: int, num_upsampling_layers: str, spade_hidden: int
+                        ) -> tuple[dict, frozenset]:
+  """({release key: (Flax path in the spectral-norm training form, shape)}, the BatchNorm
+  module prefixes) of a face generator; its variables do not depend on load_size."""
+  module = wan_face.FaceGenerator(ngf=ngf, num_upsampling_layers=num_upsampling_layers,
+                                  spade_hidden=spade_hidden, spectral_norm=True)
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(
+      jax.eval_shape(module.init, jax.random.PRNGKey(0), face)))
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flat.items():
+    spectral = path[-1] == 'kernel' and ('batch_stats', *path[:-1], 'u') in flat
+    key = wan_face.torch_key(tuple(path), spectral)
+    expected[key] = ((collection, *path), tuple(leaf.shape))
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      bn_modules.add(key.rsplit('.', 1)[0])
+  return expected, frozenset(bn_modules)
+
+
+def face_load_size(checkpoint: str) -> Optional[int]:
+  """The face size a released face checkpoint runs at, from its folder's name
+  (`wan_face.RELEASE_CHECKPOINTS`: Setting_9_epoch_100 -> 256, FaceSR_512 -> 512), or None."""
+  folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+  return wan_face.RELEASE_CHECKPOINTS.get(folder)
+
+
+def face_meta_path(path: str) -> str:
+  """The JSON file beside converted face weights: weights/x.msgpack -> weights/x.json."""
+  return os.path.splitext(path)[0] + '.json'
+
+
+def save_face_generator(path: str, variables: Mapping[str, Any], load_size: int,
+                        source: str = '') -> None:
+  """Writes converted face-generator variables and, beside them (`face_meta_path`), which
+  variant they are: {"arch", "load_size", "num_upsampling_layers", "ngf", "source",
+  "fingerprint"}; the two released sizes have the same variables, so only this tells them
+  apart."""
+  save_variables(path, variables)
+  meta = {'arch': FACE_ARCH, 'load_size': int(load_size), 'num_upsampling_layers': 'normal',
+          'ngf': int(np.shape(variables['params']['conv_img']['kernel'])[2]),
+          'source': source, 'fingerprint': fingerprint(variables)}
+  with open(face_meta_path(path) + '.tmp', 'w') as f:
+    json.dump(meta, f, indent=1)
+  os.replace(face_meta_path(path) + '.tmp', face_meta_path(path))
+
+
+def load_face_generator(path: str) -> tuple[wan_face.FaceGenerator, dict]:
+  """(the FaceGenerator of the variant recorded beside `path`, its variables, checked)."""
+  meta_path = face_meta_path(path)
+  if not os.path.exists(meta_path):
+    raise ValueError(f'{path}: no {os.path.basename(meta_path)} beside it saying the face size '
+                     '(write both with data_prep.convert_weights --arch=bopbtl_face)')
+  with open(meta_path) as f:
+    meta = json.load(f)
+  module = wan_face.FaceGenerator(load_size=meta['load_size'], ngf=meta['ngf'],
+                                  num_upsampling_layers=meta['num_upsampling_layers'])
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  tree = load_variables(path)
+  check_tree(tree, flax.core.unfreeze(jax.eval_shape(module.init, jax.random.PRNGKey(0), face)),
+             f'{path} ({FACE_ARCH})')
+  return module, tree
 
 
 def save_variables(path: str, variables: Mapping[str, Any]) -> None:
