@@ -24,6 +24,7 @@ docs/WEIGHTS.md.
 """
 
 import os
+import sys
 import urllib.request
 
 from absl import app
@@ -100,7 +101,10 @@ def main(argv):
     if not path or _DOWNLOAD.value:
       raise app.UsageError('--arch=bopbtl needs --input=RELEASE_DIR (no --download: get the '
                            "release's global_checkpoints.zip, docs/WEIGHTS.md)")
-    converted = wan_release.convert(path, _OUTPUT.value)
+    try:
+      converted = wan_release.convert(path, _OUTPUT.value)
+    except ValueError as e:  # a missing file or key: one line, not a traceback
+      sys.exit(f'convert_weights: {e}')
     logging.info('Wrote %d networks of the %s release to %s', len(converted), arch,
                  _OUTPUT.value)
     return

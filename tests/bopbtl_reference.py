@@ -351,6 +351,11 @@ def build_release(seed: int = 0) -> dict[str, nn.Module]:
   for net in nets.values():
     net.apply(release_weights_init)
   nets['detection'] = randomize_batchnorm(UNet(), seed)
+  # torch's default init gives logits within +-0.02 of 0: P ~ 0.5 >= 0.4 everywhere, an
+  # all-scratch mask (which the release then saves as all black, `release_save_image`). A
+  # larger output layer spreads P over (0, 1), so the fake mask is mixed as a trained one's.
+  nets['detection'].last[1].weight.data.mul_(300.0)
+  nets['detection'].last[1].bias.data.mul_(300.0)
   return {k: v.eval() for k, v in nets.items()}
 
 
@@ -472,11 +477,13 @@ def release_dilate(mask: np.ndarray, iterations: int = 3) -> np.ndarray:
 
 def release_stage1(nets: dict, photo: Image.Image, with_scratch: bool = False,
                    hr: bool = False, test_mode: str = 'Full',
-                   mask_png: Optional[np.ndarray] = None, short_side: int = 256) -> dict:
+                   mask_png: Optional[np.ndarray] = None, short_side: int = 256,
+                   dtype: torch.dtype = torch.float32) -> dict:
   """run.py's stage 1 for one photo: detection.py (with_scratch) then test.py -> {'input' (the
   network's input, 1 x 3 x H x W in [-1, 1]), 'mask' (1 x 1 x H x W or None), 'generated'
   (tanh output), 'restored' (the uint8 image test.py saves), 'mask_png'}. `mask_png` skips
-  the detector (a given mask, as test.py's --test_mask)."""
+  the detector (a given mask, as test.py's --test_mask). `dtype` torch.float64 (with the
+  networks in float64) gives the restoration without float32 rounding."""
   to_tensor = lambda im: torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1)
   normalise = lambda t: ((t - 0.5) / 0.5)[None]
   if with_scratch:
@@ -500,6 +507,7 @@ def release_stage1(nets: dict, photo: Image.Image, with_scratch: bool = False,
     x = normalise(to_tensor(photo))
     mask_t = torch.zeros_like(x)
     mapping, vae_b = nets['mapping_quality'], nets['VAE_B_quality']
+  x, mask_t = x.to(dtype), mask_t.to(dtype)
   with torch.no_grad():
     code = nets['VAE_A_quality'](x, flow='enc')
     generated = vae_b(mapping(code, mask_t), flow='dec')
