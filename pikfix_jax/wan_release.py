@@ -259,9 +259,9 @@ def stretch_to_uint8(image: np.ndarray) -> np.ndarray:
 def dilate(mask: np.ndarray, iterations: int = HR_MASK_DILATION) -> np.ndarray:
   """cv2.dilate(mask, ones((3, 3)), iterations): a (2 iterations + 1)-square max filter, the
   border never winning."""
-  size = 2 * iterations + 1
-  return ndimage.maximum_filter(np.asarray(mask), size=size, mode='constant',
-                                cval=np.iinfo(np.uint8).min if mask.dtype == np.uint8 else 0)
+  # masks are non-negative, so a constant 0 border never wins, as cv2's default border
+  return ndimage.maximum_filter(np.asarray(mask), size=2 * iterations + 1, mode='constant',
+                                cval=0)
 
 
 def fill_scratches(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
