@@ -11,6 +11,12 @@ r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.ba
       --input=deeplabv3_mobilenet_v3_large-fc3c493d.pth --output=weights/deeplabv3_mbv3.msgpack
   python -m data_prep.convert_weights --arch=gfpgan --input=GFPGANv1.4.pth \
       --output=weights/gfpgan.msgpack
+  python -m data_prep.convert_weights --arch=bopbtl --input=Bringing-Old-Photos-Back-to-Life \
+      --output=weights/bopbtl
+
+--arch=bopbtl reads the seven stage-1 checkpoints of Wan et al.'s release (the repository
+root with Global/checkpoints unzipped, its Global folder or that checkpoints folder) and
+writes a folder: one .msgpack per network and config.json (`wan_release.load` reads it).
 
 --download (online machines only) fetches the torchvision weights from the Hugging Face Hub
 (timm's '*.tv_in1k' repositories hold torchvision's original weights under the same keys) and
@@ -27,20 +33,25 @@ folder (-> bopbtl_face_256.msgpack), with a .json beside it recording the face s
 """
 
 import os
+import sys
 import urllib.request
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from pikfix_jax import wan_release
 from pikfix_jax import weights
 
-_ARCH = flags.DEFINE_enum('arch', None, list(weights.ARCHS), 'Architecture of the weights.')
+_ARCH = flags.DEFINE_enum('arch', None, list(weights.ARCHS) + [weights.BOPBTL_ARCH],
+                          'Architecture of the weights.')
 _INPUT = flags.DEFINE_string('input', None, 'torchvision .pth or .safetensors file (gfpgan: the '
-                             'released GFPGANv1.3.pth / GFPGANv1.4.pth).')
+                             'released GFPGANv1.3.pth / GFPGANv1.4.pth; bopbtl: the release '
+                             'folder).')
 _LPIPS_HEADS = flags.DEFINE_string('lpips_heads', None, 'lpips weights/v0.1/vgg.pth (lpips_vgg) '
                                    'or alex.pth (lpips_alex).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Converted Flax variables (.msgpack).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Converted Flax variables (.msgpack); for '
+                              'bopbtl, a folder.')
 _DOWNLOAD = flags.DEFINE_bool('download', False, 'Fetch the standard files first (needs network '
                               'and huggingface_hub); --input/--lpips_heads are then optional.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Download cache (default: the hub cache).')
@@ -121,6 +132,17 @@ def convert_face(path: str, output: str, load_size: int | None = None) -> str:
 def main(argv):
   del argv
   arch, path, heads = _ARCH.value, _INPUT.value, _LPIPS_HEADS.value
+  if arch == weights.BOPBTL_ARCH:
+    if not path or _DOWNLOAD.value:
+      raise app.UsageError('--arch=bopbtl needs --input=RELEASE_DIR (no --download: get the '
+                           "release's global_checkpoints.zip, docs/WEIGHTS.md)")
+    try:
+      converted = wan_release.convert(path, _OUTPUT.value)
+    except ValueError as e:  # a missing file or key: one line, not a traceback
+      sys.exit(f'convert_weights: {e}')
+    logging.info('Wrote %d networks of the %s release to %s', len(converted), arch,
+                 _OUTPUT.value)
+    return
   net = weights.LPIPS_NETS.get(arch)
   if _DOWNLOAD.value and arch == 'gfpgan':
     directory = _CACHE_DIR.value or os.path.expanduser('~/.cache/gfpgan')

@@ -492,3 +492,142 @@ def load_gfpgan(path: str) -> tuple['gfpgan.GFPGANv1Clean', dict]:
   model = gfpgan.GFPGANv1Clean(**gfpgan_config(gfpgan_torch_shapes(tree), path))
   check_tree(tree, gfpgan_variable_shapes(model), f'{path} (gfpgan)')
   return model, tree
+
+
+# Wan et al.'s released checkpoints (`--arch=bopbtl`; pikfix_jax/wan_release.py drives it).
+
+BOPBTL_ARCH = 'bopbtl'
+_BOPBTL_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                  'mean': 'running_mean', 'var': 'running_var'}
+
+
+def read_bopbtl_checkpoint(path: str, detection: bool = False) -> dict[str, np.ndarray]:
+  """A release checkpoint (torch.load, weights_only) -> {key: numpy array}: a flat state dict
+  (latest_net_*.pth) or, `detection`, the 'model_state' of FT_Epoch_latest.pt."""
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""})') from None
+  if detection:
+    if not isinstance(state, Mapping) or 'model_state' not in state:
+      raise ValueError(f"{path}: missing key 'model_state' (the detector's checkpoint is "
+                       "{'model_state': state dict, ...})")
+    state = state['model_state']
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor')
+  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _bopbtl_module_key(module: flax.linen.Module, path: tuple[str, ...]) -> str:
+  """Flax module path inside a release network -> the release's torch module prefix."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  res = lambda name: int(name[3:])  # 'res3' -> 3
+  conv_in_block = lambda p: f'conv_block.{1 + 4 * int(p[4:])}'  # conv0 -> 1, conv1 -> 5
+  head, rest = path[0], path[1:]
+  if isinstance(module, wan.VAE):
+    sub = path[1]
+    if head == 'encoder':
+      n_first = 1 + 3 * (module.n_downsample + 1)  # stem + down-samplings (conv, IN, ReLU)
+      if sub == 'stem':
+        return 'encoder.1'
+      if sub.startswith('down'):
+        return f'encoder.{4 + 3 * int(sub[4:])}'
+      return f'encoder.{n_first + res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('res'):
+      return f'decoder.{res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('up'):
+      return f'decoder.{module.n_res + 3 * int(sub[2:])}'
+    return f'decoder.{module.n_res + 3 * module.n_downsample + 1}'  # pad, conv, tanh
+  if isinstance(module, wan.MappingNetwork):
+    n_in = len(module.widths_in)
+    pre, post = ('model', 'model') if module.block == 'none' else ('before_NL', 'after_NL')
+    first_out = (3 * n_in + module.n_res) if module.block == 'none' else module.n_res
+    if head.startswith('in'):
+      return f'{pre}.{3 * int(head[2:])}'
+    if head.startswith('out'):
+      return f'{post}.{first_out + 3 * int(head[3:])}'
+    if head.startswith('res'):
+      offset = 3 * n_in if module.block == 'none' else 0
+      return f'{post}.{offset + res(head)}.{conv_in_block(rest[0])}'
+    if head == 'partial_nonlocal':
+      if rest[0].startswith('global_res'):
+        return f'NL.res_block.{int(rest[0][10:])}.{conv_in_block(rest[1])}'
+      return f'NL.{rest[0]}'
+    if head.startswith('stage'):  # 'stage1_res0'
+      stage, k = (int(t) for t in head[5:].split('_res'))
+      block = f'before_NL.{3 * n_in + k}' if stage == 0 else f'res_block_{stage}.{k}'
+      return f'{block}.{conv_in_block(rest[0])}'
+    if head.startswith('attention'):
+      scale = f'NL_scale_{int(head[9:]) + 1}'
+      if rest[0] == 'combine':
+        return f'{scale}.F_Combine'
+      return f'{scale}.res_block.{res(rest[0])}.{conv_in_block(rest[1])}'
+  if isinstance(module, wan.ScratchDetector):
+    block = lambda name: 4 * int(name.split('_block')[1][0]) + (2 if name.endswith('_norm')
+                                                                 else 1)
+    if head in ('first', 'last'):
+      return f'{head}.1'
+    if head.startswith('down'):
+      level = int(head[4:].split('_')[0])
+      if '_block' in head:
+        return f'down_path.{level}.block.{block(head)}'
+      return f'down_sample.{level}.{2 if head.endswith("_norm") else 1}'
+    if head.startswith('up'):
+      level = module.depth - 1 - int(head[2:].split('_')[0])
+      if '_block' in head:
+        return f'up_path.{level}.conv_block.block.{block(head)}'
+      return f'up_path.{level}.up.2'
+  raise ValueError(f'no release key for {type(module).__name__} variable {"/".join(path)}')
+
+
+def convert_bopbtl_state(state: Mapping[str, np.ndarray], module: flax.linen.Module,
+                         shapes: Mapping[str, Any], source: str) -> dict:
+  """A release state dict -> the Flax variables of its `module` (models/wan.py variant;
+  `shapes` from `jax.eval_shape(module.init, ...)`). Strict: a missing, unexpected or
+  misshapen key is a one-line ValueError naming `source` and the key. Conv kernels go OIHW ->
+  HWIO, transposed convs (in, out, kh, kw) -> (kh, kw, in, out). BatchNorm
+  'num_batches_tracked' may be there or not (torch < 0.4.1 did not save it); the detector's
+  anti-aliasing filters ('down_sample.N.4.filt') must be the fixed [1, 2, 1]^2 / 16."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flax.traverse_util.flatten_dict(dict(shapes)).items():
+    prefix = _bopbtl_module_key(module, tuple(path[:-1]))
+    expected[f'{prefix}.{_BOPBTL_LEAVES[path[-1]]}'] = ((collection, *path), leaf.shape)
+    if collection == 'batch_stats':
+      bn_modules.add(prefix)
+  filters = {}
+  if isinstance(module, wan.ScratchDetector):
+    a = np.array([1.0, 2.0, 1.0], np.float32)
+    for level in range(module.depth):
+      c = module.base_features * 2 ** level
+      filters[f'down_sample.{level}.4.filt'] = np.tile(
+          (np.outer(a, a) / 16.0)[None, None], (c, 1, 1, 1))
+  for key in state:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and key not in filters and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  for key, want in filters.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    if np.shape(state[key]) != want.shape or not np.allclose(state[key], want, atol=1e-7):
+      raise ValueError(f'{source}: key {key!r} is not the [1, 2, 1]^2 / 16 filter of shape '
+                       f'{want.shape} (got shape {np.shape(state[key])})')
+  transposed = isinstance(module, wan.VAE)  # only the VAE decoder's 'up' layers
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state[key], np.float32)
+    if value.ndim == 4:
+      is_transpose = transposed and flax_path[2].startswith('up')
+      value = value.transpose((2, 3, 0, 1) if is_transpose else (2, 3, 1, 0))
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state[key])}, expected '
+                       f'the shape of Flax {"/".join(flax_path)} {tuple(shape)} (transposed)')
+    out[flax_path] = value
+  return flax.traverse_util.unflatten_dict(out)
