@@ -12,6 +12,7 @@ release is ambiguous or fails and what is done here instead; docs/WEIGHTS.md giv
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Mapping, Optional
 
 import flax
@@ -22,8 +23,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pikfix_jax import image_io
 from pikfix_jax import weights
 from pikfix_jax.models import wan
+from pikfix_jax.ops import color
 
 ARCH = 'bopbtl'
 CONFIG_FILE = 'config.json'
@@ -358,3 +361,64 @@ class Restorer:
     mask (H, W) bool used, or None without scratches)."""
     out = self.restore_details(photo, with_scratch, hr, test_mode, mask)
     return out['restored'], out['mask']
+
+
+class PhotoRestorer:
+  """The stage-1 `Restorer` behind the interface `restore`, `evaluate` and the app call every
+  method's restorer through (`inference.PhotoRestorer`): sRGB float (H, W, 3) in [0, 1] (or
+  L/100 (H, W[, 1])) -> sRGB float at the photo's own size. The release writes its output at
+  the processed size (sides rounded to multiples of 4, or 16 with scratches); here it is
+  resized back (bicubic) where that differs, so a photo whose sides are already multiples
+  gets the release's pixels. No reference; `mask` (H, W) of the next photo (white = scratch,
+  `restore --scratch_mask`) replaces the detector's with `with_scratch`."""
+
+  uses_reference = False
+
+  def __init__(self, release: Release, with_scratch: bool = False, hr: bool = False,
+               test_mode: str = 'Full'):
+    if hr and not with_scratch:
+      raise ValueError('--hr is the release\'s high-resolution scratch restoration: add '
+                       '--with_scratch')
+    if test_mode not in TEST_MODES:
+      raise ValueError(f'--test_mode={test_mode}: use one of {TEST_MODES}')
+    self.stage1 = Restorer(release)
+    self.with_scratch, self.hr, self.test_mode = with_scratch, hr, test_mode
+    self.accepts_mask = with_scratch
+    self.mask: Optional[np.ndarray] = None
+    self.last_info: dict = {}
+    self.last_mask: Optional[np.ndarray] = None  # the scratch mask of the last photo
+
+  def __call__(self, image: np.ndarray, reference_rgb: Optional[np.ndarray] = None,
+               outputs: bool = False):
+    del reference_rgb
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2 or image.shape[-1] == 1:
+      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    h, w = image.shape[:2]
+    photo = np.clip(np.round(image[..., :3] * 255.0), 0, 255).astype(np.uint8)
+    mask = None
+    if self.mask is not None:
+      mask = self.mask > 0.5
+      if mask.shape != (h, w):
+        raise ValueError(f'scratch mask {mask.shape[1]}x{mask.shape[0]} px; the photo is {w}x{h}')
+      size = _rounded_size(h, w, DETECTION_MULTIPLE)
+      if size != (h, w):  # the processed photo's size, as the release's --test_mask must be
+        mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    start = time.perf_counter()
+    out = self.stage1.restore_details(photo, self.with_scratch, self.hr, self.test_mode, mask)
+    restored = out['restored'].astype(np.float32) / 255.0
+    if restored.shape[:2] != (h, w):
+      restored = np.clip(image_io.resize_float(restored, h, w), 0.0, 1.0)
+    self.last_info.update(processed=tuple(out['restored'].shape[:2]),
+                          seconds=time.perf_counter() - start)
+    self.last_mask = out['mask']
+    if not outputs:
+      return restored
+    l, ab = color.rgb_to_lab_normalized(jnp.asarray(restored[None]))
+    return {'rgb': restored, 'restored_l': np.asarray(l[0]), 'ab': np.asarray(ab[0])}
+
+
+def photo_restorer(directory: str, with_scratch: bool = False, hr: bool = False,
+                   test_mode: str = 'Full') -> PhotoRestorer:
+  """`PhotoRestorer` of a converted release folder (`data_prep.convert_weights --arch=bopbtl`)."""
+  return PhotoRestorer(load(directory), with_scratch, hr, test_mode)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
+import skimage
 import torch
 from torch.nn import functional as F
 
@@ -282,9 +283,9 @@ def test_converter_files_and_detector_filters(tmp_path):
 
 
 @pytest.fixture(scope='session')
-def release(tmp_path_factory):
-  """A fake release (random weights, the release's layout, decoys, the detector without
-  BatchNorm counters), converted with the command line, loaded with wan_release.load."""
+def converted_release(tmp_path_factory):
+  """(torch networks, converted folder): a fake release (random weights, the release's layout,
+  decoys, the detector without BatchNorm counters) converted with the command line."""
   root = str(tmp_path_factory.mktemp('bopbtl_release'))
   nets = ref.write_fake_release(root, seed=0)
   out = os.path.join(root, 'converted')
@@ -292,6 +293,13 @@ def release(tmp_path_factory):
   subprocess.run([sys.executable, '-m', 'data_prep.convert_weights', '--arch=bopbtl',
                   f'--input={root}', f'--output={out}'], check=True, cwd=REPO, env=env,
                  capture_output=True)
+  return nets, out
+
+
+@pytest.fixture(scope='session')
+def release(converted_release):
+  """(torch networks, the converted release loaded with wan_release.load)."""
+  nets, out = converted_release
   return nets, wan_release.load(out)
 
 
@@ -429,3 +437,74 @@ def test_stage1_hr_restores_where_the_release_crashes(release):
                                     mask=np.ones((80, 80), bool))
   assert restored.shape == (80, 80, 3) and mask.all()
   assert restored.min() == 0 and restored.max() == 255
+
+
+# The release as users run it: restore, evaluate
+
+
+def _scanned_photo(path: str) -> np.ndarray:
+  """scikit-image's astronaut (a real photo) at 96 x 72, grey and scratched: white lines."""
+  photo = Image.fromarray(skimage.data.astronaut()).convert('L').resize((72, 96), Image.BICUBIC)
+  photo = np.repeat(np.asarray(photo)[..., None], 3, -1).copy()
+  photo[20:22, 5:60] = 255
+  photo[30:80, 40] = 255
+  Image.fromarray(photo).save(path)
+  return photo
+
+
+@pytest.mark.slow
+def test_restore_runs_the_release_with_and_without_scratches(converted_release, tmp_path,
+                                                             trained_workdir):
+  """restore --checkpoint=DIR: quality, --with_scratch, --with_scratch --hr and a given mask
+  each write a photo of the input's size; --colorize_with colours it with a trained Pik-Fix;
+  --hr alone and a non-release with --with_scratch are one-line errors."""
+  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  _, directory = converted_release
+  photo = _scanned_photo(str(tmp_path / 'scan.png'))
+  mask = np.zeros(photo.shape[:2], np.uint8)
+  mask[19:23, 4:61] = 255
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  outputs = {}
+  for name, kw in (('quality', {}), ('scratch', {'with_scratch': True}),
+                   ('hr', {'with_scratch': True, 'hr': True}),
+                   ('mask', {'with_scratch': True, 'scratch_mask': str(tmp_path / 'mask.png')}),
+                   ('colour', {'with_scratch': True, 'colorize_with': trained_workdir,
+                               'reference': str(tmp_path / 'scan.png')})):
+    out = str(tmp_path / f'{name}.png')
+    code, results = restore.run(restore.Options(input=str(tmp_path / 'scan.png'), output=out,
+                                                checkpoint=directory, **kw))
+    assert code == 0 and not results[0].error, results
+    outputs[name] = np.asarray(Image.open(out))
+    assert outputs[name].shape == photo.shape
+  assert not np.array_equal(outputs['quality'], photo)
+  assert not np.array_equal(outputs['scratch'], outputs['quality'])
+  assert not np.array_equal(outputs['hr'], outputs['scratch'])
+  assert not np.array_equal(outputs['colour'], outputs['scratch'])
+  for kw in ({'hr': True}, ):
+    code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+                                          output=str(tmp_path / 'x.png'), checkpoint=directory,
+                                          **kw))
+    assert code == 2
+  code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+                                        output=str(tmp_path / 'x.png'),
+                                        workdir=trained_workdir, with_scratch=True))
+  assert code == 2
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_release_as_a_method_row(converted_release, tmp_path):
+  _, directory = converted_release
+  out = str(tmp_path / 'eval')
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/baselines/wan2020.py',
+       f'--checkpoint={directory}', '--config.dataset=demo', '--config.data.eval_image_size=48',
+       '--config.data.degradation.num_textures=2', '--config.data.degradation.texture_size=64',
+       f'--output_dir={out}', '--batch_size=2'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  table = open(os.path.join(out, 'table.md')).read()
+  assert '| Wan et al. 2020, released weights (quality restoration), pikfix_jax (this run) |' in (
+      table)
+  assert '| input L, zero chroma (baseline) |' in table
+  assert '| restored L, zero chroma (baseline) |' in table
