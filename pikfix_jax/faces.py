@@ -29,10 +29,13 @@ import importlib.util
 import os
 from typing import Callable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
 from pikfix_jax import artifacts
+from pikfix_jax import weights
 
 KINDS = ('wan', 'gfpgan')
 INSTALL_HINT = 'pip install -e .[faces]'
@@ -375,9 +378,6 @@ def gfpgan_face_net(path: str, seed: int = 0) -> tuple[FaceNet, int]:
   """(face net, face size) of a converted GFP-GAN (`data_prep.convert_weights --arch=gfpgan`):
   GFPGANer's use, face in [-1, 1], output clamped to [-1, 1]; its noise maps drawn from
   `seed` (the release draws fresh ones per call), so a photo gives the same output each run."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise FaceError(f'--face_checkpoint={path}: no such file')
   if path.endswith(('.pth', '.pt')):
@@ -393,6 +393,11 @@ def gfpgan_face_net(path: str, seed: int = 0) -> tuple[FaceNet, int]:
     # load_gfpgan's checks (a missing, extra or misshapen variable) mostly name the file.
     reason = reason[len(path):].lstrip(' :') if reason.startswith(path) else reason
     raise FaceError(f'--face_checkpoint={path}: not a converted GFP-GAN: {reason}') from e
+  return gfpgan_net(model, variables, seed), model.out_size
+
+
+def gfpgan_net(model, variables: dict, seed: int = 0) -> FaceNet:
+  """A GFPGANv1Clean and its variables as a face net (jitted once per process and size)."""
   key = jax.random.PRNGKey(seed)
 
   @jax.jit
@@ -400,8 +405,7 @@ def gfpgan_face_net(path: str, seed: int = 0) -> tuple[FaceNet, int]:
     out, _ = model.apply(v, face[None] * 2.0 - 1.0, rngs={'noise': key}, return_rgb=False)
     return (jnp.clip(out[0], -1.0, 1.0) + 1.0) / 2.0
 
-  return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
-          model.out_size)
+  return lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32)))
 
 
 def wan_face_net(path: str) -> tuple[FaceNet, int]:
@@ -409,20 +413,18 @@ def wan_face_net(path: str) -> tuple[FaceNet, int]:
   wan_face.py, `--arch=bopbtl_face`), when this tree has it."""
   try:
     from pikfix_jax.models import wan_face  # pylint: disable=g-import-not-at-top,unused-import
-    from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
     load = weights.load_face_generator
   except (ImportError, AttributeError) as e:
     raise FaceError('--faces=wan: wan face network not available yet (pikfix_jax/models/'
                     'wan_face.py); use --faces=gfpgan, or FaceEnhancer("wan", face_net=...)'
                     ) from e
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise FaceError(f'--face_checkpoint={path}: no such file')
   try:
     model, variables = load(path)
-  except (ValueError, KeyError, TypeError) as e:
-    raise FaceError(f'--face_checkpoint: {str(e).splitlines()[0]}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise FaceError(f'--face_checkpoint={path}: not a converted Wan et al. face generator: '
+                    f'{(str(e).splitlines() or [type(e).__name__])[0]}') from e
   forward = jax.jit(lambda v, face: model.apply(v, face[None])[0])
   return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
           model.load_size)
