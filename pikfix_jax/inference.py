@@ -291,6 +291,34 @@ class WholeImageRestorer(PhotoRestorer):
     return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
 
 
+class Chain:
+  """One restorer after another (`restore --colorize_with`): `first` restores the photo (the
+  released Wan et al. model, say), `second` colours its output with the reference (a trained
+  Pik-Fix). Same call as `PhotoRestorer`; a defect mask goes to `first`."""
+
+  def __init__(self, first, second):
+    self.first, self.second = first, second
+    self.uses_reference = second.uses_reference
+    self.accepts_mask = getattr(first, 'accepts_mask', False)
+    self.last_info: dict = {}
+
+  @property
+  def mask(self) -> Optional[np.ndarray]:
+    return getattr(self.first, 'mask', None)
+
+  @mask.setter
+  def mask(self, value: Optional[np.ndarray]) -> None:
+    self.first.mask = value
+
+  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray,
+               outputs: bool = False) -> Union[np.ndarray, dict]:
+    restored = self.first(image, None)
+    out = self.second(restored, reference_rgb, outputs=outputs)
+    self.last_info = dict(self.second.last_info, seconds=self.first.last_info.get('seconds', 0.0)
+                          + self.second.last_info.get('seconds', 0.0))
+    return out
+
+
 # Lowering platform names (jax.export) of each JAX backend.
 _EXPORT_PLATFORMS = {'cpu': ('cpu',), 'gpu': ('cuda', 'rocm'), 'tpu': ('tpu',)}
 

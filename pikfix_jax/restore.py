@@ -38,6 +38,7 @@ from pikfix_jax import inference
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import retrieval
+from pikfix_jax import wan_release
 from pikfix_jax import weights
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.gif')
@@ -203,6 +204,11 @@ class Options:
   vgg19: Optional[str] = None  # None: the model config's backbones.vgg19 when that file exists.
   index_image_size: int = 0
   scratch_mask: str = ''  # Defect mask image (white = scratch) for Wan et al.'s restorer.
+  # A converted Wan et al. release (--checkpoint, data_prep.convert_weights --arch=bopbtl):
+  with_scratch: bool = False  # detect and inpaint scratches (the release's --with_scratch)
+  hr: bool = False  # high-resolution scratch restoration (patch attention; the release's --HR)
+  test_mode: str = 'Full'  # 'Full' (sides to multiples of 4) or 'Scale' (short side 256)
+  colorize_with: str = ''  # Pik-Fix workdir that colours the restored photo with the reference
   faces: str = ''  # 'wan' or 'gfpgan': restore the faces of each restored photo (faces.py).
   face_checkpoint: str = ''
   save_faces: bool = False
@@ -353,17 +359,26 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
             '--dtype and --query_chunk cannot change a --format=stablehlo export '
             '(they are compiled in)')
       restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
+    elif (restorer is None and options.checkpoint and
+          wan_release.is_release_dir(options.checkpoint)):
+      restorer = wan_release.photo_restorer(options.checkpoint, options.with_scratch,
+                                            options.hr, options.test_mode)
     elif restorer is None:
-      _, variables, config = loading.load_generator(
-          options.workdir or None, options.checkpoint or None, options.use_best)
-      restorer = methods.get(config).make_restorer(
-          variables, reference_size=options.reference_size, tile_size=options.tile_size,
-          color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
-          query_chunk=options.query_chunk or None)
+      if options.with_scratch or options.hr:
+        raise artifacts.RestoreError(
+            '--with_scratch/--hr run the released Wan et al. model: pass --checkpoint=DIR of '
+            'python -m data_prep.convert_weights --arch=bopbtl (docs/WEIGHTS.md)')
+      restorer, config = _method_restorer(options, options.workdir, options.checkpoint)
+    if options.colorize_with:
+      colorizer, config = _method_restorer(options, options.colorize_with, '')
+      if not colorizer.uses_reference:
+        raise artifacts.RestoreError(f'--colorize_with={options.colorize_with}: its method '
+                                     'takes no colour reference (train Pik-Fix for colour)')
+      restorer = inference.Chain(restorer, colorizer)
     if options.scratch_mask:
       if not getattr(restorer, 'accepts_mask', False):
         raise artifacts.RestoreError('--scratch_mask: this method takes no defect mask (only '
-                                       'wan2020 does)')
+                                     'wan2020, and a converted release with --with_scratch, do)')
       if len(pairs) != 1:
         raise artifacts.RestoreError('--scratch_mask is the mask of one photo: give one --input')
       restorer.mask = read_mask(options.scratch_mask, image_io.read_image(pairs[0][0]).shape[:2])
@@ -385,6 +400,17 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
     print(f'error: {e}', file=out)
     return 2, []
   return _run_files(restorer, picker, pairs, options, out, say)
+
+
+def _method_restorer(options: Options, workdir: str, checkpoint: str):
+  """(restorer, config) of a training workdir or an exported model, through its method."""
+  _, variables, config = loading.load_generator(workdir or None, checkpoint or None,
+                                                options.use_best)
+  restorer = methods.get(config).make_restorer(
+      variables, reference_size=options.reference_size, tile_size=options.tile_size,
+      color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
+      query_chunk=options.query_chunk or None)
+  return restorer, config
 
 
 def _run_files(restorer: inference.PhotoRestorer, picker: Optional['ReferencePicker'],
@@ -466,8 +492,21 @@ def define_flags() -> dict:
   d['index_image_size'] = flags.DEFINE_integer('index_image_size', 0, 'Image size of an index '
                                                'built on the fly (default 224).')
   d['scratch_mask'] = flags.DEFINE_string(
-      'scratch_mask', '', 'Wan et al. (method wan2020) only: an image of the photo\'s size, '
-      'white where it is scratched, used instead of the scratch detector\'s mask (one photo).')
+      'scratch_mask', '', 'Wan et al. (method wan2020, or a release with --with_scratch) only: '
+      'an image of the photo\'s size, white where it is scratched, used instead of the '
+      'scratch detector\'s mask (one photo).')
+  d['with_scratch'] = flags.DEFINE_bool(
+      'with_scratch', False, 'With --checkpoint of a converted Wan et al. release '
+      '(convert_weights --arch=bopbtl): detect scratches and inpaint them (the release\'s '
+      '--with_scratch); without: its quality restoration.')
+  d['hr'] = flags.DEFINE_bool('hr', False, 'With --with_scratch: the release\'s high-resolution '
+                              'scratch restoration (multi-scale patch attention, --HR).')
+  d['test_mode'] = flags.DEFINE_enum('test_mode', 'Full', ['Full', 'Scale'],
+                                     'Release, no scratches: Full (sides to multiples of 4) or '
+                                     'Scale (short side 256), as the release\'s test.py.')
+  d['colorize_with'] = flags.DEFINE_string(
+      'colorize_with', '', 'A trained Pik-Fix (workdir or export) that colours the restored '
+      'photo with --reference/--reference_dir: restoration by the first model, colour by this.')
   d['faces'] = flags.DEFINE_enum(
       'faces', '', ['', *faces.KINDS], 'After restoring each photo, detect its faces (dlib), '
       'align, restore them with a face network and paste them back: wan (Wan et al.\'s '

@@ -15,6 +15,7 @@ components become '.<index>'; its config is read off the file's shapes (`gfpgan_
 
 import functools
 import hashlib
+import json
 import os
 import re
 from typing import Any, Mapping, Optional
@@ -33,9 +34,12 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import gfpgan
 from pikfix_jax.models import lpips
+from pikfix_jax.models import wan_face
 
 ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
-         'deeplabv3_mobilenet_v3_large', 'gfpgan')
+         'deeplabv3_mobilenet_v3_large', 'gfpgan', 'bopbtl_face')
+# Wan et al.'s released face-enhancement generator (models/wan_face.py; convert_face_generator).
+FACE_ARCH = 'bopbtl_face'
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
 LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
 LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
@@ -63,6 +67,8 @@ def build_model(arch: str) -> flax.linen.Module:
     return deeplab.DeepLabV3MobileNetV3Large()
   if arch == 'gfpgan':
     return gfpgan.GFPGANv1Clean()  # the released v1.3 / v1.4 config (512 px faces)
+  if arch == FACE_ARCH:
+    return wan_face.FaceGenerator()  # the variables of both released sizes (256, 512)
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
@@ -164,6 +170,8 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
   heads file, vgg.pth / alex.pth) into Flax variables."""
   if arch == 'gfpgan':
     return convert_gfpgan_state_dict(read_gfpgan_file(path), path)
+  if arch == FACE_ARCH:
+    return convert_face_generator(read_state_dict(path), path)
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
@@ -182,6 +190,102 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
       raise ValueError(f'{lpips_heads}: key {torch_key(key)!r} has negative '
                        'weights; LPIPS heads are non-negative')
   return {'params': {'net': net['params'], **heads['params']}}
+
+
+def convert_face_generator(state_dict: Mapping[str, np.ndarray], source: str = '<state dict>',
+                           module: Optional[flax.linen.Module] = None) -> dict:
+  """The release's face generator state dict (Face_Enhancement/checkpoints/*/latest_net_G.pth)
+  -> variables of `module` (default `wan_face.FaceGenerator()`, the release's size), strictly:
+  a missing, unexpected or misshapen key is a ValueError naming it and `source`. The block
+  convs' weight_orig, weight_u, weight_v become the effective kernel weight_orig / (u . W v),
+  torch's eval-mode spectral norm (`wan_face.fold_spectral_norm`); BatchNorm
+  num_batches_tracked may be there or not."""
+  module = wan_face.FaceGenerator() if module is None else module
+  expected, bn_modules = _face_expected_keys(module.ngf, module.num_upsampling_layers,
+                                             module.spade_hidden)
+  for key in state_dict:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
+                       f'expected {_torch_shape(shape)}')
+    out[flax_path] = value
+  try:
+    return wan_face.fold_spectral_norm(flax.traverse_util.unflatten_dict(out))
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}') from None
+
+
+@functools.lru_cache(maxsize=None)
+def _face_expected_keys(ngf: int, num_upsampling_layers: str, spade_hidden: int
+                        ) -> tuple[dict, frozenset]:
+  """({release key: (Flax path in the spectral-norm training form, shape)}, the BatchNorm
+  module prefixes) of a face generator; its variables do not depend on load_size."""
+  module = wan_face.FaceGenerator(ngf=ngf, num_upsampling_layers=num_upsampling_layers,
+                                  spade_hidden=spade_hidden, spectral_norm=True)
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(
+      jax.eval_shape(module.init, jax.random.PRNGKey(0), face)))
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flat.items():
+    spectral = path[-1] == 'kernel' and ('batch_stats', *path[:-1], 'u') in flat
+    key = wan_face.torch_key(tuple(path), spectral)
+    expected[key] = ((collection, *path), tuple(leaf.shape))
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      bn_modules.add(key.rsplit('.', 1)[0])
+  return expected, frozenset(bn_modules)
+
+
+def face_load_size(checkpoint: str) -> Optional[int]:
+  """The face size a released face checkpoint runs at, from its folder's name
+  (`wan_face.RELEASE_CHECKPOINTS`: Setting_9_epoch_100 -> 256, FaceSR_512 -> 512), or None."""
+  folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+  return wan_face.RELEASE_CHECKPOINTS.get(folder)
+
+
+def face_meta_path(path: str) -> str:
+  """The JSON file beside converted face weights: weights/x.msgpack -> weights/x.json."""
+  return os.path.splitext(path)[0] + '.json'
+
+
+def save_face_generator(path: str, variables: Mapping[str, Any], load_size: int,
+                        source: str = '') -> None:
+  """Writes converted face-generator variables and, beside them (`face_meta_path`), which
+  variant they are: {"arch", "load_size", "num_upsampling_layers", "ngf", "source",
+  "fingerprint"}; the two released sizes have the same variables, so only this tells them
+  apart."""
+  save_variables(path, variables)
+  meta = {'arch': FACE_ARCH, 'load_size': int(load_size), 'num_upsampling_layers': 'normal',
+          'ngf': int(np.shape(variables['params']['conv_img']['kernel'])[2]),
+          'source': source, 'fingerprint': fingerprint(variables)}
+  with open(face_meta_path(path) + '.tmp', 'w') as f:
+    json.dump(meta, f, indent=1)
+  os.replace(face_meta_path(path) + '.tmp', face_meta_path(path))
+
+
+def load_face_generator(path: str) -> tuple[wan_face.FaceGenerator, dict]:
+  """(the FaceGenerator of the variant recorded beside `path`, its variables, checked)."""
+  meta_path = face_meta_path(path)
+  if not os.path.exists(meta_path):
+    raise ValueError(f'{path}: no {os.path.basename(meta_path)} beside it saying the face size '
+                     '(write both with data_prep.convert_weights --arch=bopbtl_face)')
+  with open(meta_path) as f:
+    meta = json.load(f)
+  module = wan_face.FaceGenerator(load_size=meta['load_size'], ngf=meta['ngf'],
+                                  num_upsampling_layers=meta['num_upsampling_layers'])
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  tree = load_variables(path)
+  check_tree(tree, flax.core.unfreeze(jax.eval_shape(module.init, jax.random.PRNGKey(0), face)),
+             f'{path} ({FACE_ARCH})')
+  return module, tree
 
 
 def save_variables(path: str, variables: Mapping[str, Any]) -> None:
@@ -388,3 +492,142 @@ def load_gfpgan(path: str) -> tuple['gfpgan.GFPGANv1Clean', dict]:
   model = gfpgan.GFPGANv1Clean(**gfpgan_config(gfpgan_torch_shapes(tree), path))
   check_tree(tree, gfpgan_variable_shapes(model), f'{path} (gfpgan)')
   return model, tree
+
+
+# Wan et al.'s released checkpoints (`--arch=bopbtl`; pikfix_jax/wan_release.py drives it).
+
+BOPBTL_ARCH = 'bopbtl'
+_BOPBTL_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                  'mean': 'running_mean', 'var': 'running_var'}
+
+
+def read_bopbtl_checkpoint(path: str, detection: bool = False) -> dict[str, np.ndarray]:
+  """A release checkpoint (torch.load, weights_only) -> {key: numpy array}: a flat state dict
+  (latest_net_*.pth) or, `detection`, the 'model_state' of FT_Epoch_latest.pt."""
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""})') from None
+  if detection:
+    if not isinstance(state, Mapping) or 'model_state' not in state:
+      raise ValueError(f"{path}: missing key 'model_state' (the detector's checkpoint is "
+                       "{'model_state': state dict, ...})")
+    state = state['model_state']
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor')
+  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _bopbtl_module_key(module: flax.linen.Module, path: tuple[str, ...]) -> str:
+  """Flax module path inside a release network -> the release's torch module prefix."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  res = lambda name: int(name[3:])  # 'res3' -> 3
+  conv_in_block = lambda p: f'conv_block.{1 + 4 * int(p[4:])}'  # conv0 -> 1, conv1 -> 5
+  head, rest = path[0], path[1:]
+  if isinstance(module, wan.VAE):
+    sub = path[1]
+    if head == 'encoder':
+      n_first = 1 + 3 * (module.n_downsample + 1)  # stem + down-samplings (conv, IN, ReLU)
+      if sub == 'stem':
+        return 'encoder.1'
+      if sub.startswith('down'):
+        return f'encoder.{4 + 3 * int(sub[4:])}'
+      return f'encoder.{n_first + res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('res'):
+      return f'decoder.{res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('up'):
+      return f'decoder.{module.n_res + 3 * int(sub[2:])}'
+    return f'decoder.{module.n_res + 3 * module.n_downsample + 1}'  # pad, conv, tanh
+  if isinstance(module, wan.MappingNetwork):
+    n_in = len(module.widths_in)
+    pre, post = ('model', 'model') if module.block == 'none' else ('before_NL', 'after_NL')
+    first_out = (3 * n_in + module.n_res) if module.block == 'none' else module.n_res
+    if head.startswith('in'):
+      return f'{pre}.{3 * int(head[2:])}'
+    if head.startswith('out'):
+      return f'{post}.{first_out + 3 * int(head[3:])}'
+    if head.startswith('res'):
+      offset = 3 * n_in if module.block == 'none' else 0
+      return f'{post}.{offset + res(head)}.{conv_in_block(rest[0])}'
+    if head == 'partial_nonlocal':
+      if rest[0].startswith('global_res'):
+        return f'NL.res_block.{int(rest[0][10:])}.{conv_in_block(rest[1])}'
+      return f'NL.{rest[0]}'
+    if head.startswith('stage'):  # 'stage1_res0'
+      stage, k = (int(t) for t in head[5:].split('_res'))
+      block = f'before_NL.{3 * n_in + k}' if stage == 0 else f'res_block_{stage}.{k}'
+      return f'{block}.{conv_in_block(rest[0])}'
+    if head.startswith('attention'):
+      scale = f'NL_scale_{int(head[9:]) + 1}'
+      if rest[0] == 'combine':
+        return f'{scale}.F_Combine'
+      return f'{scale}.res_block.{res(rest[0])}.{conv_in_block(rest[1])}'
+  if isinstance(module, wan.ScratchDetector):
+    block = lambda name: 4 * int(name.split('_block')[1][0]) + (2 if name.endswith('_norm')
+                                                                 else 1)
+    if head in ('first', 'last'):
+      return f'{head}.1'
+    if head.startswith('down'):
+      level = int(head[4:].split('_')[0])
+      if '_block' in head:
+        return f'down_path.{level}.block.{block(head)}'
+      return f'down_sample.{level}.{2 if head.endswith("_norm") else 1}'
+    if head.startswith('up'):
+      level = module.depth - 1 - int(head[2:].split('_')[0])
+      if '_block' in head:
+        return f'up_path.{level}.conv_block.block.{block(head)}'
+      return f'up_path.{level}.up.2'
+  raise ValueError(f'no release key for {type(module).__name__} variable {"/".join(path)}')
+
+
+def convert_bopbtl_state(state: Mapping[str, np.ndarray], module: flax.linen.Module,
+                         shapes: Mapping[str, Any], source: str) -> dict:
+  """A release state dict -> the Flax variables of its `module` (models/wan.py variant;
+  `shapes` from `jax.eval_shape(module.init, ...)`). Strict: a missing, unexpected or
+  misshapen key is a one-line ValueError naming `source` and the key. Conv kernels go OIHW ->
+  HWIO, transposed convs (in, out, kh, kw) -> (kh, kw, in, out). BatchNorm
+  'num_batches_tracked' may be there or not (torch < 0.4.1 did not save it); the detector's
+  anti-aliasing filters ('down_sample.N.4.filt') must be the fixed [1, 2, 1]^2 / 16."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flax.traverse_util.flatten_dict(dict(shapes)).items():
+    prefix = _bopbtl_module_key(module, tuple(path[:-1]))
+    expected[f'{prefix}.{_BOPBTL_LEAVES[path[-1]]}'] = ((collection, *path), leaf.shape)
+    if collection == 'batch_stats':
+      bn_modules.add(prefix)
+  filters = {}
+  if isinstance(module, wan.ScratchDetector):
+    a = np.array([1.0, 2.0, 1.0], np.float32)
+    for level in range(module.depth):
+      c = module.base_features * 2 ** level
+      filters[f'down_sample.{level}.4.filt'] = np.tile(
+          (np.outer(a, a) / 16.0)[None, None], (c, 1, 1, 1))
+  for key in state:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and key not in filters and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  for key, want in filters.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    if np.shape(state[key]) != want.shape or not np.allclose(state[key], want, atol=1e-7):
+      raise ValueError(f'{source}: key {key!r} is not the [1, 2, 1]^2 / 16 filter of shape '
+                       f'{want.shape} (got shape {np.shape(state[key])})')
+  transposed = isinstance(module, wan.VAE)  # only the VAE decoder's 'up' layers
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state[key], np.float32)
+    if value.ndim == 4:
+      is_transpose = transposed and flax_path[2].startswith('up')
+      value = value.transpose((2, 3, 0, 1) if is_transpose else (2, 3, 1, 0))
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state[key])}, expected '
+                       f'the shape of Flax {"/".join(flax_path)} {tuple(shape)} (transposed)')
+    out[flax_path] = value
+  return flax.traverse_util.unflatten_dict(out)
