@@ -409,22 +409,19 @@ def gfpgan_net(model, variables: dict, seed: int = 0) -> FaceNet:
 
 
 def wan_face_net(path: str) -> tuple[FaceNet, int]:
-  """(face net, face size) of Wan et al.'s converted face generator (pikfix_jax/models/
-  wan_face.py, `--arch=bopbtl_face`), when this tree has it."""
-  try:
-    from pikfix_jax.models import wan_face  # pylint: disable=g-import-not-at-top,unused-import
-    load = weights.load_face_generator
-  except (ImportError, AttributeError) as e:
-    raise FaceError('--faces=wan: wan face network not available yet (pikfix_jax/models/'
-                    'wan_face.py); use --faces=gfpgan, or FaceEnhancer("wan", face_net=...)'
-                    ) from e
-  if not os.path.exists(path):
+  """(face net, face size) of Wan et al.'s converted face generator (models/wan_face.py,
+  `data_prep.convert_weights --arch=bopbtl_face`: the msgpack and the .json beside it that
+  says its size, 256 or 512): the aligned face in [0, 1] in, the enhanced face in [0, 1] out,
+  as the release's test_face.py runs it (BatchNorm with its running statistics)."""
+  if not os.path.isfile(path):
     raise FaceError(f'--face_checkpoint={path}: no such file')
   try:
-    model, variables = load(path)
+    model, variables = weights.load_face_generator(path)
   except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    reason = reason[len(path):].lstrip(' :') if reason.startswith(path) else reason
     raise FaceError(f'--face_checkpoint={path}: not a converted Wan et al. face generator: '
-                    f'{(str(e).splitlines() or [type(e).__name__])[0]}') from e
+                    f'{reason}') from e
   forward = jax.jit(lambda v, face: model.apply(v, face[None])[0])
   return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
           model.load_size)

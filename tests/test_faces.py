@@ -286,8 +286,8 @@ def test_restore_faces_usage_errors_are_one_line(tmp_path, monkeypatch):
       (dict(faces='gfpgan', face_checkpoint=str(pth)), 'convert it first'),
       (dict(faces='other'), '--faces=other: use one of wan, gfpgan'),
   ]
-  if not os.path.exists(os.path.join(REPO, 'pikfix_jax', 'models', 'wan_face.py')):
-    cases.append((dict(faces='wan', face_checkpoint=bad), 'wan face network not available yet'))
+  cases.append((dict(faces='wan', face_checkpoint=bad),
+                'not a converted Wan et al. face generator: no bad.json beside it'))
   for kw, message in cases:
     code, results, log = _run(tmp_path, input=src, output=dst, **kw)
     assert code == 2 and not results and not os.path.exists(dst), kw
@@ -369,3 +369,26 @@ def test_restore_faces_gfpgan_folder(tmp_path, tiny_gfpgan):
   code, _, log = _run(tmp_path, input=str(photos / 'coffee.png'), output=str(tmp_path / 'o.png'),
                       faces='gfpgan', face_checkpoint=broken)
   assert code == 2 and log.count('\n') == 1 and "missing variable 'params/toRGB_0" in log, log
+
+
+@pytest.mark.slow
+def test_restore_faces_wan_with_a_converted_face_generator(tmp_path):
+  """restore --faces=wan with Wan et al.'s face generator as the converter writes it (msgpack
+  and .json; random weights, a 32 px variant so that it compiles fast): the face crop follows
+  the recorded size, the restored face is blended back, the rest is bitwise unchanged."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.models import wan_face  # pylint: disable=g-import-not-at-top
+  module = wan_face.FaceGenerator(load_size=32, ngf=2)
+  variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+  path = str(tmp_path / 'bopbtl_face_32.msgpack')
+  weights.save_face_generator(path, variables, load_size=32)
+  src = _write(tmp_path / 'astronaut.png', skimage.data.astronaut())
+  dst = tmp_path / 'out.png'
+  code, _, log = _run(tmp_path, input=src, output=str(dst), faces='wan', face_checkpoint=path,
+                      save_faces=True)
+  assert code == 0 and 'out.png: 1 face(s) restored (--faces=wan)' in log, log
+  got, want = np.asarray(Image.open(dst)), skimage.data.astronaut()
+  left, top, right, bottom = ASTRONAUT_FACE
+  assert np.abs(got[top:bottom, left:right].astype(int) - want[top:bottom, left:right]).mean() > 2
+  np.testing.assert_array_equal(got[300:], want[300:])
+  assert image_io.read_image(tmp_path / 'out_face01_after.png').shape == (32, 32, 3)
