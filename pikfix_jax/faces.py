@@ -455,9 +455,9 @@ class FaceEnhancer:
     if face_net is None:
       if not checkpoint:
         raise FaceError(f'--faces={kind} needs --face_checkpoint=PATH (docs/RESTORE.md, "Faces")')
-      face_net, size = (gfpgan_face_net(checkpoint, seed) if kind == 'gfpgan'
-                        else wan_face_net(checkpoint))
-      face_size = face_size or size
+      # The network's own size sets the crop's (`face_size` is for a given `face_net`).
+      face_net, face_size = (gfpgan_face_net(checkpoint, seed) if kind == 'gfpgan'
+                             else wan_face_net(checkpoint))
     self.face_net = face_net
     self.face_size = int(face_size or (512 if kind == 'gfpgan' else 256))
     self.last_faces: list[FaceCrop] = []
