@@ -35,12 +35,15 @@ from pikfix_jax.ops import dists
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _WHAT = flags.DEFINE_enum(
-    'what', 'train', ['train', 'max_batch', 'restore', 'input', 'retrieval', 'wan_release'],
+    'what', 'train', ['train', 'max_batch', 'restore', 'input', 'retrieval', 'faces',
+                      'wan_release'],
     'What to measure. max_batch: the largest global batch whose training step fits in device '
     'memory, by XLA\'s memory analysis of the compiled step (compiles only, runs nothing). '
-    'wan_release: the released Wan et al. model (--checkpoint, or random weights in the '
-    'release\'s layout written by --peer) on a scratched photo of each --sizes, each run in its '
-    'own process (time, peak RSS); with --peer, the release\'s networks in torch beside it.')
+    'faces: restore --faces=gfpgan (GFP-GAN v1.4 at 512, random weights; needs the faces '
+    'extra), --config ignored. wan_release: the released Wan et al. model (--checkpoint, or '
+    'random weights in the release\'s layout written by --peer) on a scratched photo of each '
+    '--sizes, each run in its own process (time, peak RSS); with --peer, the release\'s '
+    'networks in torch beside it.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (default: config).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Square image side (default: config).')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
@@ -505,6 +508,43 @@ def bench_wan_release() -> None:
               'error': f'exit {result.returncode}: {tail}'})
 
 
+def bench_faces(config) -> None:
+  """GFP-GAN v1.3 / v1.4 (512 px faces, 86.4 M parameters, random weights) as restore --faces
+  runs it: the network alone on an aligned face (faces/s), and the whole FaceEnhancer (dlib
+  detection, alignment, network, paste back) on astronaut (512 x 512, one face). First call
+  (compile + run) and the median of --steps further calls."""
+  del config
+  from pikfix_jax import faces  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  variables = weights.random_variables('gfpgan')
+  init_s = time.perf_counter() - start
+  net = faces.gfpgan_net(weights.build_model('gfpgan'), variables)
+  enhancer = faces.FaceEnhancer('gfpgan', face_net=net, face_size=512)
+  photo = skimage.data.astronaut() / np.float32(255)
+  face = enhancer.align(photo, faces.detect_faces(photo)[0])[0].astype(np.float32)
+  start = time.perf_counter()
+  net(face)
+  first_s = time.perf_counter() - start
+  timed = {'net': lambda: net(face), 'detect': lambda: faces.detect_faces(photo),
+           'photo': lambda: enhancer(photo)}
+  medians = {}
+  for name, fn in timed.items():
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    medians[name] = float(np.median(times))
+  emit({'what': 'faces', 'kind': 'gfpgan', 'face_size': 512, 'photo': list(photo.shape[:2]),
+        'faces_in_photo': len(enhancer.last_faces), 'init_s': round(init_s, 1),
+        'first_call_s': round(first_s, 1), 'net_s': round(medians['net'], 2),
+        'faces_per_s': round(1.0 / medians['net'], 3),
+        'detect_s': round(medians['detect'], 3), 'photo_s': round(medians['photo'], 2),
+        'runs': _STEPS.value, 'devices': jax.device_count(),
+        'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
+
+
 def main(argv):
   del argv
   if _WHAT.value == 'wan_release':
@@ -530,7 +570,7 @@ def main(argv):
     bench_max_batch(config, _MEMORY_LIMIT_GIB.value, _MAX_COMPILES.value)
   else:
     {'input': bench_input, 'retrieval': bench_retrieval,
-     'restore': bench_restore}[_WHAT.value](config)
+     'restore': bench_restore, 'faces': bench_faces}[_WHAT.value](config)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,8 @@
   python -m pikfix_jax.restore --workdir=DIR | --checkpoint=PATH \
       --input=FILE_OR_DIR --output=FILE_OR_DIR \
       [--reference=IMG | --reference_dir=DIR [--index=PATH] [--top_k=K]] \
-      [--compare] [--reference_size=512] [--use_best]
+      [--compare] [--reference_size=512] [--use_best] \
+      [--faces={wan,gfpgan} --face_checkpoint=PATH [--save_faces]]
 
 The input (grey or colour, any size from 8x8 up; EXIF orientation applied; 16-bit, RGBA,
 JPEG, TIFF, ... via `image_io.read_image`) goes through `inference.Restorer` (or
@@ -31,6 +32,7 @@ import tqdm
 
 from pikfix_jax import artifacts
 from pikfix_jax import cli
+from pikfix_jax import faces
 from pikfix_jax import image_io
 from pikfix_jax import inference
 from pikfix_jax import loading
@@ -207,6 +209,9 @@ class Options:
   hr: bool = False  # high-resolution scratch restoration (patch attention; the release's --HR)
   test_mode: str = 'Full'  # 'Full' (sides to multiples of 4) or 'Scale' (short side 256)
   colorize_with: str = ''  # Pik-Fix workdir that colours the restored photo with the reference
+  faces: str = ''  # 'wan' or 'gfpgan': restore the faces of each restored photo (faces.py).
+  face_checkpoint: str = ''
+  save_faces: bool = False
 
 
 @dataclasses.dataclass
@@ -272,6 +277,7 @@ def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePi
     notice(f'{os.path.basename(src)}: reference {os.path.basename(ref_path)} '
            f'(score {ranked[0][1]:.3f}); next best: {others}')
   out = restorer(image, reference)
+  out = restore_faces(getattr(restorer, 'face_enhancer', None), out, dst, options, notice)
   ext = os.path.splitext(dst)[1].lower()
   if alpha is not None:
     if options.keep_alpha and ext in ALPHA_FORMATS:
@@ -284,6 +290,41 @@ def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePi
   if options.compare:
     image_io.write_image(compare_path(dst), compare_image(image, reference, out[..., :3]))
   return Result(src, dst, ref_path, seconds=restorer.last_info.get('seconds', 0.0))
+
+
+# -------------------------------------------------------- faces (--faces; pikfix_jax/faces.py)
+
+def face_enhancer(options: Options) -> Optional[faces.FaceEnhancer]:
+  """The --faces post-processing of every restored photo, or None (one-line errors)."""
+  if not options.faces:
+    if options.face_checkpoint or options.save_faces:
+      raise artifacts.RestoreError('--face_checkpoint and --save_faces need --faces=wan or '
+                                   '--faces=gfpgan')
+    return None
+  return faces.FaceEnhancer(options.faces, options.face_checkpoint)
+
+
+def face_crop_path(output_path: str, index: int, which: str) -> str:
+  """<output>_face01_before.png: the aligned crop of face 1 (`which` 'before') or its
+  restoration ('after')."""
+  return f'{os.path.splitext(output_path)[0]}_face{index + 1:02d}_{which}.png'
+
+
+def restore_faces(enhancer: Optional[faces.FaceEnhancer], photo: np.ndarray, dst: str,
+                  options: Options, notice: Callable[[str], None]) -> np.ndarray:
+  """The photo with its faces restored (unchanged without --faces or without faces)."""
+  if enhancer is None:
+    return photo
+  out = enhancer(photo)
+  notice(f'{os.path.basename(dst)}: {len(enhancer.last_faces)} face(s) restored '
+         f'(--faces={enhancer.kind})')
+  if options.save_faces:
+    for i, crop in enumerate(enhancer.last_faces):
+      image_io.write_image(face_crop_path(dst, i, 'before'), crop.aligned)
+      image_io.write_image(face_crop_path(dst, i, 'after'), crop.restored)
+  return out
+
+# ------------------------------------------------------------------------------ end of faces
 
 
 def check_reference_source(options: Options) -> None:
@@ -341,6 +382,7 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
       if len(pairs) != 1:
         raise artifacts.RestoreError('--scratch_mask is the mask of one photo: give one --input')
       restorer.mask = read_mask(options.scratch_mask, image_io.read_image(pairs[0][0]).shape[:2])
+    restorer.face_enhancer = face_enhancer(options)  # --faces: after the photo's restoration
     picker = None
     if not restorer.uses_reference:
       if options.reference or options.reference_dir or options.index:
@@ -465,6 +507,16 @@ def define_flags() -> dict:
   d['colorize_with'] = flags.DEFINE_string(
       'colorize_with', '', 'A trained Pik-Fix (workdir or export) that colours the restored '
       'photo with --reference/--reference_dir: restoration by the first model, colour by this.')
+  d['faces'] = flags.DEFINE_enum(
+      'faces', '', ['', *faces.KINDS], 'After restoring each photo, detect its faces (dlib), '
+      'align, restore them with a face network and paste them back: wan (Wan et al.\'s '
+      'pipeline) or gfpgan (GFP-GAN\'s). Needs pip install -e .[faces].')
+  d['face_checkpoint'] = flags.DEFINE_string(
+      'face_checkpoint', '', 'With --faces: the face network\'s converted weights (gfpgan: '
+      'data_prep.convert_weights --arch=gfpgan).')
+  d['save_faces'] = flags.DEFINE_bool('save_faces', False, 'With --faces: also write each '
+                                      'face\'s aligned crop, <output>_faceNN_before.png, and '
+                                      'its restoration, _after.png.')
   return d
 
 
