@@ -176,9 +176,9 @@ def test_small_denoiser_overfits_four_latents():
   """Eq. 14 on four fixed latents with their conditions: the denoising loss over 200 Adam steps
   falls below half its start (means of the first and last 20 steps, fresh t and noise)."""
   key = jax.random.PRNGKey(0)
-  z0 = jax.random.normal(key, (4, 4, 4, 4))
+  z0 = jax.random.normal(key, (4, 8, 8, 4))
   cond = z0 + 0.3 * jax.random.normal(jax.random.PRNGKey(1), z0.shape)  # a noisy condition
-  net = ldm.LatentUNet(widths=(8, 16), res_blocks=1, heads=2)
+  net = ldm.LatentUNet(widths=(16, 32), res_blocks=1, heads=2)
   params = net.init(key, z0, jnp.zeros((4,), jnp.int32), cond)['params']
   ac = jnp.asarray(ldm.cosine_alphas_cumprod(T), jnp.float32)
   tx = optax.adam(2e-3)
