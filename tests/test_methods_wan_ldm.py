@@ -23,7 +23,6 @@ from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
 from pikfix_jax import train
-from pikfix_jax.methods import wan_ldm as method_module
 from test_gpu_lowering import _check_cuda_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
