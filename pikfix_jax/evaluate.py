@@ -149,6 +149,18 @@ def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:
   return (config.dataset,) + tuple(d.get(k) for k in fields.get(config.dataset, ()))
 
 
+def apply_inference_options(config: ml_collections.ConfigDict,
+                            trained: ml_collections.ConfigDict) -> list[str]:
+  """Copies --config's values of the method's `inference_options` (model fields no variable
+  depends on: a sampler's steps, eta, seed) into the checkpoint's config, so one trained model
+  is scored under several; returns the fields that changed."""
+  changed = [k for k in methods.method_class(trained).inference_options
+             if k in config.model and config.model[k] != trained.model.get(k)]
+  for k in changed:
+    trained.model[k] = config.model[k]
+  return changed
+
+
 def _plain(tree):
   if isinstance(tree, dict):
     return {k: _plain(v) for k, v in tree.items()}
@@ -538,6 +550,8 @@ def main(argv):
     if method != trained_method:
       raise ValueError(f'--config trains method {method!r} but the checkpoint holds '
                        f'{trained_method!r}; pass the config it was trained with')
+    if apply_inference_options(config, trained):
+      model = methods.get(trained).generator
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips
