@@ -279,7 +279,7 @@ class WholeImageRestorer(PhotoRestorer):
     if self.max_pixels and h * w > self.max_pixels:
       raise artifacts.RestoreError(
           f'the padded photo is {w}x{h} px, above this model\'s {self.max_pixels} pixels at once '
-          '(config.model.max_restore_pixels: its memory grows with the square of the size); '
+          '(config.model.max_restore_pixels: its memory grows with the size); '
           'downscale the photo or raise the limit on a larger machine')
     kwargs = {}
     if self.mask is not None:

@@ -270,7 +270,7 @@ class Method(wan2020.Method):
     return inference.WholeImageRestorer(
         self.generator, variables, False,
         accepts_mask=not self.diffusion or bool(self.config.model.condition_mask),
-        max_pixels=self.config.model.get('max_restore_pixels', 512 * 512), **kept)
+        max_pixels=self.config.model.get('max_restore_pixels', 2048 * 2048), **kept)
 
   # ------------------------------------------------------------------------- steps
   def train_step(self, state, batch: dict, frozen: Any, stage: Optional[str] = None):
