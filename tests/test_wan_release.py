@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -508,3 +509,21 @@ def test_evaluate_scores_the_release_as_a_method_row(converted_release, tmp_path
       table)
   assert '| input L, zero chroma (baseline) |' in table
   assert '| restored L, zero chroma (baseline) |' in table
+
+
+def test_release_mappings_pass_their_options_to_their_blocks():
+  """The scratch mapping's partial nonlocal block gets the release's renormalisation and the
+  default attention chunk (a positional mix-up once gave it chunks of one position)."""
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, wan.PartialNonLocalBlock):
+      seen['block'] = (context.module.release_renorm, context.module.attention_chunk,
+                       context.module.global_res)
+    return next_fun(*args, **kwargs)
+
+  module = wan_release.build_network('mapping_scratch')
+  z, mask = jnp.zeros((1, 5, 6, 64)), jnp.zeros((1, 20, 24, 1))
+  with nn.intercept_methods(record):
+    jax.eval_shape(module.init, jax.random.PRNGKey(0), z, mask)
+  assert seen['block'] == (True, wan.PartialNonLocalBlock.attention_chunk, module.global_res)

@@ -529,7 +529,8 @@ class MappingNetwork(nn.Module):
     inter = {'mask': m}
     if self.block == 'partial_nonlocal':
       nonlocal_input = x
-      x, nl = PartialNonLocalBlock(self.global_res, self.local_res, self.release_renorm,
+      x, nl = PartialNonLocalBlock(global_res=self.global_res, local_res=self.local_res,
+                                   release_renorm=self.release_renorm,
                                    name='partial_nonlocal')(x, m, return_intermediates=True)
       inter.update(nl, nonlocal_input=nonlocal_input, fused=x)
     elif self.block == 'patch_attention':
