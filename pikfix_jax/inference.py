@@ -306,7 +306,7 @@ class WholeImageRestorer(PhotoRestorer):
         mask, _ = layers.pad_to_multiple(mask, pikfix.MULTIPLE)
       kwargs['mask'] = mask
     out = self._apply(self.variables, l, reference, **kwargs)
-    return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
+    return {k: out[k] for k in ('rgb', 'restored_l', 'ab', 'scratch_mask') if k in out}
 
 
 # Lowering platform names (jax.export) of each JAX backend.

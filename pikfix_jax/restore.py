@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence, Union
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -308,6 +309,25 @@ def check_reference_source(options: Options) -> None:
       raise artifacts.RestoreError(f'--reference={path}: no such file')
 
 
+def build_restorer(options: Options
+                   ) -> tuple[inference.PhotoRestorer, Optional[ml_collections.ConfigDict]]:
+  """(restorer, training config or None) of the model options.workdir / options.checkpoint
+  names (the app, pikfix_jax/app_server.py, loads its models through this too)."""
+  if options.checkpoint and artifacts.is_stablehlo_export(options.checkpoint):
+    if options.dtype or options.query_chunk:
+      raise artifacts.RestoreError(
+          '--dtype and --query_chunk cannot change a --format=stablehlo export '
+          '(they are compiled in)')
+    return inference.ExportedRestorer(options.checkpoint, options.reference_size), None
+  _, variables, config = loading.load_generator(
+      options.workdir or None, options.checkpoint or None, options.use_best)
+  restorer = methods.get(config).make_restorer(
+      variables, reference_size=options.reference_size, tile_size=options.tile_size,
+      color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
+      query_chunk=options.query_chunk or None)
+  return restorer, config
+
+
 def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
         out=None) -> tuple[int, list[Result]]:
   """Restores every input; returns (exit code, results). Messages go to `out` (stderr).
@@ -320,20 +340,8 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
   try:
     pairs = plan(options)
     config = None
-    if (restorer is None and options.checkpoint and
-        artifacts.is_stablehlo_export(options.checkpoint)):
-      if options.dtype or options.query_chunk:
-        raise artifacts.RestoreError(
-            '--dtype and --query_chunk cannot change a --format=stablehlo export '
-            '(they are compiled in)')
-      restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
-    elif restorer is None:
-      _, variables, config = loading.load_generator(
-          options.workdir or None, options.checkpoint or None, options.use_best)
-      restorer = methods.get(config).make_restorer(
-          variables, reference_size=options.reference_size, tile_size=options.tile_size,
-          color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
-          query_chunk=options.query_chunk or None)
+    if restorer is None:
+      restorer, config = build_restorer(options)
     if options.scratch_mask:
       if not getattr(restorer, 'accepts_mask', False):
         raise artifacts.RestoreError('--scratch_mask: this method takes no defect mask (only '
