@@ -72,6 +72,7 @@ def tiny_model():
   return model, variables, l
 
 
+@pytest.mark.slow
 def test_model_with_several_references(tiny_model):
   """A reference given twice is that reference (every output); the order of references does
   not matter; a second, different reference changes the colours. References of different
@@ -112,6 +113,7 @@ def test_restorers_taking_one_reference_refuse_several():
 
 
 @TINY_TRAINING
+@pytest.mark.slow
 def test_restore_reference_is_repeatable(tmp_path, trained_workdir):
   """`restore --reference=A --reference=A` writes what `--reference=A` writes; two different
   references give another colouring; the compare image shows both references."""
