@@ -1,6 +1,7 @@
 """The web app (pikfix_jax/app.py, app_server.py) in a real browser: headless Chromium from the
 system's packages, driven by Selenium with the system chromedriver (nothing downloaded)."""
 
+import base64
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -21,6 +23,8 @@ import skimage.data
 
 from conftest import TINY_TRAINING
 from pikfix_jax import app_server
+from pikfix_jax import artifacts
+from pikfix_jax import inference
 from pikfix_jax import palette
 
 pytestmark = TINY_TRAINING
@@ -225,3 +229,85 @@ def test_app_command_listens_locally_and_removes_its_files_on_exit(tmp_path):
     proc.wait(timeout=60)
   assert proc.returncode == 0
   assert not [n for n in os.listdir(tmp_path) if n.startswith('pikfix_app_')]
+
+
+class _MaskedRestorer(inference.PhotoRestorer):
+  """Stands in for Wan et al.'s restorer (no reference, a scratch mask, a pixel limit)."""
+
+  uses_reference = False
+  accepts_mask = True
+  max_pixels = 64 * 64
+
+  def __init__(self):
+    super().__init__(reference_size=64)
+    self.mask, self.seen = None, []
+
+  def restore_padded(self, l, reference):
+    if l.shape[1] * l.shape[2] > self.max_pixels:
+      raise artifacts.RestoreError(f'the padded photo is above this model\'s {self.max_pixels} '
+                                   'pixels at once')
+    self.seen.append(None if self.mask is None else np.asarray(self.mask))
+    detected = (l > 0.5).astype(np.float32)
+    return {'rgb': jnp.repeat(1.0 - l, 3, axis=-1), 'restored_l': 1.0 - l,
+            'scratch_mask': detected}
+
+
+def _wait(app, job_id):
+  deadline = time.time() + 60
+  while app.job(job_id)['state'] in ('queued', 'running') and time.time() < deadline:
+    time.sleep(0.05)
+  return app.job(job_id)
+
+
+def test_scratch_mask_round_trip_and_a_method_limit(tmp_path):
+  """The detector's mask comes back with the result; an edited mask (a PNG data URL, as the
+  page's brush canvas sends it) reaches the restorer for that run only; a photo above the
+  method's limit is a one-line error in its result, the tint still runs; no reference for the
+  tint is a one-line error too."""
+  fake = _MaskedRestorer()
+  app = app_server.App(app_server.AppOptions(), restorers={'fake': ('fake Wan', fake)})
+  try:
+    grey = np.zeros((40, 50, 3), np.uint8)
+    grey[:, 25:] = 255
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format='PNG')
+    photo = app.add_upload(buf.getvalue(), 'old.png', 'photo')
+    assert photo['grey'] and (photo['width'], photo['height']) == (50, 40)
+
+    job = _wait(app, app.submit({'photo': photo['id'], 'methods': ['m0']}))
+    assert job['state'] == 'done' and not job['results'][0]['error']
+    assert fake.seen == [None]  # the detector's own mask
+    detected = np.asarray(Image.open(app.path_of(job['results'][0]['mask_url'])))
+    assert detected.shape == (40, 50) and detected[:, 30:].min() == 255 and detected[:, :20].max() == 0
+
+    edited = np.zeros((40, 50), np.uint8)
+    edited[10:20, 5:15] = 255
+    buf = io.BytesIO()
+    Image.fromarray(edited).convert('RGBA').save(buf, format='PNG')
+    data_url = 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+    job = _wait(app, app.submit({'photo': photo['id'], 'methods': ['m0'], 'mask': data_url}))
+    assert job['state'] == 'done'
+    np.testing.assert_array_equal(fake.seen[-1], edited / 255.0)
+    assert fake.mask is None  # not kept for the next photo
+    with pytest.raises(app_server.BadInput, match='scratch mask is 60x40 px; the photo is 50x40'):
+      app.submit({'photo': photo['id'], 'methods': ['m0'], 'mask': _png_data_url((40, 60))})
+
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(big, format='PNG')
+    large = app.add_upload(big.getvalue(), 'large.png', 'photo')
+    ref = app.add_upload(buf.getvalue(), 'ref.png', 'reference')
+    job = _wait(app, app.submit({'photo': large['id'], 'references': [ref['id']],
+                                 'methods': ['m0', 'tint']}))
+    errors = [r['error'] for r in job['results']]
+    assert 'above this model\'s 4096 pixels' in errors[0] and '\n' not in errors[0]
+    assert errors[1] == ''
+    job = _wait(app, app.submit({'photo': large['id'], 'methods': ['tint']}))
+    assert 'the tint needs a reference' in job['results'][0]['error']
+  finally:
+    app.close()
+
+
+def _png_data_url(hw):
+  buf = io.BytesIO()
+  Image.fromarray(np.zeros(hw, np.uint8)).save(buf, format='PNG')
+  return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
