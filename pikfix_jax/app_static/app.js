@@ -320,7 +320,10 @@ async function start() {
     $('corpus-box').hidden = false;
     $('corpus-name').textContent = `${state.info.reference_dir} (${state.info.corpus_size} photos)`;
   }
-  $('photo-input').onchange = (e) => setPhoto(e.target.files[0]);
+  $('photo-input').onchange = (e) => {
+    setPhoto(e.target.files[0]);
+    e.target.value = '';  // choosing the same file again reloads it
+  };
   const zone = $('drop-zone');
   zone.ondragover = (e) => { e.preventDefault(); zone.classList.add('over'); };
   zone.ondragleave = () => zone.classList.remove('over');
@@ -334,6 +337,7 @@ async function start() {
   };
   $('dropper-input').onchange = (e) => {
     const file = e.target.files[0];
+    e.target.value = '';
     if (!file) return;
     const img = $('dropper-img');
     img.src = URL.createObjectURL(file);  // shown locally only, to pick colours from
