@@ -18,26 +18,28 @@ from absl import flags
 from pikfix_jax import app_server
 from pikfix_jax import cli
 
-_WORKDIR = flags.DEFINE_multi_string('workdir', [], 'Training workdir of a model to run '
-                                     '(repeatable: every model is run side by side).')
-_CHECKPOINT = flags.DEFINE_multi_string('checkpoint', [], 'Exported model (python -m '
-                                        'pikfix_jax.export; repeatable).')
-_REFERENCE_DIR = flags.DEFINE_string('reference_dir', '', 'Folder of colour photos offered as '
-                                     'references, ranked for each photo (paper sec. 3.5).')
-_USE_BEST = flags.DEFINE_bool('use_best', False, 'Workdirs: the best checkpoint by validation '
-                              'PSNR instead of the latest.')
-_PORT = flags.DEFINE_integer('port', 7860, 'Port to listen on (0: any free port).')
-_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; only this machine by '
-                            'default.')
-_SHARE = flags.DEFINE_bool('share', False, 'Listen on every interface (0.0.0.0): other machines '
-                           'of the network can open the page. No tunnel, no login: use it on a '
-                           'network you trust.')
-_MAX_UPLOAD_MB = flags.DEFINE_float('max_upload_mb', 50.0, 'Largest upload accepted (MB).')
-_REFERENCE_SIZE = flags.DEFINE_integer('reference_size', 512, 'Longer side of the resized '
-                                       'reference (as restore).')
-_TOP_K = flags.DEFINE_integer('top_k', 8, 'Reference thumbnails shown from --reference_dir.')
-_INDEX_IMAGE_SIZE = flags.DEFINE_integer('index_image_size', 0, 'Image size of the retrieval '
-                                         'index built on the fly (default 224).')
+
+def define_flags() -> None:
+  """The flags; only when run as a program (main.py and others define --workdir too)."""
+  flags.DEFINE_multi_string('workdir', [], 'Training workdir of a model to run (repeatable: '
+                            'every model is run side by side).')
+  flags.DEFINE_multi_string('checkpoint', [], 'Exported model (python -m pikfix_jax.export; '
+                            'repeatable).')
+  flags.DEFINE_string('reference_dir', '', 'Folder of colour photos offered as references, '
+                      'ranked for each photo (paper sec. 3.5).')
+  flags.DEFINE_bool('use_best', False, 'Workdirs: the best checkpoint by validation PSNR '
+                    'instead of the latest.')
+  flags.DEFINE_integer('port', 7860, 'Port to listen on (0: any free port).')
+  flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; only this machine by '
+                      'default.')
+  flags.DEFINE_bool('share', False, 'Listen on every interface (0.0.0.0): other machines of '
+                    'the network can open the page. No tunnel, no login: a trusted network only.')
+  flags.DEFINE_float('max_upload_mb', 50.0, 'Largest upload accepted (MB).')
+  flags.DEFINE_integer('reference_size', 512, 'Longer side of the resized reference (as '
+                       'restore).')
+  flags.DEFINE_integer('top_k', 8, 'Reference thumbnails shown from --reference_dir.')
+  flags.DEFINE_integer('index_image_size', 0, 'Image size of the retrieval index built on '
+                       'the fly (default 224).')
 
 
 def _stop(*_) -> None:
@@ -49,13 +51,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup()
-  host = '0.0.0.0' if _SHARE.value else _HOST.value
+  f = flags.FLAGS
+  host = '0.0.0.0' if f.share else f.host
   options = app_server.AppOptions(
-      workdirs=tuple(_WORKDIR.value), checkpoints=tuple(_CHECKPOINT.value),
-      reference_dir=_REFERENCE_DIR.value, use_best=_USE_BEST.value,
-      reference_size=_REFERENCE_SIZE.value, top_k=_TOP_K.value,
-      index_image_size=_INDEX_IMAGE_SIZE.value, max_upload_mb=_MAX_UPLOAD_MB.value,
-      host=host, port=_PORT.value)
+      workdirs=tuple(f.workdir), checkpoints=tuple(f.checkpoint),
+      reference_dir=f.reference_dir, use_best=f.use_best,
+      reference_size=f.reference_size, top_k=f.top_k,
+      index_image_size=f.index_image_size, max_upload_mb=f.max_upload_mb,
+      host=host, port=f.port)
   try:
     state = app_server.App(options)
     server = app_server.serve(state, host, options.port)
@@ -81,4 +84,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -311,3 +311,24 @@ def _png_data_url(hw):
   buf = io.BytesIO()
   Image.fromarray(np.zeros(hw, np.uint8)).save(buf, format='PNG')
   return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_palette_check_tells_a_uniform_tint_from_placed_colours():
+  """palette_check on the tint baseline: one colour is followed (its hue is the palette's),
+  two colours never both (a uniform tint cannot put them on dark and light parts), while the
+  palette reference itself has both in place."""
+  from pikfix_jax import palette_check  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import scoring  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.ops import color  # pylint: disable=g-import-not-at-top
+
+  def tint(image, reference):
+    l = np.asarray(color.rgb_to_lab_normalized(jnp.asarray(image[None]))[0])
+    return scoring.tint(l, reference[None])[0]
+
+  photos = palette_check.grey_photos(48, ('camera', 'coffee'))
+  report = palette_check.measure(tint, photos)
+  assert np.mean(report.single <= 30) >= 0.9
+  assert not (report.pairs <= 30).all(1).any()
+  echo = palette_check.measure(lambda image, reference: reference, photos)
+  assert (echo.pairs <= 30).all()
+  assert '| one colour, 8 hues | 16 |' in report.markdown()
