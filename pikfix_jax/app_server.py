@@ -90,7 +90,7 @@ class LoadedMethod:
     r = self.restorer
     return {'id': self.id, 'label': self.label, 'source': self.source, 'error': self.error,
             'uses_reference': bool(r is not None and r.uses_reference),
-            'multi_reference': bool(r is not None and r.multi_reference),
+            'multi_reference': bool(getattr(r, 'multi_reference', False)),
             'accepts_mask': bool(getattr(r, 'accepts_mask', False)),
             'max_pixels': int(getattr(r, 'max_pixels', 0) or 0)}
 
@@ -158,7 +158,12 @@ class App:
         opts = restore.Options(input='', output='', reference_size=self.options.reference_size,
                                use_best=self.options.use_best, **{kind: path})
         method.restorer, config = restore.build_restorer(opts)
-        name = methods.method_class(config).label(config) if config is not None else 'export'
+        if config is not None:
+          name = methods.method_class(config).label(config)
+        elif kind == 'checkpoint' and restore.wan_release.is_release_dir(path):
+          name = 'Wan et al. 2020, released model'
+        else:
+          name = 'exported model'
         method.label = f'{name} ({os.path.basename(os.path.normpath(path))})'
       except Exception as e:  # pylint: disable=broad-except
         method.error = _one_line(e)
@@ -369,7 +374,7 @@ class App:
     if r.uses_reference and not refs:
       raise BadInput(f'{method.label} needs a colour reference: upload one, pick one from the '
                      'folder or make a palette')
-    if len(refs) > 1 and r.uses_reference and not r.multi_reference:
+    if len(refs) > 1 and r.uses_reference and not getattr(r, 'multi_reference', False):
       raise BadInput(f'{method.label} takes one reference; {len(refs)} are chosen')
     if r.uses_reference:
       reference = refs if len(refs) > 1 else refs[0]

@@ -4,9 +4,14 @@ Prints one JSON line per measurement. Results are recorded in docs/BENCHMARKS.md
 command, machine and date; nothing here is a timed test.
 """
 
+import importlib.util
 import json
 import math
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -30,9 +35,15 @@ from pikfix_jax.ops import dists
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _WHAT = flags.DEFINE_enum(
-    'what', 'train', ['train', 'max_batch', 'restore', 'input', 'retrieval'],
+    'what', 'train', ['train', 'max_batch', 'restore', 'input', 'retrieval', 'faces',
+                      'wan_release'],
     'What to measure. max_batch: the largest global batch whose training step fits in device '
-    'memory, by XLA\'s memory analysis of the compiled step (compiles only, runs nothing).')
+    'memory, by XLA\'s memory analysis of the compiled step (compiles only, runs nothing). '
+    'faces: restore --faces=gfpgan (GFP-GAN v1.4 at 512, random weights; needs the faces '
+    'extra), --config ignored. wan_release: the released Wan et al. model (--checkpoint, or '
+    'random weights in the release\'s layout written by --peer) on a scratched photo of each '
+    '--sizes, each run in its own process (time, peak RSS); with --peer, the release\'s '
+    'networks in torch beside it.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (default: config).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Square image side (default: config).')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
@@ -43,6 +54,24 @@ _MEMORY_LIMIT_GIB = flags.DEFINE_float(
 _MAX_COMPILES = flags.DEFINE_integer(
     'max_compiles', 8, 'For --what=max_batch: the most step compiles the search may spend; '
     'when they run out it reports the bracket it reached.')
+
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', '', 'For --what=wan_release: a converted release (data_prep.convert_weights '
+    '--arch=bopbtl); default: random weights written by --peer\'s write_fake_release.')
+_PEER = flags.DEFINE_string(
+    'peer', '', 'For --what=wan_release: a torch transcription of the release\'s networks and '
+    'stage 1 (tests/bopbtl_reference.py), run side by side on the same weights and photo.')
+_SIZES = flags.DEFINE_list('sizes', ['256', '512', '1024'], 'For --what=wan_release: square '
+                           'photo sides.')
+_WITH_SCRATCH = flags.DEFINE_bool('with_scratch', True, 'For --what=wan_release: the scratch '
+                                  'restoration (detector + partial nonlocal mapping).')
+_HR = flags.DEFINE_bool('hr', False, 'For --what=wan_release: the HR (patch attention) mapping.')
+_PEER_MEMORY_GIB = flags.DEFINE_float(
+    'peer_memory_gib', 20.0, 'For --what=wan_release: address-space limit of each peer process '
+    '(an allocation past it is reported as out of memory instead of swapping the machine).')
+_ENGINE = flags.DEFINE_enum('engine', '', ['', 'ours', 'peer'], 'Internal: one wan_release run.')
+_RELEASE_ROOT = flags.DEFINE_string('release_root', '', 'Internal: the release folder of --peer.')
 
 
 def emit(record: dict) -> None:
@@ -386,8 +415,146 @@ def bench_restore(config) -> None:
         'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
 
 
+def scratched_photo(size: int) -> np.ndarray:
+  """scikit-image's astronaut (a real photo), grey, at size x size, with white scratches: the
+  photo every wan_release run restores (uint8 RGB)."""
+  grey = image_io.resize_float(skimage.data.astronaut() / np.float32(255), size, size)
+  photo = np.repeat(np.mean(grey, axis=-1, keepdims=True), 3, -1)
+  rng = np.random.default_rng(0)
+  for _ in range(6):  # thin bright lines at random angles
+    y0, x0, y1, x1 = rng.integers(0, size, 4)
+    n = 2 * size
+    ys, xs = np.linspace(y0, y1, n).astype(int), np.linspace(x0, x1, n).astype(int)
+    for d in range(max(1, size // 256)):
+      photo[np.clip(ys + d, 0, size - 1), xs] = 1.0
+  return (photo * 255).astype(np.uint8)
+
+
+def _load_peer(path: str):
+  spec = importlib.util.spec_from_file_location('peer', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def bench_wan_release_one(engine: str, size: int, checkpoint: str, release_root: str) -> None:
+  """One run (this process): `engine` 'ours' (wan_release.PhotoRestorer on `checkpoint`) or
+  'peer' (--peer's release_stage1 on the torch networks of `release_root`), first call
+  (compile + run) and a second, timed, call; peak RSS of the process."""
+  photo = scratched_photo(size)
+  if engine == 'ours':
+    from pikfix_jax import wan_release  # pylint: disable=g-import-not-at-top
+    restorer = wan_release.photo_restorer(checkpoint, _WITH_SCRATCH.value, _HR.value)
+    run = lambda: restorer(photo / np.float32(255))
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(2)
+    peer = _load_peer(_PEER.value)
+    nets = peer.build_release(0)
+    for name, net in nets.items():
+      state = torch.load(peer.checkpoint_path(release_root, name), weights_only=True)
+      net.load_state_dict(state.get('model_state', state) if name == 'detection' else state,
+                          strict=False)
+    run = lambda: peer.release_stage1(nets, Image.fromarray(photo), _WITH_SCRATCH.value,
+                                      _HR.value)
+  record = {'what': 'wan_release', 'engine': engine, 'image_size': size,
+            'with_scratch': _WITH_SCRATCH.value, 'hr': _HR.value}
+  try:
+    start = time.perf_counter()
+    run()
+    record['first_call_s'] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    run()
+    record['run_s'] = round(time.perf_counter() - start, 1)
+  except (MemoryError, RuntimeError) as e:  # torch's allocation failures are RuntimeErrors
+    record['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}'
+  record['peak_rss_gib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+  emit(record)
+
+
+def bench_wan_release() -> None:
+  """Ours and (with --peer) the release's networks in torch on the same weights and photo,
+  each size in its own process; the peer under an address-space limit, so that where the
+  release runs out of memory the record says so."""
+  checkpoint, root = _CHECKPOINT.value, ''
+  if not checkpoint or _PEER.value:
+    if not _PEER.value:
+      raise app.UsageError('--what=wan_release needs --checkpoint or --peer')
+    root = tempfile.mkdtemp(prefix='wan_release_bench_')
+    peer = _load_peer(_PEER.value)
+    peer.write_fake_release(root, seed=0)
+    if not checkpoint:
+      from pikfix_jax import wan_release  # pylint: disable=g-import-not-at-top
+      checkpoint = os.path.join(root, 'converted')
+      wan_release.convert(root, checkpoint)
+  engines = ['ours'] + (['peer'] if _PEER.value else [])
+  for size in (int(s) for s in _SIZES.value):
+    for engine in engines:
+      limit = int(_PEER_MEMORY_GIB.value * 2**30) if engine == 'peer' else None
+      args = [sys.executable, '-m', 'pikfix_jax.benchmark', '--what=wan_release',
+              f'--engine={engine}', f'--sizes={size}', f'--checkpoint={checkpoint}',
+              f'--release_root={root}', f'--peer={_PEER.value}',
+              f'--with_scratch={_WITH_SCRATCH.value}', f'--hr={_HR.value}']
+      preexec = (lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if limit else None
+      result = subprocess.run(args, capture_output=True, text=True, preexec_fn=preexec)
+      lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
+      if lines:
+        print(lines[-1], flush=True)
+      else:
+        tail = (result.stderr.strip().splitlines() or [''])[-1][:200]
+        emit({'what': 'wan_release', 'engine': engine, 'image_size': size,
+              'with_scratch': _WITH_SCRATCH.value, 'hr': _HR.value,
+              'error': f'exit {result.returncode}: {tail}'})
+
+
+def bench_faces(config) -> None:
+  """GFP-GAN v1.3 / v1.4 (512 px faces, 86.4 M parameters, random weights) as restore --faces
+  runs it: the network alone on an aligned face (faces/s), and the whole FaceEnhancer (dlib
+  detection, alignment, network, paste back) on astronaut (512 x 512, one face). First call
+  (compile + run) and the median of --steps further calls."""
+  del config
+  from pikfix_jax import faces  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  variables = weights.random_variables('gfpgan')
+  init_s = time.perf_counter() - start
+  net = faces.gfpgan_net(weights.build_model('gfpgan'), variables)
+  enhancer = faces.FaceEnhancer('gfpgan', face_net=net, face_size=512)
+  photo = skimage.data.astronaut() / np.float32(255)
+  face = enhancer.align(photo, faces.detect_faces(photo)[0])[0].astype(np.float32)
+  start = time.perf_counter()
+  net(face)
+  first_s = time.perf_counter() - start
+  timed = {'net': lambda: net(face), 'detect': lambda: faces.detect_faces(photo),
+           'photo': lambda: enhancer(photo)}
+  medians = {}
+  for name, fn in timed.items():
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    medians[name] = float(np.median(times))
+  emit({'what': 'faces', 'kind': 'gfpgan', 'face_size': 512, 'photo': list(photo.shape[:2]),
+        'faces_in_photo': len(enhancer.last_faces), 'init_s': round(init_s, 1),
+        'first_call_s': round(first_s, 1), 'net_s': round(medians['net'], 2),
+        'faces_per_s': round(1.0 / medians['net'], 3),
+        'detect_s': round(medians['detect'], 3), 'photo_s': round(medians['photo'], 2),
+        'runs': _STEPS.value, 'devices': jax.device_count(),
+        'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
+
+
 def main(argv):
   del argv
+  if _WHAT.value == 'wan_release':
+    cli.setup(compilation_cache=False)
+    if _ENGINE.value:
+      bench_wan_release_one(_ENGINE.value, int(_SIZES.value[0]), _CHECKPOINT.value,
+                            _RELEASE_ROOT.value)
+    else:
+      bench_wan_release()
+    return
   # As main/restore do (the same XLA:CPU programs are timed), but with cold compiles.
   cli.setup(compilation_cache=False)
   config = _CONFIG.value
@@ -403,7 +570,7 @@ def main(argv):
     bench_max_batch(config, _MEMORY_LIMIT_GIB.value, _MAX_COMPILES.value)
   else:
     {'input': bench_input, 'retrieval': bench_retrieval,
-     'restore': bench_restore}[_WHAT.value](config)
+     'restore': bench_restore, 'faces': bench_faces}[_WHAT.value](config)
 
 
 if __name__ == '__main__':

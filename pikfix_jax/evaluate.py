@@ -49,6 +49,7 @@ from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import metrics
 from pikfix_jax import scoring
+from pikfix_jax import wan_release
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.data import references
 from pikfix_jax.data import sources
@@ -148,6 +149,18 @@ def _evaluation_split(config: ml_collections.ConfigDict) -> tuple:
   return (config.dataset,) + tuple(d.get(k) for k in fields.get(config.dataset, ()))
 
 
+def apply_inference_options(config: ml_collections.ConfigDict,
+                            trained: ml_collections.ConfigDict) -> list[str]:
+  """Copies --config's values of the method's `inference_options` (model fields no variable
+  depends on: a sampler's steps, eta, seed) into the checkpoint's config, so one trained model
+  is scored under several; returns the fields that changed."""
+  changed = [k for k in methods.method_class(trained).inference_options
+             if k in config.model and config.model[k] != trained.model.get(k)]
+  for k in changed:
+    trained.model[k] = config.model[k]
+  return changed
+
+
 def _plain(tree):
   if isinstance(tree, dict):
     return {k: _plain(v) for k, v in tree.items()}
@@ -219,11 +232,13 @@ def _read_csv(path: str) -> list[dict]:
     return list(csv.DictReader(f))
 
 
-def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str) -> str:
+def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note: str,
+                   method_label: str = '') -> str:
   """Our numbers in the layout of the paper's Table 1, beside the paper's, with the controls
-  and baselines of pikfix_jax.scoring on the same images."""
+  and baselines of pikfix_jax.scoring on the same images. `method_label`: the row's name
+  (default: the method's label of `config`)."""
   method = methods.method_class(config)
-  method_name = method.label(config)
+  method_name = method_label or method.label(config)
   source, paper = method.paper_rows.get((config.dataset, bool(config.data.degrade)), ('', None))
   label = condition_label(config)
   rows = summary['scores']['rows']
@@ -295,12 +310,14 @@ def _lab_to_rgb(lab: jnp.ndarray) -> jnp.ndarray:
   return color.lab_normalized_to_rgb(lab[..., :1], lab[..., 1:])
 
 
-def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
-             output_dir: str, *, reference_rank: Optional[int] = None,
+def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
+             variables: Optional[dict], output_dir: str, *,
+             reference_rank: Optional[int] = None,
              batch_size: Optional[int] = None, grid_rows: int = 8,
              max_batches: Optional[int] = None, source: str = '',
              step: Optional[int] = None, reference_control: bool = True,
-             trained: Optional[ml_collections.ConfigDict] = None) -> dict:
+             trained: Optional[ml_collections.ConfigDict] = None,
+             restorer=None, method_label: str = '') -> dict:
   """Scores `model`, its controls and the baselines (pikfix_jax.scoring) on config's evaluation
   split and writes the files (module docstring).
 
@@ -308,6 +325,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
   engine of the method that `trained` (the checkpoint's config; default `config`) names,
   `make_restorer`, as `restore` runs it: Pik-Fix's exact tiling, the baselines' whole-image
   restorer.
+
+  `restorer` (with model and variables None): a restorer that runs each image (crop or whole)
+  on its own, e.g. the released Wan et al. model (`wan_release.PhotoRestorer`); its row is
+  labelled `method_label` (default: config.method's label).
 
   Returns the summary dict: the model's means over images ('lpips' None when unavailable) and
   'scores', pikfix_jax.scoring.summarize of every row.
@@ -325,16 +346,17 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
     chosen, pool, train_ids = rank_references(config, reference_rank)
   per_image = len(input_pipeline.eval_hue_rotations(config))  # examples per evaluation image
 
-  variables = jax.device_put(variables)
-  forward = _forward(model)
-  # The method's own engine (not inference.Restorer, which only builds a Pik-Fix): the model
-  # section of the checkpoint's config, which built `model`.
-  restorer = methods.get(trained or config).make_restorer(variables) if full_size else None
+  if restorer is None:
+    variables = jax.device_put(variables)
+    forward = _forward(model)
+    # The method's own engine (not inference.Restorer, which only builds a Pik-Fix): the
+    # model section of the checkpoint's config, which built `model`.
+    restorer = methods.get(trained or config).make_restorer(variables) if full_size else None
 
   def predict(l: np.ndarray, reference: np.ndarray) -> dict:
-    if full_size:
-      out = restorer(l[0], reference[0], outputs=True)
-      return {k: v[None] for k, v in out.items()}
+    if restorer is not None:  # one image at a time, through the restorer
+      outs = [restorer(l[i], reference[i], outputs=True) for i in range(len(l))]
+      return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
     return jax.tree_util.tree_map(np.asarray,
                                   forward(variables, jnp.asarray(l), jnp.asarray(reference)))
 
@@ -412,7 +434,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
                    for row in scores['rows']]
     _write_csv(os.path.join(output_dir, 'metrics.csv'), SUMMARY_FIELDS, method_rows)
     with open(os.path.join(output_dir, 'table.md'), 'w') as f:
-      f.write(table_markdown(config, summary, lpips_note))
+      f.write(table_markdown(config, summary, lpips_note, method_label))
   return summary
 
 
@@ -432,6 +454,35 @@ def parse_ranks(text: str) -> list[Optional[int]]:
   if any(r < 1 for r in ranks):
     raise ValueError(f'--reference_rank={text}: ranks start at 1')
   return ranks
+
+
+def release_label(with_scratch: bool, hr: bool) -> str:
+  """The table row of the released Wan et al. model."""
+  mode = ('scratch restoration, HR' if hr else 'scratch restoration') if with_scratch else (
+      'quality restoration')
+  return f'Wan et al. 2020, released weights ({mode})'
+
+
+def _evaluate_release(f: dict, ranks: list) -> None:
+  """evaluate --checkpoint=DIR of a converted release: the released model as a method row
+  (its restored RGB, and its restored L with zero chroma) beside the paper's Wan et al. rows
+  (config.method wan2020) and the trivial baselines."""
+  config = f['config']
+  if methods.name_of(config) != 'wan2020':
+    raise ValueError(f'--checkpoint={f["checkpoint"]} is the released Wan et al. model: pass '
+                     '--config=configs/baselines/wan2020.py (or a config of method wan2020)')
+  if any(ranks):
+    raise ValueError('--reference_rank: the released Wan et al. model takes no reference')
+  restorer = wan_release.photo_restorer(f['checkpoint'], f['with_scratch'], f['hr'])
+  output_dir = f['output_dir'] or os.path.join(f['checkpoint'], 'eval')
+  summary = evaluate(config, None, None, output_dir, batch_size=f['batch_size'],
+                     grid_rows=f['grid_rows'], max_batches=f['max_batches'],
+                     source=os.path.abspath(f['checkpoint']), reference_control=False,
+                     restorer=restorer, method_label=release_label(f['with_scratch'], f['hr']))
+  lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
+  print(f'{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '
+        f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
+  print(scoring.summary_markdown(summary['scores']))
 
 
 def define_flags() -> dict:
@@ -460,6 +511,12 @@ def define_flags() -> dict:
       'grid_rows': flags.DEFINE_integer('grid_rows', 8, 'Images in grid.png.'),
       'max_batches': flags.DEFINE_integer('max_batches', None, 'Stop after this many batches '
                                           '(quick checks; the numbers are then partial).'),
+      'with_scratch': flags.DEFINE_bool(
+          'with_scratch', False, '--checkpoint of a converted Wan et al. release '
+          '(convert_weights --arch=bopbtl): its scratch restoration (detector + partial '
+          'nonlocal mapping) instead of its quality restoration.'),
+      'hr': flags.DEFINE_bool('hr', False, 'With --with_scratch: the release\'s high-resolution '
+                              'patch-attention mapping.'),
   }
 
 
@@ -476,6 +533,12 @@ def main(argv):
     sys.exit(2)
   try:
     ranks = parse_ranks(f['reference_rank'])
+    if f['checkpoint'] and wan_release.is_release_dir(f['checkpoint']):
+      _evaluate_release(f, ranks)
+      return
+    if f['with_scratch'] or f['hr']:
+      raise ValueError('--with_scratch/--hr score the released Wan et al. model: pass '
+                       '--checkpoint=DIR of python -m data_prep.convert_weights --arch=bopbtl')
     model, variables, trained, info = loading.load_generator_info(
         f['workdir'] or None, f['checkpoint'] or None, f['use_best'])
     config = f['config']
@@ -487,6 +550,8 @@ def main(argv):
     if method != trained_method:
       raise ValueError(f'--config trains method {method!r} but the checkpoint holds '
                        f'{trained_method!r}; pass the config it was trained with')
+    if apply_inference_options(config, trained):
+      model = methods.get(trained).generator
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips

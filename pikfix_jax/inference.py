@@ -297,7 +297,7 @@ class WholeImageRestorer(PhotoRestorer):
     if self.max_pixels and h * w > self.max_pixels:
       raise artifacts.RestoreError(
           f'the padded photo is {w}x{h} px, above this model\'s {self.max_pixels} pixels at once '
-          '(config.model.max_restore_pixels: its memory grows with the square of the size); '
+          '(config.model.max_restore_pixels: its memory grows with the size); '
           'downscale the photo or raise the limit on a larger machine')
     kwargs = {}
     if self.mask is not None:
@@ -307,6 +307,35 @@ class WholeImageRestorer(PhotoRestorer):
       kwargs['mask'] = mask
     out = self._apply(self.variables, l, reference, **kwargs)
     return {k: out[k] for k in ('rgb', 'restored_l', 'ab', 'scratch_mask') if k in out}
+
+
+class Chain:
+  """One restorer after another (`restore --colorize_with`): `first` restores the photo (the
+  released Wan et al. model, say), `second` colours its output with the reference (a trained
+  Pik-Fix). Same call as `PhotoRestorer`; a defect mask goes to `first`."""
+
+  def __init__(self, first, second):
+    self.first, self.second = first, second
+    self.uses_reference = second.uses_reference
+    self.multi_reference = getattr(second, 'multi_reference', False)
+    self.accepts_mask = getattr(first, 'accepts_mask', False)
+    self.last_info: dict = {}
+
+  @property
+  def mask(self) -> Optional[np.ndarray]:
+    return getattr(self.first, 'mask', None)
+
+  @mask.setter
+  def mask(self, value: Optional[np.ndarray]) -> None:
+    self.first.mask = value
+
+  def __call__(self, image: np.ndarray, reference_rgb: np.ndarray,
+               outputs: bool = False) -> Union[np.ndarray, dict]:
+    restored = self.first(image, None)
+    out = self.second(restored, reference_rgb, outputs=outputs)
+    self.last_info = dict(self.second.last_info, seconds=self.first.last_info.get('seconds', 0.0)
+                          + self.second.last_info.get('seconds', 0.0))
+    return out
 
 
 # Lowering platform names (jax.export) of each JAX backend.

@@ -4,8 +4,6 @@
   python -m pikfix_jax.model_summary --all_methods --image_size=256   # one table, every method
 """
 
-import importlib
-
 from absl import app
 from absl import flags
 from clu import parameter_overview
@@ -23,14 +21,6 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Square input/reference si
 _DETAIL = flags.DEFINE_bool('detail', False, 'Also print every parameter tensor.')
 _ALL = flags.DEFINE_bool('all_methods', False, 'One table over every method\'s config '
                          '(each method\'s Method.config_modules) instead of --config\'s breakdown.')
-
-def method_configs() -> list[ml_collections.ConfigDict]:
-  """The config of every variant every method ships (`Method.config_modules`)."""
-  return [importlib.import_module(module).get_config()
-          for name in methods.names()
-          for module in methods.method_class(ml_collections.ConfigDict({'method': name}))
-          .config_modules]
-
 
 def count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
@@ -93,10 +83,10 @@ def summary_table(config: ml_collections.ConfigDict, image_size: int) -> str:
 
 
 def methods_table(image_size: int) -> str:
-  """One row per config of `method_configs`: parameters (generator, discriminator) and the
+  """One row per config of `methods.shipped_configs`: parameters (generator, discriminator) and the
   generator's forward GFLOPs per image at image_size^2."""
   rows = []
-  for config in method_configs():
+  for config in methods.shipped_configs():
     method, g_vars, d_params, inputs = abstract_variables(config, image_size)
     flops = forward_flops(method.generator, g_vars, inputs)
     rows.append((method.label(config), config.method, f'{count(g_vars["params"]):,d}', f'{count(d_params):,d}',

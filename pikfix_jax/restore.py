@@ -3,7 +3,8 @@
   python -m pikfix_jax.restore --workdir=DIR | --checkpoint=PATH \
       --input=FILE_OR_DIR --output=FILE_OR_DIR \
       [--reference=IMG | --reference_dir=DIR [--index=PATH] [--top_k=K]] \
-      [--compare] [--reference_size=512] [--use_best]
+      [--compare] [--reference_size=512] [--use_best] \
+      [--faces={wan,gfpgan} --face_checkpoint=PATH [--save_faces]]
 
 The input (grey or colour, any size from 8x8 up; EXIF orientation applied; 16-bit, RGBA,
 JPEG, TIFF, ... via `image_io.read_image`) goes through `inference.Restorer` (or
@@ -32,11 +33,13 @@ import tqdm
 
 from pikfix_jax import artifacts
 from pikfix_jax import cli
+from pikfix_jax import faces
 from pikfix_jax import image_io
 from pikfix_jax import inference
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import retrieval
+from pikfix_jax import wan_release
 from pikfix_jax import weights
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.gif')
@@ -216,6 +219,14 @@ class Options:
   vgg19: Optional[str] = None  # None: the model config's backbones.vgg19 when that file exists.
   index_image_size: int = 0
   scratch_mask: str = ''  # Defect mask image (white = scratch) for Wan et al.'s restorer.
+  # A converted Wan et al. release (--checkpoint, data_prep.convert_weights --arch=bopbtl):
+  with_scratch: bool = False  # detect and inpaint scratches (the release's --with_scratch)
+  hr: bool = False  # high-resolution scratch restoration (patch attention; the release's --HR)
+  test_mode: str = 'Full'  # 'Full' (sides to multiples of 4) or 'Scale' (short side 256)
+  colorize_with: str = ''  # Pik-Fix workdir that colours the restored photo with the reference
+  faces: str = ''  # 'wan' or 'gfpgan': restore the faces of each restored photo (faces.py).
+  face_checkpoint: str = ''
+  save_faces: bool = False
 
 
 @dataclasses.dataclass
@@ -281,6 +292,7 @@ def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePi
     notice(f'{os.path.basename(src)}: reference {os.path.basename(ref_path)} '
            f'(score {ranked[0][1]:.3f}); next best: {others}')
   out = restorer(image, reference)
+  out = restore_faces(getattr(restorer, 'face_enhancer', None), out, dst, options, notice)
   ext = os.path.splitext(dst)[1].lower()
   if alpha is not None:
     if options.keep_alpha and ext in ALPHA_FORMATS:
@@ -293,6 +305,41 @@ def restore_file(restorer: inference.PhotoRestorer, picker: Optional[ReferencePi
   if options.compare:
     image_io.write_image(compare_path(dst), compare_image(image, reference, out[..., :3]))
   return Result(src, dst, ref_path, seconds=restorer.last_info.get('seconds', 0.0))
+
+
+# -------------------------------------------------------- faces (--faces; pikfix_jax/faces.py)
+
+def face_enhancer(options: Options) -> Optional[faces.FaceEnhancer]:
+  """The --faces post-processing of every restored photo, or None (one-line errors)."""
+  if not options.faces:
+    if options.face_checkpoint or options.save_faces:
+      raise artifacts.RestoreError('--face_checkpoint and --save_faces need --faces=wan or '
+                                   '--faces=gfpgan')
+    return None
+  return faces.FaceEnhancer(options.faces, options.face_checkpoint)
+
+
+def face_crop_path(output_path: str, index: int, which: str) -> str:
+  """<output>_face01_before.png: the aligned crop of face 1 (`which` 'before') or its
+  restoration ('after')."""
+  return f'{os.path.splitext(output_path)[0]}_face{index + 1:02d}_{which}.png'
+
+
+def restore_faces(enhancer: Optional[faces.FaceEnhancer], photo: np.ndarray, dst: str,
+                  options: Options, notice: Callable[[str], None]) -> np.ndarray:
+  """The photo with its faces restored (unchanged without --faces or without faces)."""
+  if enhancer is None:
+    return photo
+  out = enhancer(photo)
+  notice(f'{os.path.basename(dst)}: {len(enhancer.last_faces)} face(s) restored '
+         f'(--faces={enhancer.kind})')
+  if options.save_faces:
+    for i, crop in enumerate(enhancer.last_faces):
+      image_io.write_image(face_crop_path(dst, i, 'before'), crop.aligned)
+      image_io.write_image(face_crop_path(dst, i, 'after'), crop.restored)
+  return out
+
+# ------------------------------------------------------------------------------ end of faces
 
 
 def check_reference_source(options: Options) -> None:
@@ -311,20 +358,31 @@ def check_reference_source(options: Options) -> None:
 
 def build_restorer(options: Options
                    ) -> tuple[inference.PhotoRestorer, Optional[ml_collections.ConfigDict]]:
-  """(restorer, training config or None) of the model options.workdir / options.checkpoint
-  names (the app, pikfix_jax/app_server.py, loads its models through this too)."""
+  """(restorer, training config or None) of the model the options name: --workdir /
+  --checkpoint (a stablehlo export, a converted release, or any method), chained with
+  --colorize_with. The app (pikfix_jax/app_server.py) loads its models through this too."""
+  config = None
   if options.checkpoint and artifacts.is_stablehlo_export(options.checkpoint):
     if options.dtype or options.query_chunk:
       raise artifacts.RestoreError(
           '--dtype and --query_chunk cannot change a --format=stablehlo export '
           '(they are compiled in)')
-    return inference.ExportedRestorer(options.checkpoint, options.reference_size), None
-  _, variables, config = loading.load_generator(
-      options.workdir or None, options.checkpoint or None, options.use_best)
-  restorer = methods.get(config).make_restorer(
-      variables, reference_size=options.reference_size, tile_size=options.tile_size,
-      color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
-      query_chunk=options.query_chunk or None)
+    restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
+  elif options.checkpoint and wan_release.is_release_dir(options.checkpoint):
+    restorer = wan_release.photo_restorer(options.checkpoint, options.with_scratch,
+                                          options.hr, options.test_mode)
+  else:
+    if options.with_scratch or options.hr:
+      raise artifacts.RestoreError(
+          '--with_scratch/--hr run the released Wan et al. model: pass --checkpoint=DIR of '
+          'python -m data_prep.convert_weights --arch=bopbtl (docs/WEIGHTS.md)')
+    restorer, config = _method_restorer(options, options.workdir, options.checkpoint)
+  if options.colorize_with:
+    colorizer, config = _method_restorer(options, options.colorize_with, '')
+    if not colorizer.uses_reference:
+      raise artifacts.RestoreError(f'--colorize_with={options.colorize_with}: its method '
+                                   'takes no colour reference (train Pik-Fix for colour)')
+    restorer = inference.Chain(restorer, colorizer)
   return restorer, config
 
 
@@ -345,17 +403,19 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
     if options.scratch_mask:
       if not getattr(restorer, 'accepts_mask', False):
         raise artifacts.RestoreError('--scratch_mask: this method takes no defect mask (only '
-                                       'wan2020 does)')
+                                     'wan2020, and a converted release with --with_scratch, do)')
       if len(pairs) != 1:
         raise artifacts.RestoreError('--scratch_mask is the mask of one photo: give one --input')
       restorer.mask = read_mask(options.scratch_mask, image_io.read_image(pairs[0][0]).shape[:2])
+    restorer.face_enhancer = face_enhancer(options)  # --faces: after the photo's restoration
     picker = None
     if not restorer.uses_reference:
       if options.reference or options.reference_dir or options.index:
         say('note: this method takes no colour reference; --reference/--reference_dir ignored')
       return _run_files(restorer, None, pairs, options, out, say)
     check_reference_source(options)
-    if len(reference_paths(options.reference)) > 1 and not restorer.multi_reference:
+    if (len(reference_paths(options.reference)) > 1 and
+        not getattr(restorer, 'multi_reference', False)):
       raise artifacts.RestoreError('several --reference given; this model takes one (several '
                                    'references: a Pik-Fix workdir or orbax export)')
     vgg19 = options.vgg19
@@ -369,6 +429,17 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
     print(f'error: {e}', file=out)
     return 2, []
   return _run_files(restorer, picker, pairs, options, out, say)
+
+
+def _method_restorer(options: Options, workdir: str, checkpoint: str):
+  """(restorer, config) of a training workdir or an exported model, through its method."""
+  _, variables, config = loading.load_generator(workdir or None, checkpoint or None,
+                                                options.use_best)
+  restorer = methods.get(config).make_restorer(
+      variables, reference_size=options.reference_size, tile_size=options.tile_size,
+      color_max_pixels=options.color_max_pixels, dtype=options.dtype or None,
+      query_chunk=options.query_chunk or None)
+  return restorer, config
 
 
 def _run_files(restorer: inference.PhotoRestorer, picker: Optional['ReferencePicker'],
@@ -452,8 +523,31 @@ def define_flags() -> dict:
   d['index_image_size'] = flags.DEFINE_integer('index_image_size', 0, 'Image size of an index '
                                                'built on the fly (default 224).')
   d['scratch_mask'] = flags.DEFINE_string(
-      'scratch_mask', '', 'Wan et al. (method wan2020) only: an image of the photo\'s size, '
-      'white where it is scratched, used instead of the scratch detector\'s mask (one photo).')
+      'scratch_mask', '', 'Wan et al. (method wan2020, or a release with --with_scratch) only: '
+      'an image of the photo\'s size, white where it is scratched, used instead of the '
+      'scratch detector\'s mask (one photo).')
+  d['with_scratch'] = flags.DEFINE_bool(
+      'with_scratch', False, 'With --checkpoint of a converted Wan et al. release '
+      '(convert_weights --arch=bopbtl): detect scratches and inpaint them (the release\'s '
+      '--with_scratch); without: its quality restoration.')
+  d['hr'] = flags.DEFINE_bool('hr', False, 'With --with_scratch: the release\'s high-resolution '
+                              'scratch restoration (multi-scale patch attention, --HR).')
+  d['test_mode'] = flags.DEFINE_enum('test_mode', 'Full', ['Full', 'Scale'],
+                                     'Release, no scratches: Full (sides to multiples of 4) or '
+                                     'Scale (short side 256), as the release\'s test.py.')
+  d['colorize_with'] = flags.DEFINE_string(
+      'colorize_with', '', 'A trained Pik-Fix (workdir or export) that colours the restored '
+      'photo with --reference/--reference_dir: restoration by the first model, colour by this.')
+  d['faces'] = flags.DEFINE_enum(
+      'faces', '', ['', *faces.KINDS], 'After restoring each photo, detect its faces (dlib), '
+      'align, restore them with a face network and paste them back: wan (Wan et al.\'s '
+      'pipeline) or gfpgan (GFP-GAN\'s). Needs pip install -e .[faces].')
+  d['face_checkpoint'] = flags.DEFINE_string(
+      'face_checkpoint', '', 'With --faces: the face network\'s converted weights (gfpgan: '
+      'data_prep.convert_weights --arch=gfpgan).')
+  d['save_faces'] = flags.DEFINE_bool('save_faces', False, 'With --faces: also write each '
+                                      'face\'s aligned crop, <output>_faceNN_before.png, and '
+                                      'its restoration, _after.png.')
   return d
 
 

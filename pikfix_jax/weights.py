@@ -7,11 +7,17 @@ heads ('fc.', 'classifier.', timm's 'pre_logits.'/'head.'; for deeplabv3_mobilen
 whose 'classifier.' is the segmentation head, only 'aux_classifier.') and BatchNorm
 'num_batches_tracked' are ignored; any other extra key, a missing key or a wrong shape is a
 ValueError naming the key and the file. Converted variables are stored as Flax msgpack.
+
+GFP-GAN (arch 'gfpgan', the released GFPGANv1.3 / v1.4 files) has its own mechanical mapping
+(`gfpgan_torch_key`, models/gfpgan.py): its torch names have underscores, so only '_<index>'
+components become '.<index>'; its config is read off the file's shapes (`gfpgan_config`).
 """
 
 import functools
 import hashlib
+import json
 import os
+import re
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -26,10 +32,14 @@ from safetensors import numpy as st_numpy
 from pikfix_jax import models
 from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
+from pikfix_jax.models import gfpgan
 from pikfix_jax.models import lpips
+from pikfix_jax.models import wan_face
 
 ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
-         'deeplabv3_mobilenet_v3_large')
+         'deeplabv3_mobilenet_v3_large', 'gfpgan', 'bopbtl_face')
+# Wan et al.'s released face-enhancement generator (models/wan_face.py; convert_face_generator).
+FACE_ARCH = 'bopbtl_face'
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
 LPIPS_NETS = {'lpips_vgg': 'vgg', 'lpips_alex': 'alex'}
 LPIPS_FILES = {'lpips_vgg': ('VGG-16', 'vgg16-397923af.pth', 'vgg.pth'),
@@ -55,10 +65,18 @@ def build_model(arch: str) -> flax.linen.Module:
     return lpips.LPIPS(net=LPIPS_NETS[arch])
   if arch == 'deeplabv3_mobilenet_v3_large':
     return deeplab.DeepLabV3MobileNetV3Large()
+  if arch == 'gfpgan':
+    return gfpgan.GFPGANv1Clean()  # the released v1.3 / v1.4 config (512 px faces)
+  if arch == FACE_ARCH:
+    return wan_face.FaceGenerator()  # the variables of both released sizes (256, 512)
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
 def _init_args(arch: str, x) -> tuple:
+  if arch == 'gfpgan':  # its input size is fixed by the architecture (out_size)
+    shape = (1, 512, 512, 3)
+    return ((jax.ShapeDtypeStruct(shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
+             else jnp.zeros(shape, x.dtype)),)
   return (x, x) if arch in LPIPS_NETS else (x,)
 
 
@@ -150,6 +168,10 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
   """Reads torchvision weights (and, for lpips_vgg / lpips_alex, the lpips package's v0.1
   heads file, vgg.pth / alex.pth) into Flax variables."""
+  if arch == 'gfpgan':
+    return convert_gfpgan_state_dict(read_gfpgan_file(path), path)
+  if arch == FACE_ARCH:
+    return convert_face_generator(read_state_dict(path), path)
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
@@ -168,6 +190,102 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
       raise ValueError(f'{lpips_heads}: key {torch_key(key)!r} has negative '
                        'weights; LPIPS heads are non-negative')
   return {'params': {'net': net['params'], **heads['params']}}
+
+
+def convert_face_generator(state_dict: Mapping[str, np.ndarray], source: str = '<state dict>',
+                           module: Optional[flax.linen.Module] = None) -> dict:
+  """The release's face generator state dict (Face_Enhancement/checkpoints/*/latest_net_G.pth)
+  -> variables of `module` (default `wan_face.FaceGenerator()`, the release's size), strictly:
+  a missing, unexpected or misshapen key is a ValueError naming it and `source`. The block
+  convs' weight_orig, weight_u, weight_v become the effective kernel weight_orig / (u . W v),
+  torch's eval-mode spectral norm (`wan_face.fold_spectral_norm`); BatchNorm
+  num_batches_tracked may be there or not."""
+  module = wan_face.FaceGenerator() if module is None else module
+  expected, bn_modules = _face_expected_keys(module.ngf, module.num_upsampling_layers,
+                                             module.spade_hidden)
+  for key in state_dict:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
+                       f'expected {_torch_shape(shape)}')
+    out[flax_path] = value
+  try:
+    return wan_face.fold_spectral_norm(flax.traverse_util.unflatten_dict(out))
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}') from None
+
+
+@functools.lru_cache(maxsize=None)
+def _face_expected_keys(ngf: int, num_upsampling_layers: str, spade_hidden: int
+                        ) -> tuple[dict, frozenset]:
+  """({release key: (Flax path in the spectral-norm training form, shape)}, the BatchNorm
+  module prefixes) of a face generator; its variables do not depend on load_size."""
+  module = wan_face.FaceGenerator(ngf=ngf, num_upsampling_layers=num_upsampling_layers,
+                                  spade_hidden=spade_hidden, spectral_norm=True)
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(
+      jax.eval_shape(module.init, jax.random.PRNGKey(0), face)))
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flat.items():
+    spectral = path[-1] == 'kernel' and ('batch_stats', *path[:-1], 'u') in flat
+    key = wan_face.torch_key(tuple(path), spectral)
+    expected[key] = ((collection, *path), tuple(leaf.shape))
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      bn_modules.add(key.rsplit('.', 1)[0])
+  return expected, frozenset(bn_modules)
+
+
+def face_load_size(checkpoint: str) -> Optional[int]:
+  """The face size a released face checkpoint runs at, from its folder's name
+  (`wan_face.RELEASE_CHECKPOINTS`: Setting_9_epoch_100 -> 256, FaceSR_512 -> 512), or None."""
+  folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+  return wan_face.RELEASE_CHECKPOINTS.get(folder)
+
+
+def face_meta_path(path: str) -> str:
+  """The JSON file beside converted face weights: weights/x.msgpack -> weights/x.json."""
+  return os.path.splitext(path)[0] + '.json'
+
+
+def save_face_generator(path: str, variables: Mapping[str, Any], load_size: int,
+                        source: str = '') -> None:
+  """Writes converted face-generator variables and, beside them (`face_meta_path`), which
+  variant they are: {"arch", "load_size", "num_upsampling_layers", "ngf", "source",
+  "fingerprint"}; the two released sizes have the same variables, so only this tells them
+  apart."""
+  save_variables(path, variables)
+  meta = {'arch': FACE_ARCH, 'load_size': int(load_size), 'num_upsampling_layers': 'normal',
+          'ngf': int(np.shape(variables['params']['conv_img']['kernel'])[2]),
+          'source': source, 'fingerprint': fingerprint(variables)}
+  with open(face_meta_path(path) + '.tmp', 'w') as f:
+    json.dump(meta, f, indent=1)
+  os.replace(face_meta_path(path) + '.tmp', face_meta_path(path))
+
+
+def load_face_generator(path: str) -> tuple[wan_face.FaceGenerator, dict]:
+  """(the FaceGenerator of the variant recorded beside `path`, its variables, checked)."""
+  meta_path = face_meta_path(path)
+  if not os.path.exists(meta_path):
+    raise ValueError(f'{path}: no {os.path.basename(meta_path)} beside it saying the face size '
+                     '(write both with data_prep.convert_weights --arch=bopbtl_face)')
+  with open(meta_path) as f:
+    meta = json.load(f)
+  module = wan_face.FaceGenerator(load_size=meta['load_size'], ngf=meta['ngf'],
+                                  num_upsampling_layers=meta['num_upsampling_layers'])
+  face = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  tree = load_variables(path)
+  check_tree(tree, flax.core.unfreeze(jax.eval_shape(module.init, jax.random.PRNGKey(0), face)),
+             f'{path} ({FACE_ARCH})')
+  return module, tree
 
 
 def save_variables(path: str, variables: Mapping[str, Any]) -> None:
@@ -243,3 +361,273 @@ def maybe_load_backbone(path: str, arch: str, init_variables: Mapping[str, Any])
     out[key] = jnp.asarray(flat_full[key], init.dtype)
   logging.info('Loaded pretrained %s weights from %s', arch, path)
   return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
+# --- GFP-GAN (models/gfpgan.py) ---------------------------------------------------------------
+
+# Torch -> Flax axis order per Flax leaf: 'kernel' is torch's 'weight' (modulated conv
+# (1, O, I, k, k), conv OIHW, linear (out, in)); any other 4-D leaf (constant input, StyleConv /
+# ToRGB biases, noise buffers) is NCHW. Everything else keeps its layout.
+_GFPGAN_KERNEL_PERMS = {5: (0, 3, 4, 2, 1), 4: (2, 3, 1, 0), 2: (1, 0)}
+_GFPGAN_NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+def _gfpgan_perm(leaf: str, ndim: int) -> Optional[tuple[int, ...]]:
+  if leaf == 'kernel':
+    return _GFPGAN_KERNEL_PERMS.get(ndim)
+  return _GFPGAN_NCHW_TO_NHWC if ndim == 4 else None
+
+
+def gfpgan_torch_key(path: tuple[str, ...]) -> str:
+  """Flax path inside a collection -> the release's state-dict key: components joined by '.',
+  '_<index>' components split off ('condition_scale_0_2' -> 'condition_scale.0.2'; the
+  release's own names, such as 'style_conv1' or 'noise0', have no '_<digits>' part), leaf
+  'kernel' -> 'weight'. ('stylegan_decoder', 'style_convs_3', 'modulated_conv', 'kernel') ->
+  'stylegan_decoder.style_convs.3.modulated_conv.weight'."""
+  *modules, leaf = path
+  modules = [re.sub(r'_(\d+)(?=_|$)', r'.\1', m) for m in modules]
+  return '.'.join(modules + ['weight' if leaf == 'kernel' else leaf])
+
+
+def gfpgan_torch_shapes(variables: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """{release key: torch shape} of a GFP-GAN Flax variable tree (arrays or shape structs)."""
+  out = {}
+  for (_, *path), leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(variables)).items():
+    shape = tuple(np.shape(leaf))
+    perm = _gfpgan_perm(path[-1], len(shape))
+    if perm is not None:
+      shape = tuple(shape[i] for i in np.argsort(perm))
+    out[gfpgan_torch_key(tuple(path))] = shape
+  return out
+
+
+def read_gfpgan_file(path: str) -> dict[str, np.ndarray]:
+  """A released GFP-GAN .pth ({'params_ema': state dict}; like GFPGANer, 'params' if there is
+  no 'params_ema') or a bare state dict -> {key: numpy array}. torch.load(weights_only=True)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a dict, got {type(state).__name__}')
+  for name in ('params_ema', 'params'):
+    if name in state:
+      state = state[name]
+      break
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: params_ema holds a {type(state).__name__}, not a state dict')
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor '
+                       "(expected {'params_ema': state dict} or a state dict)")
+  return {k: v.detach().cpu().float().numpy() for k, v in state.items()}
+
+
+def gfpgan_config(shapes: Mapping[str, tuple[int, ...]], source: str = '<state dict>') -> dict:
+  """The GFPGANv1Clean fields a release state dict ({key: torch shape}) was built with.
+  out_size from the number of down blocks; narrow from the constant input's width;
+  channel_multiplier from the 64 px width (1 below 64 px, where it changes nothing);
+  different_w / sft_half from the widths of final_linear / the SFT convs. input_is_latent is not
+  in the weights: True, as GFPGANer runs every released clean model."""
+  def shape(key: str) -> tuple[int, ...]:
+    if key not in shapes:
+      raise ValueError(f'{source}: missing key {key!r} (not a GFPGANv1Clean state dict?)')
+    return tuple(shapes[key])
+  downs = {m.group(1) for k in shapes for m in [re.match(r'conv_body_down\.(\d+)\.', k)] if m}
+  out_size = 2 ** (len(downs) + 2)
+  gfpgan.log_size(out_size)
+  narrow = shape('stylegan_decoder.constant_input.weight')[1] / 512
+  style = shape('stylegan_decoder.style_conv1.modulated_conv.modulation.weight')[1]
+  num_mlp = len([k for k in shapes if re.fullmatch(r'stylegan_decoder\.style_mlp\.\d+\.weight', k)])
+  multiplier = 1
+  if out_size >= 64:
+    multiplier = shape('stylegan_decoder.to_rgbs.3.modulated_conv.weight')[2] / (256 * narrow)
+    multiplier = int(multiplier) if float(multiplier).is_integer() else multiplier
+  codes = shape('final_linear.weight')[0]
+  if codes not in (style, gfpgan.num_latent(out_size) * style):
+    raise ValueError(f"{source}: key 'final_linear.weight' has {codes} outputs, expected {style} "
+                     f'or {gfpgan.num_latent(out_size) * style}')
+  sft = shape('condition_scale.0.2.weight')[0]
+  hidden = shape('condition_scale.0.0.weight')[0]
+  if sft not in (hidden, 2 * hidden):
+    raise ValueError(f"{source}: key 'condition_scale.0.2.weight' has {sft} outputs, expected "
+                     f'{hidden} or {2 * hidden}')
+  return dict(out_size=out_size, num_style_feat=style, channel_multiplier=multiplier,
+              num_mlp=num_mlp, input_is_latent=True, different_w=codes != style,
+              narrow=narrow if not narrow.is_integer() else int(narrow), sft_half=sft == hidden)
+
+
+def gfpgan_variable_shapes(model: 'gfpgan.GFPGANv1Clean') -> dict:
+  """{'params': ..., 'buffers': ...} of `jax.ShapeDtypeStruct` for a GFPGANv1Clean (no compute)."""
+  x = jax.ShapeDtypeStruct((1, model.out_size, model.out_size, 3), jnp.float32)
+  return flax.core.unfreeze(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
+
+
+def convert_gfpgan_state_dict(state_dict: Mapping[str, np.ndarray],
+                              source: str = '<state dict>') -> dict:
+  """A GFPGANv1Clean release state dict -> Flax variables of `GFPGANv1Clean(**gfpgan_config)`
+  (strict: a missing, unexpected or misshapen key is a ValueError naming it and `source`)."""
+  config = gfpgan_config({k: np.shape(v) for k, v in state_dict.items()}, source)
+  shapes = gfpgan_variable_shapes(gfpgan.GFPGANv1Clean(**config))
+  expected = {gfpgan_torch_key(tuple(path)): ((collection, *path), leaf.shape)
+              for (collection, *path), leaf in flax.traverse_util.flatten_dict(shapes).items()}
+  for key in state_dict:
+    if key not in expected:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    perm = _gfpgan_perm(flax_path[-1], len(shape))
+    torch_shape = tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
+    if value.shape != torch_shape:
+      raise ValueError(f'{source}: key {key!r} has shape {value.shape}, expected {torch_shape}')
+    out[flax_path] = value.transpose(perm) if perm else value
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def load_gfpgan(path: str) -> tuple['gfpgan.GFPGANv1Clean', dict]:
+  """(model, variables) from a converted GFP-GAN msgpack (`data_prep.convert_weights
+  --arch=gfpgan`); the config is read off the shapes, every path and shape checked."""
+  tree = load_variables(path)
+  model = gfpgan.GFPGANv1Clean(**gfpgan_config(gfpgan_torch_shapes(tree), path))
+  check_tree(tree, gfpgan_variable_shapes(model), f'{path} (gfpgan)')
+  return model, tree
+
+
+# Wan et al.'s released checkpoints (`--arch=bopbtl`; pikfix_jax/wan_release.py drives it).
+
+BOPBTL_ARCH = 'bopbtl'
+_BOPBTL_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                  'mean': 'running_mean', 'var': 'running_var'}
+
+
+def read_bopbtl_checkpoint(path: str, detection: bool = False) -> dict[str, np.ndarray]:
+  """A release checkpoint (torch.load, weights_only) -> {key: numpy array}: a flat state dict
+  (latest_net_*.pth) or, `detection`, the 'model_state' of FT_Epoch_latest.pt."""
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""})') from None
+  if detection:
+    if not isinstance(state, Mapping) or 'model_state' not in state:
+      raise ValueError(f"{path}: missing key 'model_state' (the detector's checkpoint is "
+                       "{'model_state': state dict, ...})")
+    state = state['model_state']
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'{path}: key {key!r} holds a {type(value).__name__}, not a tensor')
+  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _bopbtl_module_key(module: flax.linen.Module, path: tuple[str, ...]) -> str:
+  """Flax module path inside a release network -> the release's torch module prefix."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  res = lambda name: int(name[3:])  # 'res3' -> 3
+  conv_in_block = lambda p: f'conv_block.{1 + 4 * int(p[4:])}'  # conv0 -> 1, conv1 -> 5
+  head, rest = path[0], path[1:]
+  if isinstance(module, wan.VAE):
+    sub = path[1]
+    if head == 'encoder':
+      n_first = 1 + 3 * (module.n_downsample + 1)  # stem + down-samplings (conv, IN, ReLU)
+      if sub == 'stem':
+        return 'encoder.1'
+      if sub.startswith('down'):
+        return f'encoder.{4 + 3 * int(sub[4:])}'
+      return f'encoder.{n_first + res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('res'):
+      return f'decoder.{res(sub)}.{conv_in_block(path[2])}'
+    if sub.startswith('up'):
+      return f'decoder.{module.n_res + 3 * int(sub[2:])}'
+    return f'decoder.{module.n_res + 3 * module.n_downsample + 1}'  # pad, conv, tanh
+  if isinstance(module, wan.MappingNetwork):
+    n_in = len(module.widths_in)
+    pre, post = ('model', 'model') if module.block == 'none' else ('before_NL', 'after_NL')
+    first_out = (3 * n_in + module.n_res) if module.block == 'none' else module.n_res
+    if head.startswith('in'):
+      return f'{pre}.{3 * int(head[2:])}'
+    if head.startswith('out'):
+      return f'{post}.{first_out + 3 * int(head[3:])}'
+    if head.startswith('res'):
+      offset = 3 * n_in if module.block == 'none' else 0
+      return f'{post}.{offset + res(head)}.{conv_in_block(rest[0])}'
+    if head == 'partial_nonlocal':
+      if rest[0].startswith('global_res'):
+        return f'NL.res_block.{int(rest[0][10:])}.{conv_in_block(rest[1])}'
+      return f'NL.{rest[0]}'
+    if head.startswith('stage'):  # 'stage1_res0'
+      stage, k = (int(t) for t in head[5:].split('_res'))
+      block = f'before_NL.{3 * n_in + k}' if stage == 0 else f'res_block_{stage}.{k}'
+      return f'{block}.{conv_in_block(rest[0])}'
+    if head.startswith('attention'):
+      scale = f'NL_scale_{int(head[9:]) + 1}'
+      if rest[0] == 'combine':
+        return f'{scale}.F_Combine'
+      return f'{scale}.res_block.{res(rest[0])}.{conv_in_block(rest[1])}'
+  if isinstance(module, wan.ScratchDetector):
+    block = lambda name: 4 * int(name.split('_block')[1][0]) + (2 if name.endswith('_norm')
+                                                                 else 1)
+    if head in ('first', 'last'):
+      return f'{head}.1'
+    if head.startswith('down'):
+      level = int(head[4:].split('_')[0])
+      if '_block' in head:
+        return f'down_path.{level}.block.{block(head)}'
+      return f'down_sample.{level}.{2 if head.endswith("_norm") else 1}'
+    if head.startswith('up'):
+      level = module.depth - 1 - int(head[2:].split('_')[0])
+      if '_block' in head:
+        return f'up_path.{level}.conv_block.block.{block(head)}'
+      return f'up_path.{level}.up.2'
+  raise ValueError(f'no release key for {type(module).__name__} variable {"/".join(path)}')
+
+
+def convert_bopbtl_state(state: Mapping[str, np.ndarray], module: flax.linen.Module,
+                         shapes: Mapping[str, Any], source: str) -> dict:
+  """A release state dict -> the Flax variables of its `module` (models/wan.py variant;
+  `shapes` from `jax.eval_shape(module.init, ...)`). Strict: a missing, unexpected or
+  misshapen key is a one-line ValueError naming `source` and the key. Conv kernels go OIHW ->
+  HWIO, transposed convs (in, out, kh, kw) -> (kh, kw, in, out). BatchNorm
+  'num_batches_tracked' may be there or not (torch < 0.4.1 did not save it); the detector's
+  anti-aliasing filters ('down_sample.N.4.filt') must be the fixed [1, 2, 1]^2 / 16."""
+  from pikfix_jax.models import wan  # pylint: disable=g-import-not-at-top
+  expected, bn_modules = {}, set()
+  for (collection, *path), leaf in flax.traverse_util.flatten_dict(dict(shapes)).items():
+    prefix = _bopbtl_module_key(module, tuple(path[:-1]))
+    expected[f'{prefix}.{_BOPBTL_LEAVES[path[-1]]}'] = ((collection, *path), leaf.shape)
+    if collection == 'batch_stats':
+      bn_modules.add(prefix)
+  filters = {}
+  if isinstance(module, wan.ScratchDetector):
+    a = np.array([1.0, 2.0, 1.0], np.float32)
+    for level in range(module.depth):
+      c = module.base_features * 2 ** level
+      filters[f'down_sample.{level}.4.filt'] = np.tile(
+          (np.outer(a, a) / 16.0)[None, None], (c, 1, 1, 1))
+  for key in state:
+    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
+    if key not in expected and key not in filters and not counter:
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  for key, want in filters.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    if np.shape(state[key]) != want.shape or not np.allclose(state[key], want, atol=1e-7):
+      raise ValueError(f'{source}: key {key!r} is not the [1, 2, 1]^2 / 16 filter of shape '
+                       f'{want.shape} (got shape {np.shape(state[key])})')
+  transposed = isinstance(module, wan.VAE)  # only the VAE decoder's 'up' layers
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state[key], np.float32)
+    if value.ndim == 4:
+      is_transpose = transposed and flax_path[2].startswith('up')
+      value = value.transpose((2, 3, 0, 1) if is_transpose else (2, 3, 1, 0))
+    if value.shape != tuple(shape):
+      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state[key])}, expected '
+                       f'the shape of Flax {"/".join(flax_path)} {tuple(shape)} (transposed)')
+    out[flax_path] = value
+  return flax.traverse_util.unflatten_dict(out)

@@ -54,12 +54,13 @@ def test_unknown_method_is_a_one_line_error_listing_the_known():
 
 
 def test_each_method_carries_its_labels_paper_rows_and_configs():
-  from pikfix_jax import model_summary  # pylint: disable=g-import-not-at-top
-  configs = model_summary.method_configs()
+  configs = methods.shipped_configs()
   assert {methods.name_of(c) for c in configs} == set(methods.names())
   assert [methods.method_class(c).label(c) for c in configs] == [
       'CMS4CV U-Net (2x SR)', 'CMS4CV Fusion (2x SR)', 'CMS4CV U-Net-GAN (2x SR)', 'Pik-Fix',
-      'Pix2pix', 'Wan et al. 2020 (restored L, zero chroma)']
+      'Pix2pix', 'Wan et al. 2020 (restored L, zero chroma)',
+      "Latent diffusion in Wan et al.'s space (DDIM 50 steps, eta 0, seed 0; restored L, zero "
+      'chroma)']
   c = cms4cv_gan.get_config()
   c.model.sr_factor = 1
   assert methods.method_class(c).label(c) == 'CMS4CV U-Net-GAN'

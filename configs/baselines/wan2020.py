@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.scratch_threshold = 0.5  # Detector probability above which a pixel is scratched (inference).
   # restore: the largest padded photo (pixels) run at once; the partial nonlocal block's memory
   # is quadratic in latent positions (512^2 px: 16,384 positions, a 1 GiB attention matrix).
-  m.max_restore_pixels = 512 * 512
+  m.max_restore_pixels = 2048 * 2048  # restore refuses larger padded photos (memory grows with size)
   m.d_scales = 2  # Image discriminators' scales (multi-scale PatchGAN).
   m.d_features = 64  # Discriminators' first width.
   m.d_layers = 3  # Strided layers per PatchGAN.

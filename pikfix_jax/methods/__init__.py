@@ -44,3 +44,11 @@ def method_class(config: ml_collections.ConfigDict) -> type[base.Method]:
 def get(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> base.Method:
   """The method `config.method` names, built for `config`."""
   return method_class(config)(config, steps_per_epoch)
+
+
+def shipped_configs() -> list[ml_collections.ConfigDict]:
+  """The config of every variant every method ships (`Method.config_modules`), method by
+  method: what `model_summary --all_methods` tabulates."""
+  return [importlib.import_module(module).get_config()
+          for name in names()
+          for module in _method_of_module(name).config_modules]

@@ -85,6 +85,9 @@ class Method(abc.ABC):
   # (module names; `model_summary --all_methods` has a row for each).
   paper_rows: dict[tuple[str, bool], tuple[str, tuple[float, float, float]]] = {}
   config_modules: tuple[str, ...] = ()
+  # config.model fields that change what inference computes but no variable (a sampler's steps
+  # and seed): `evaluate` takes them from its --config over the checkpoint's.
+  inference_options: tuple[str, ...] = ()
 
   @classmethod
   @abc.abstractmethod

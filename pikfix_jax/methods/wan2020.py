@@ -139,7 +139,7 @@ class Method(base.Method):
     kept = {k: v for k, v in options.items() if k == 'reference_size' and v}
     return inference.WholeImageRestorer(self.generator, variables, False, accepts_mask=True,
                                         max_pixels=self.config.model.get('max_restore_pixels',
-                                                                   512 * 512),
+                                                                   2048 * 2048),
                                         **kept)
 
   # ------------------------------------------------------------------------- stages

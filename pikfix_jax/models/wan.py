@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pikfix_jax.models import layers
 from pikfix_jax.models.discriminator import PatchDiscriminator
@@ -48,9 +49,18 @@ def _reflect(x: jnp.ndarray, pad: int) -> jnp.ndarray:
 
 
 def instance_norm(x: jnp.ndarray) -> jnp.ndarray:
-  """torch InstanceNorm2d(affine=False): per image and channel over H, W; no parameters."""
-  return nn.GroupNorm(num_groups=None, group_size=1, epsilon=IN_EPS, use_scale=False,
-                      use_bias=False)(x)
+  """torch InstanceNorm2d(affine=False): per image and channel over H, W; no parameters.
+
+  Statistics in float32, two passes (mean, then the centred second moment), each averaged
+  over W and then over H: one float32 reduction over all H * W positions accumulates
+  sequentially on XLA:CPU (and E[x^2] - E[x]^2 cancels), ~5x further from the exact value
+  than torch's; the released checkpoints' parity (~50 normalised layers) needs torch's
+  accuracy. The same function as nn.GroupNorm(group_size=1), which this replaced."""
+  def mean(t: jnp.ndarray) -> jnp.ndarray:
+    return jnp.mean(jnp.mean(t, axis=2, keepdims=True), axis=1, keepdims=True)
+  t = x.astype(jnp.float32)
+  centred = t - mean(t)
+  return (centred * jax.lax.rsqrt(mean(centred * centred) + IN_EPS)).astype(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -112,11 +122,17 @@ class VAE(nn.Module):
   Variance: the release's "reduced VAE" (after MUNIT): the posterior is N(mu, I), fixed unit
   variance, so there is no log-variance head; training decodes z = mu + eps, eps ~ N(0, I), and
   the KL term is `losses.wan.kl_divergence(mu)`. `encode` therefore returns (mu, None).
+
+  `release_io=True` is the released checkpoints' interface (`wan_release`, `channels=3`):
+  images in [-1, 1] in and out (the decoder's tanh as it is), no reflect padding and no
+  cropping, so any H, W gives torch's floor arithmetic (latent floor(floor(H / 2) / 2); the
+  release's pre-processing makes sides multiples of 4).
   """
   features: int = 64
   n_downsample: int = 2
   n_res: int = 4
   channels: int = 1
+  release_io: bool = False
 
   def setup(self):
     self.encoder = _Encoder(self.features, self.n_downsample, self.n_res)
@@ -128,6 +144,8 @@ class VAE(nn.Module):
     (sides padded to multiples of 2^n_downsample). `train` changes nothing (no batch norm,
     no dropout); kept for a uniform interface."""
     del train
+    if self.release_io:
+      return self.encoder(x), None
     x, _ = layers.pad_to_multiple(x, 2 ** self.n_downsample)
     return self.encoder(2.0 * x - 1.0), None
 
@@ -135,7 +153,8 @@ class VAE(nn.Module):
              hw: Optional[tuple[int, int]] = None) -> jnp.ndarray:
     """Latent (B, h, w, features) -> image (B, h 2^n, w 2^n, C) in [0, 1], cropped to `hw`."""
     del train
-    x = (self.decoder(z) + 1.0) / 2.0
+    x = self.decoder(z)
+    x = x if self.release_io else (x + 1.0) / 2.0
     return x if hw is None else layers.crop_to(x, hw)
 
   def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -238,6 +257,24 @@ def masked_softmax(logits: jnp.ndarray, keep: jnp.ndarray) -> jnp.ndarray:
   return e / jnp.where(total > 0, total, 1.0)
 
 
+def renormalised_masked_softmax(logits: jnp.ndarray, keep: jnp.ndarray,
+                                eps: float = 1e-12) -> jnp.ndarray:
+  """The released checkpoints' attention weights (`NonLocalBlock2D_with_mask_Res` with
+  `--correlation_renormalize`): softmax over *all* keys, times `keep`, then L1-renormalised
+  with torch's F.normalize floor: p_ij keep_j / max(sum_k p_ik keep_k, eps).
+
+  Written as e_ij keep_j / max(S_keep, eps S_all), e = exp(logits - row max over all keys):
+  the same function. It equals `masked_softmax` except where the kept keys hold less than
+  `eps` of a row's softmax mass; there the release's weights sum to less than 1 (to 0 as the
+  kept mass vanishes), which the converted networks must reproduce."""
+  keep = jnp.broadcast_to(keep, logits.shape)
+  e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+  kept = jnp.where(keep, e, 0.0)
+  total_kept = jnp.sum(kept, axis=-1, keepdims=True)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  return kept / jnp.maximum(total_kept, eps * total)
+
+
 class PartialNonLocalBlock(nn.Module):
   """Partial nonlocal block (Fig. 4, eqs. 7-10) on features F (B, h, w, C) and a binary mask
   m (B, h, w, 1), 1 = defect.
@@ -260,10 +297,16 @@ class PartialNonLocalBlock(nn.Module):
   latent) and equals the dense result up to float32 rounding; 0 never chunks. The
   intermediates' 'weights' are then computed separately, densely, for inspecting small inputs:
   MappingNetwork always asks for them, but jit drops them unless they are returned (only an
-  un-jitted call at a large size would materialise them)."""
+  un-jitted call at a large size would materialise them).
+
+  `release_renorm=True`: the released checkpoints' weights (`renormalised_masked_softmax`),
+  which differ from eq. 7 only where the intact keys hold < 1e-12 of a row's softmax mass; the
+  chunked path computes eq. 7 (`ops.attention`), so above attention_chunk positions the
+  release's renormalisation is that of eq. 7 (they differ only in such rows)."""
   global_res: int = 2
   local_res: int = 0
   attention_chunk: int = 1024
+  release_renorm: bool = False
 
   @nn.compact
   def __call__(self, f: jnp.ndarray, m: jnp.ndarray, return_intermediates: bool = False) -> Any:
@@ -273,7 +316,8 @@ class PartialNonLocalBlock(nn.Module):
     phi = flat(_conv(c, 1, name='phi')(f))
     values = flat(_conv(c, 1, name='g')(f))  # mu of eq. 9
     keep = (m.reshape(b, 1, h * w) < 0.5)  # key j is used iff m_j = 0
-    dense_weights = lambda: masked_softmax(jnp.einsum('bic,bjc->bij', theta, phi), keep)
+    softmax = renormalised_masked_softmax if self.release_renorm else masked_softmax
+    dense_weights = lambda: softmax(jnp.einsum('bic,bjc->bij', theta, phi), keep)
     n = h * w
     # A symbolic size (export with shape polymorphism) cannot be compared: chunked.
     if self.attention_chunk > 0 and (jax.export.is_symbolic_dim(n) or n > self.attention_chunk):
@@ -296,6 +340,142 @@ class PartialNonLocalBlock(nn.Module):
     return fused
 
 
+# The released checkpoints' mask resizing and multi-scale patch attention (`wan_release`)
+
+MAPPING_BLOCKS = ('partial_nonlocal', 'none', 'patch_attention')
+MASK_RESIZES = ('max_pool', 'release')
+
+
+def _torch_axis_taps(in_size: int, out_size: int, mode: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices (i0, i1) and weights (w0, w1) of torch F.interpolate along one axis
+  (mode 'bilinear', align_corners=False, no antialias; or 'nearest', torch's legacy nearest),
+  computed in float32 as ATen's CPU kernels do (scale = in / out)."""
+  dst = np.arange(out_size)
+  scale = np.float32(in_size) / np.float32(out_size)
+  if mode == 'nearest':
+    if out_size == in_size:
+      idx = dst
+    elif out_size == 2 * in_size:
+      idx = dst >> 1
+    else:
+      idx = np.minimum(np.floor(dst.astype(np.float32) * scale).astype(np.int64), in_size - 1)
+    return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+  if mode != 'bilinear':
+    raise ValueError(f'mode={mode!r}: use bilinear or nearest')
+  if out_size == in_size:
+    return dst, dst, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+  src = np.maximum(scale * (dst.astype(np.float32) + np.float32(0.5)) - np.float32(0.5),
+                   np.float32(0.0)).astype(np.float32)
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  i1 = i0 + (i0 < in_size - 1)
+  w1 = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
+  return i0, i1, (np.float32(1.0) - w1).astype(np.float32), w1
+
+
+def torch_interpolate(x: jnp.ndarray, hw: tuple[int, int], mode: str) -> jnp.ndarray:
+  """torch F.interpolate(x, size=hw, mode) of an NHWC tensor, for mode 'bilinear'
+  (align_corners=False, not anti-aliased: the release's mask and detector-input resizes) or
+  'nearest' (floor(dst * in / out)). Separable: equal to torch up to float rounding."""
+  for axis, out_size in ((1, hw[0]), (2, hw[1])):
+    i0, i1, w0, w1 = _torch_axis_taps(x.shape[axis], out_size, mode)
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    a = jnp.take(x, jnp.asarray(i0), axis=axis)
+    if mode == 'nearest':
+      x = a
+      continue
+    b = jnp.take(x, jnp.asarray(i1), axis=axis)
+    x = a * jnp.asarray(w0).reshape(shape) + b * jnp.asarray(w1).reshape(shape)
+  return x
+
+
+def release_latent_mask(mask: jnp.ndarray, latent_hw: tuple[int, int], block: str
+                        ) -> jnp.ndarray:
+  """The release's image-size scratch mask (B, H, W, 1), 1 = defect, -> its latent defect
+  mask (B, h, w, 1), 1 = defect.
+
+  Both blocks dilate with a bilinear resize and `mask[mask > 0] = 1` (at a 1/4 resize a latent
+  cell sees the central 2 x 2 pixels of its footprint); the partial nonlocal block
+  (`NonLocalBlock2D_with_mask_Res`) also marks a cell whose nearest-resized pixel (the
+  footprint's top-left) is a defect: intact = (1 - dilated) * nearest(1 - mask)."""
+  dilated = (torch_interpolate(mask, latent_hw, 'bilinear') > 0).astype(jnp.float32)
+  if block == 'patch_attention':
+    return dilated
+  return 1.0 - (1.0 - dilated) * (1.0 - torch_interpolate(mask, latent_hw, 'nearest'))
+
+
+def _best_intact_patch(patches: jnp.ndarray, query: jnp.ndarray, chunk: int) -> jnp.ndarray:
+  """For one image's patches (n, d) and query flags (n,): the index of the most cosine-similar
+  non-query patch for each query (first on ties, as torch.max); non-queries get 0. Queries are
+  sorted first and scored `chunk` at a time, chunks past the last query skipped (lax.cond):
+  the release scores only the masked patches, and so does this, up to one chunk."""
+  n = patches.shape[0]
+  unit = patches / jnp.maximum(jnp.linalg.norm(patches, axis=-1, keepdims=True), 1e-12)
+  order = jnp.argsort(jnp.logical_not(query), stable=True)  # queries first
+  num_queries = jnp.sum(query)
+  num_chunks = -(-n // chunk)
+  # padded with n: gathers clamp (unused rows), the scatter below drops them
+  order = jnp.concatenate([order, jnp.full((num_chunks * chunk - n,), n, order.dtype)])
+  order = order.reshape(num_chunks, chunk)
+
+  def score(i: jnp.ndarray) -> jnp.ndarray:
+    def compute(_):
+      corr = unit[order[i]] @ unit.T
+      return jnp.argmax(jnp.where(query[None, :], -jnp.inf, corr), axis=-1)
+    return jax.lax.cond(i * chunk < num_queries, compute,
+                        lambda _: jnp.zeros((chunk,), jnp.int32), None).astype(jnp.int32)
+
+  best_sorted = jax.lax.map(score, jnp.arange(num_chunks)).reshape(-1)
+  return jnp.zeros((n,), jnp.int32).at[order.reshape(-1)].set(best_sorted, mode='drop')
+
+
+def patch_compose(x: jnp.ndarray, m: jnp.ndarray, patch: int, chunk: int = 256) -> jnp.ndarray:
+  """The hard patch composition of the release's `Patch_Attention_4.inference_forward`.
+
+  x (B, h, w, C) is cut into non-overlapping patch x patch tiles (floor(h / patch) x
+  floor(w / patch), torch F.unfold, stride = size); a tile whose mean latent mask m exceeds
+  0.6 is a query and is replaced by the most cosine-similar tile (vectors of C * patch^2,
+  L2-normalised) among the non-query tiles; the tiles are folded back, the remainder rows and
+  columns that no tile covers set to 0 (F.fold). An image with no query tile keeps x as it is
+  (the release's branch). One with only query tiles, where the release crashes (an argmax over
+  no keys), also keeps x: there is no intact tile to copy."""
+  b, h, w, c = x.shape
+  nh, nw = h // patch, w // patch
+  if nh == 0 or nw == 0:
+    return x
+  tiles = x[:, :nh * patch, :nw * patch].reshape(b, nh, patch, nw, patch, c)
+  # torch's unfold vector order: (C, patch, patch)
+  vectors = tiles.transpose(0, 1, 3, 5, 2, 4).reshape(b, nh * nw, c * patch * patch)
+  cover = m[:, :nh * patch, :nw * patch, 0].reshape(b, nh, patch, nw, patch)
+  query = (jnp.mean(cover, axis=(2, 4)) > 0.6).reshape(b, nh * nw)
+  out = []
+  for i in range(b):  # one image at a time: lax.cond skips chunks without queries
+    best = _best_intact_patch(vectors[i], query[i], chunk)
+    chosen = jnp.where(query[i][:, None], vectors[i][best], vectors[i])
+    folded = chosen.reshape(nh, nw, c, patch, patch).transpose(0, 3, 1, 4, 2)
+    folded = folded.reshape(nh * patch, nw * patch, c)
+    folded = jnp.pad(folded, ((0, h - nh * patch), (0, w - nw * patch), (0, 0)))
+    use = jnp.any(query[i]) & jnp.any(jnp.logical_not(query[i]))
+    out.append(jnp.where(use, folded, x[i]))
+  return jnp.stack(out)
+
+
+class PatchAttention(nn.Module):
+  """The release's `Patch_Attention_4` (inference path): x = ResBlock(z); x's masked tiles
+  replaced by their best intact tile (`patch_compose`); a 3x3 conv (zero pad 1, the release's
+  `F_Combine`) of [z, composed, m] back to C channels. m: the binary latent defect mask."""
+  patch_size: int
+  chunk: int = 256
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, m: jnp.ndarray) -> jnp.ndarray:
+    c = z.shape[-1]
+    x = ResBlock(c, name='res0')(z)
+    composed = patch_compose(x, m, self.patch_size, self.chunk)
+    return _conv(c, 3, padding=1, name='combine')(jnp.concatenate([z, composed, m], axis=-1))
+
+
 class MappingNetwork(nn.Module):
   """The latent mapping T: Z_X -> Z_Y (Fig. 3 (II), Table 1), with the partial nonlocal block.
 
@@ -308,26 +488,56 @@ class MappingNetwork(nn.Module):
 
   `mask`: the scratch mask, 1 = defect, at image resolution (reduced with `latent_mask` by
   `mask_factor` = 2^n_downsample of the VAE) or already at the latent resolution; all zeros for
-  photos without structured defects. `train` changes nothing (instance norm only)."""
+  photos without structured defects. `train` changes nothing (instance norm only).
+
+  Variants of the released checkpoints (`wan_release`): `block` 'none' (`Mapping_Model`, no
+  mask: `mask` may be None), 'partial_nonlocal' (`Mapping_Model_with_mask`, with
+  `release_renorm=True`, `global_res=3`), 'patch_attention' (`Mapping_Model_with_mask_2`:
+  after `widths_in`, per patch size in `patch_sizes` `patch_res` residual blocks and a
+  `PatchAttention`, then `n_res` (the release: 2) residual blocks); `mask_resize='release'`
+  reduces an image-size mask as the release does (`release_latent_mask`)."""
   widths_in: Sequence[int] = (128, 256, 512)
   n_res: int = 6
   widths_out: Sequence[int] = (256,)
   global_res: int = 2
   local_res: int = 0
   mask_factor: int = 4
+  block: str = 'partial_nonlocal'
+  mask_resize: str = 'max_pool'
+  release_renorm: bool = False
+  patch_sizes: Sequence[int] = (8, 4, 2)
+  patch_res: int = 2
 
   @nn.compact
-  def __call__(self, z: jnp.ndarray, mask: jnp.ndarray, train: bool = False,
+  def __call__(self, z: jnp.ndarray, mask: Optional[jnp.ndarray] = None, train: bool = False,
                return_intermediates: bool = False) -> Any:
     del train
-    m = latent_mask(mask, z.shape[1:3], self.mask_factor)
+    if self.block not in MAPPING_BLOCKS or self.mask_resize not in MASK_RESIZES:
+      raise ValueError(f'block={self.block!r}, mask_resize={self.mask_resize!r}: use one of '
+                       f'{MAPPING_BLOCKS} and {MASK_RESIZES}')
+    m = None
+    if self.block != 'none':
+      if mask is None:
+        raise ValueError(f'block={self.block!r} needs a mask')
+      if self.mask_resize == 'release':
+        m = release_latent_mask(mask.astype(jnp.float32), z.shape[1:3], self.block)
+      else:
+        m = latent_mask(mask, z.shape[1:3], self.mask_factor)
     x = z
     for i, width in enumerate(self.widths_in):
       x = nn.relu(instance_norm(_conv(width, 3, padding=1, name=f'in{i}')(x)))
-    nonlocal_input = x
-    x, inter = PartialNonLocalBlock(self.global_res, self.local_res, name='partial_nonlocal')(
-        x, m, return_intermediates=True)
-    inter = dict(inter, nonlocal_input=nonlocal_input, fused=x, mask=m)
+    inter = {'mask': m}
+    if self.block == 'partial_nonlocal':
+      nonlocal_input = x
+      x, nl = PartialNonLocalBlock(global_res=self.global_res, local_res=self.local_res,
+                                   release_renorm=self.release_renorm,
+                                   name='partial_nonlocal')(x, m, return_intermediates=True)
+      inter.update(nl, nonlocal_input=nonlocal_input, fused=x)
+    elif self.block == 'patch_attention':
+      for s, patch in enumerate(self.patch_sizes):
+        for k in range(self.patch_res):
+          x = ResBlock(x.shape[-1], name=f'stage{s}_res{k}')(x)
+        x = PatchAttention(patch, name=f'attention{s}')(x, m)
     for i in range(self.n_res):
       x = ResBlock(x.shape[-1], name=f'res{i}')(x)
     for i, width in enumerate(self.widths_out):

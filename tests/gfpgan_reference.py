@@ -1,0 +1,285 @@
+"""A plain-torch transcription of GFP-GAN's released "clean" network (tests only): TencentARC/GFPGAN
+`GFPGANv1Clean` (gfpgan/archs/gfpganv1_clean_arch.py) over `StyleGAN2GeneratorClean`
+(stylegan2_clean_arch.py), re-written from reading the release, with its exact module and
+state-dict names, so that `GFPGANv1Clean(...).state_dict()` has the keys and shapes of the
+released files' `params_ema` (noise buffers included). basicsr is not installed here.
+
+`write_release_file` writes a file laid out like GFPGANv1.3.pth / GFPGANv1.4.pth (one
+dict, {'params_ema': state_dict}) holding random but non-trivial weights.
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SLOPE = 0.2
+
+
+def _channels(narrow: float, channel_multiplier: float) -> dict[int, int]:
+  """Width per resolution: 512 up to 32 px, then halving (times the multiplier) per level."""
+  widths = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier,
+            128: 128 * channel_multiplier, 256: 64 * channel_multiplier,
+            512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+  return {r: int(w * narrow) for r, w in widths.items()}
+
+
+class NormStyleCode(nn.Module):
+  """Pixel norm of the style code (no parameters)."""
+
+  def forward(self, x):
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class ModulatedConv2d(nn.Module):
+  """StyleGAN2's weight modulation / demodulation, per sample, as a grouped conv."""
+
+  def __init__(self, in_channels, out_channels, kernel_size, num_style_feat, demodulate=True,
+               sample_mode=None, eps=1e-8):
+    super().__init__()
+    self.out_channels, self.kernel_size = out_channels, kernel_size
+    self.demodulate, self.sample_mode, self.eps = demodulate, sample_mode, eps
+    self.modulation = nn.Linear(num_style_feat, in_channels)
+    self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size,
+                                           kernel_size) / math.sqrt(in_channels * kernel_size ** 2))
+
+  def forward(self, x, style):
+    b, c = x.shape[:2]
+    w = self.weight * self.modulation(style).view(b, 1, c, 1, 1)
+    if self.demodulate:
+      w = w * torch.rsqrt(w.pow(2).sum(dim=(2, 3, 4)) + self.eps).view(b, -1, 1, 1, 1)
+    if self.sample_mode == 'upsample':
+      x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+    elif self.sample_mode == 'downsample':
+      x = F.interpolate(x, scale_factor=0.5, mode='bilinear', align_corners=False)
+    h, wd = x.shape[2:]
+    out = F.conv2d(x.reshape(1, b * c, h, wd),
+                   w.reshape(b * self.out_channels, c, self.kernel_size, self.kernel_size),
+                   padding=self.kernel_size // 2, groups=b)
+    return out.view(b, self.out_channels, *out.shape[2:])
+
+
+class StyleConv(nn.Module):
+
+  def __init__(self, in_channels, out_channels, kernel_size, num_style_feat, demodulate=True,
+               sample_mode=None):
+    super().__init__()
+    self.modulated_conv = ModulatedConv2d(in_channels, out_channels, kernel_size, num_style_feat,
+                                          demodulate, sample_mode)
+    self.weight = nn.Parameter(torch.zeros(1))  # noise strength
+    self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+  def forward(self, x, style, noise=None):
+    out = self.modulated_conv(x, style) * math.sqrt(2)
+    if noise is None:
+      noise = out.new_empty(out.shape[0], 1, *out.shape[2:]).normal_()
+    return F.leaky_relu(out + self.weight * noise + self.bias, SLOPE)
+
+
+class ToRGB(nn.Module):
+
+  def __init__(self, in_channels, num_style_feat, upsample=True):
+    super().__init__()
+    self.upsample = upsample
+    self.modulated_conv = ModulatedConv2d(in_channels, 3, 1, num_style_feat, demodulate=False)
+    self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+  def forward(self, x, style, skip=None):
+    out = self.modulated_conv(x, style) + self.bias
+    if skip is not None:
+      if self.upsample:
+        skip = F.interpolate(skip, scale_factor=2, mode='bilinear', align_corners=False)
+      out = out + skip
+    return out
+
+
+class ConstantInput(nn.Module):
+
+  def __init__(self, num_channel, size):
+    super().__init__()
+    self.weight = nn.Parameter(torch.randn(1, num_channel, size, size))
+
+  def forward(self, batch):
+    return self.weight.repeat(batch, 1, 1, 1)
+
+
+class StyleGAN2GeneratorCSFT(nn.Module):
+  """StyleGAN2GeneratorClean plus the CS-SFT of the first conv of every level (the subclass
+  in gfpganv1_clean_arch.py); no truncation or style mixing (GFPGANer uses neither)."""
+
+  def __init__(self, out_size, num_style_feat=512, num_mlp=8, channel_multiplier=2, narrow=1,
+               sft_half=False):
+    super().__init__()
+    self.sft_half = sft_half
+    mlp = [NormStyleCode()]
+    for _ in range(num_mlp):
+      mlp += [nn.Linear(num_style_feat, num_style_feat), nn.LeakyReLU(SLOPE)]
+    self.style_mlp = nn.Sequential(*mlp)
+    ch = _channels(narrow, channel_multiplier)
+    self.constant_input = ConstantInput(ch[4], 4)
+    self.style_conv1 = StyleConv(ch[4], ch[4], 3, num_style_feat)
+    self.to_rgb1 = ToRGB(ch[4], num_style_feat, upsample=False)
+    self.log_size = int(math.log(out_size, 2))
+    self.num_layers = 2 * (self.log_size - 2) + 1
+    self.num_latent = 2 * self.log_size - 2
+    # registered in the release's order, so state_dict() lists keys as the released files do
+    self.style_convs, self.to_rgbs, self.noises = nn.ModuleList(), nn.ModuleList(), nn.Module()
+    for i in range(self.num_layers):
+      side = 2 ** ((i + 5) // 2)
+      self.noises.register_buffer(f'noise{i}', torch.randn(1, 1, side, side))
+    c_in = ch[4]
+    for level in range(3, self.log_size + 1):
+      c_out = ch[2 ** level]
+      self.style_convs.append(StyleConv(c_in, c_out, 3, num_style_feat, sample_mode='upsample'))
+      self.style_convs.append(StyleConv(c_out, c_out, 3, num_style_feat))
+      self.to_rgbs.append(ToRGB(c_out, num_style_feat))
+      c_in = c_out
+
+  def forward(self, styles, conditions, input_is_latent=False, noise=None,
+              randomize_noise=True):
+    if not input_is_latent:
+      styles = self.style_mlp(styles)
+    if noise is None:
+      noise = ([None] * self.num_layers if randomize_noise else
+               [getattr(self.noises, f'noise{i}') for i in range(self.num_layers)])
+    latent = styles if styles.ndim == 3 else styles[:, None].repeat(1, self.num_latent, 1)
+    out = self.style_conv1(self.constant_input(latent.shape[0]), latent[:, 0], noise[0])
+    skip = self.to_rgb1(out, latent[:, 1])
+    i = 1
+    for conv1, conv2, noise1, noise2, to_rgb in zip(self.style_convs[::2], self.style_convs[1::2],
+                                                    noise[1::2], noise[2::2], self.to_rgbs):
+      out = conv1(out, latent[:, i], noise1)
+      if i < len(conditions):
+        scale, shift = conditions[i - 1], conditions[i]
+        if self.sft_half:
+          kept, changed = torch.split(out, out.shape[1] // 2, dim=1)
+          out = torch.cat([kept, changed * scale + shift], dim=1)
+        else:
+          out = out * scale + shift
+      out = conv2(out, latent[:, i + 1], noise2)
+      skip = to_rgb(out, latent[:, i + 2], skip)
+      i += 2
+    return skip
+
+
+class ResBlock(nn.Module):
+  """conv3-lrelu-resample-conv3-lrelu plus a bias-free 1x1 skip of the resampled input."""
+
+  def __init__(self, in_channels, out_channels, mode='down'):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_channels, in_channels, 3, 1, 1)
+    self.conv2 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+    self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+    self.factor = 0.5 if mode == 'down' else 2
+
+  def forward(self, x):
+    resample = lambda t: F.interpolate(t, scale_factor=self.factor, mode='bilinear',
+                                       align_corners=False)
+    out = F.leaky_relu(self.conv2(resample(F.leaky_relu(self.conv1(x), SLOPE))), SLOPE)
+    return out + self.skip(resample(x))
+
+
+class GFPGANv1Clean(nn.Module):
+  """The release's GFPGANv1Clean; defaults are GFPGANer's (v1.3 / v1.4) settings. forward
+  returns (image, out_rgbs) as the release (its `return_latents` and `**kwargs` dropped)."""
+
+  def __init__(self, out_size=512, num_style_feat=512, channel_multiplier=2, num_mlp=8,
+               input_is_latent=True, different_w=True, narrow=1, sft_half=True):
+    super().__init__()
+    self.input_is_latent, self.different_w = input_is_latent, different_w
+    self.num_style_feat = num_style_feat
+    ch = _channels(narrow * 0.5, channel_multiplier)  # the U-Net has half the decoder's width
+    self.log_size = int(math.log(out_size, 2))
+    self.conv_body_first = nn.Conv2d(3, ch[out_size], 1)
+    self.conv_body_down = nn.ModuleList(
+        ResBlock(ch[2 ** i], ch[2 ** (i - 1)], 'down') for i in range(self.log_size, 2, -1))
+    self.final_conv = nn.Conv2d(ch[4], ch[4], 3, 1, 1)
+    self.conv_body_up = nn.ModuleList(
+        ResBlock(ch[2 ** (i - 1)], ch[2 ** i], 'up')
+        for i in range(3, self.log_size + 1))
+    self.toRGB = nn.ModuleList(nn.Conv2d(ch[2 ** i], 3, 1) for i in range(3, self.log_size + 1))
+    num_latent = 2 * self.log_size - 2
+    self.final_linear = nn.Linear(ch[4] * 16, (num_latent if different_w else 1) * num_style_feat)
+    self.stylegan_decoder = StyleGAN2GeneratorCSFT(out_size, num_style_feat, num_mlp,
+                                                   channel_multiplier, narrow, sft_half)
+    self.condition_scale, self.condition_shift = nn.ModuleList(), nn.ModuleList()
+    for i in range(3, self.log_size + 1):
+      c = ch[2 ** i]
+      for branch in (self.condition_scale, self.condition_shift):
+        branch.append(nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(SLOPE),
+                                    nn.Conv2d(c, c if sft_half else 2 * c, 3, 1, 1)))
+
+  def forward(self, x, noise=None, randomize_noise=True, return_rgb=True):
+    feat = F.leaky_relu(self.conv_body_first(x), SLOPE)
+    skips = []
+    for block in self.conv_body_down:
+      feat = block(feat)
+      skips.insert(0, feat)
+    feat = F.leaky_relu(self.final_conv(feat), SLOPE)
+    style = self.final_linear(feat.flatten(1))
+    if self.different_w:
+      style = style.view(style.shape[0], -1, self.num_style_feat)
+    conditions, out_rgbs = [], []
+    for i, block in enumerate(self.conv_body_up):
+      feat = block(feat + skips[i])
+      conditions += [self.condition_scale[i](feat), self.condition_shift[i](feat)]
+      if return_rgb:
+        out_rgbs.append(self.toRGB[i](feat))
+    image = self.stylegan_decoder(style, conditions, self.input_is_latent, noise, randomize_noise)
+    return image, out_rgbs
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+  """Non-trivial random weights everywhere (the release's zero noise strengths and biases would
+  leave those paths untested): plain convs and linears N(0, 1/fan_in) (activations stay O(1)
+through the U-Net and the SFT products; He init's gain compounds to outputs ~100),
+  biases U(-0.1, 0.1), modulation biases U(0.5, 1.5) (the release fills them with 1), noise
+  strengths U(0.1, 0.5), constant input and noise buffers N(0, 1); modulated weights keep their
+  N(0, 1/fan_in) draw. Returns the model in eval mode."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      leaf = name.rsplit('.', 1)[-1]
+      if name.endswith('modulation.bias'):
+        p.uniform_(0.5, 1.5, generator=gen)
+      elif leaf == 'bias':
+        p.uniform_(-0.1, 0.1, generator=gen)
+      elif p.ndim == 1:  # StyleConv.weight: the noise strength
+        p.uniform_(0.1, 0.5, generator=gen)
+      elif name.endswith('constant_input.weight'):
+        p.normal_(0, 1, generator=gen)
+      elif p.ndim == 5:  # modulated conv weight
+        p.normal_(0, 1 / math.sqrt(p[0, 0].numel()), generator=gen)
+      elif p.ndim == 4:
+        p.normal_(0, 1 / math.sqrt(p[0].numel()), generator=gen)
+      else:
+        p.normal_(0, 1 / math.sqrt(p.shape[1]), generator=gen)
+    for b in model.buffers():
+      b.normal_(0, 1, generator=gen)
+  return model.eval()
+
+
+def write_release_file(path: str, model: nn.Module) -> dict:
+  """Saves `model` as the released GFPGANv1.3 / v1.4 files are laid out: {'params_ema':
+  state_dict} (one copy of the weights; their 348,632,874 bytes are ~87.2 M float32 values,
+  this network's parameters plus noise buffers). Returns the state dict."""
+  state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+  torch.save({'params_ema': state}, path)
+  return state
+
+
+def noise_maps(out_size: int, batch: int, seed: int) -> list[np.ndarray]:
+  """One N(0, 1) map per StyleConv (B, 1, side, side), sides 4, 8, 8, 16, 16, ..."""
+  rng = np.random.default_rng(seed)
+  log_size = int(math.log2(out_size))
+  return [rng.standard_normal((batch, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)))
+          .astype(np.float32) for i in range(2 * (log_size - 2) + 1)]
+
+
+def count_state(module_fn) -> tuple[int, int]:
+  """(parameters, buffer values) of `module_fn()`, built on the meta device (shapes only)."""
+  with torch.device('meta'):
+    m = module_fn()
+  return sum(p.numel() for p in m.parameters()), sum(b.numel() for b in m.buffers())

@@ -1,0 +1,198 @@
+"""Latent diffusion in Wan et al.'s latent space as a method (pikfix_jax/methods/wan_ldm.py):
+its stages and switches, the mapping ablation that is Wan et al.'s method, a bfloat16 training
+step lowered for CUDA, and the demo command trained in a subprocess, stopped inside a stage,
+resumed bitwise, restored and evaluated."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs.baselines import wan2020
+from configs.baselines import wan_ldm
+from pikfix_jax import evaluate
+from pikfix_jax import loading
+from pikfix_jax import methods
+from pikfix_jax import restore
+from pikfix_jax import train
+from test_gpu_lowering import _check_cuda_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The demo command's tiny variant (64 px, tiny widths, a few steps per stage).
+TINY_FLAGS = {
+    'dataset': 'demo', 'data.image_size': 64, 'data.eval_image_size': 64,
+    'data.degradation.num_textures': 2, 'data.degradation.texture_size': 64,
+    'train.batch_size': 2, 'train.eval_batch_size': 2, 'train.num_eval_batches': 1,
+    'train.eval_every': 1000, 'train.checkpoint_every': 1000, 'train.log_every': 1,
+    'train.image_every': 1000,
+    'model.vae_features': 8, 'model.vae_res': 1, 'model.d_features': 8, 'model.d_layers': 2,
+    'model.d_scales': 1,
+    'model.unet_widths': (16, 32), 'model.unet_res_blocks': 1, 'model.unet_heads': 2,
+    'model.sampling_steps': 3,
+    'train.stage_steps.vae': 2, 'train.stage_steps.diffusion': 4,
+}
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  c = wan_ldm.get_config()
+  for key, value in dict(TINY_FLAGS, **overrides).items():
+    *path, field = key.split('.')
+    node = c
+    for p in path:
+      node = node[p]
+    node[field] = value
+  return c
+
+
+def test_stages_labels_and_switches():
+  c = tiny_config()
+  method = methods.get(c)
+  assert method.stages() == (('vae', 2), ('diffusion', 4))
+  assert [method.stage_of(s) for s in range(7)] == ['vae'] * 2 + ['diffusion'] * 5
+  assert 'DDIM 3 steps' in method.label(c) and method.vgg is None
+  c.train.stage = 'diffusion'
+  assert methods.get(c).step_range(0) == (2, 6)
+  c = tiny_config(**{'model.condition_mask': True, 'train.stage_steps.scratch': 3})
+  assert methods.get(c).stages() == (('vae', 2), ('diffusion', 4), ('scratch', 3))
+  assert 'mask-conditioned' in methods.get(c).label(c)
+  c = tiny_config(**{'model.denoiser': 'mapping'})
+  assert [n for n, _ in methods.get(c).stages()] == ['vae', 'mapping', 'scratch']
+  assert 'mapping T' in methods.get(c).label(c)
+  for field, bad in (('denoiser', 'flow'), ('guidance', 'classifier'),
+                     ('parameterization', 'x0')):
+    with pytest.raises(ValueError, match=f'config.model.{field}'):
+      methods.get(tiny_config(**{f'model.{field}': bad}))
+
+
+def test_evaluate_takes_the_sampler_settings_from_its_config():
+  trained, asked = tiny_config(), tiny_config(**{'model.sampling_steps': 10,
+                                                 'model.sampling_seed': 2,
+                                                 'model.unet_widths': (8, 8)})
+  assert evaluate.apply_inference_options(asked, trained) == ['sampling_steps', 'sampling_seed']
+  assert trained.model.sampling_steps == 10 and trained.model.unet_widths == (16, 32)
+  assert methods.get(trained).generator.config.sampling_seed == 2
+  # Methods without a sampler have none.
+  assert evaluate.apply_inference_options(wan2020.get_config(), wan2020.get_config()) == []
+
+
+@pytest.mark.slow
+def test_mapping_ablation_has_wan_et_al_s_networks():
+  """denoiser='mapping' trains and runs exactly Wan et al.'s networks (the same variables)."""
+  ours = methods.get(tiny_config(**{'model.denoiser': 'mapping'})).abstract_variables(32)
+  c = wan2020.get_config()
+  for key, value in TINY_FLAGS.items():
+    if key.startswith('model.') and key[6:] in c.model:
+      c.model[key[6:]] = value
+  theirs = methods.get(c).abstract_variables(32)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+  assert jax.tree.map(lambda a: a.shape, ours) == jax.tree.map(lambda a: a.shape, theirs)
+  diffusion = methods.get(tiny_config()).abstract_variables(32)
+  assert sorted(diffusion['params']) == ['denoiser', 'vae1', 'vae2']
+
+
+@pytest.mark.slow
+def test_bf16_diffusion_step_lowers_for_cuda_without_cpu_code():
+  config = tiny_config(**{'model.dtype': 'bfloat16', 'data.image_size': 32})
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  trainer = train.Trainer(config, steps_per_epoch=100, mesh=mesh)
+  state, frozen = jax.eval_shape(lambda: (trainer.init_state(0), trainer.init_frozen(0)))
+  batch = {name: jax.ShapeDtypeStruct((2, 32, 32, ch), jnp.float32,
+                                      sharding=trainer.data_sharding)
+           for name, ch in (('input_l', 1), ('target_lab', 3), ('reference_rgb', 3))}
+  # Trainer.train_step: the method's default stage, the diffusion step.
+  exported = jax.export.export(trainer.train_step, platforms=['cuda'])(state, batch, frozen)
+  _check_cuda_module(exported.mlir_module())
+
+
+def _main(workdir, **overrides) -> list[str]:
+  flags = dict(TINY_FLAGS, **overrides)
+  return ([sys.executable, '-m', 'pikfix_jax.main', '--config=configs/baselines/wan_ldm.py',
+           f'--workdir={workdir}'] +
+          [f'--config.{k}={",".join(map(str, v)) if isinstance(v, tuple) else v}'
+           for k, v in flags.items()])
+
+
+def _env(tmp_path) -> dict:
+  # The runs share one compilation cache: the resumed runs compile nothing again.
+  return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla_cache'))
+
+
+@pytest.mark.slow
+def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_path):
+  env = _env(tmp_path)
+  full, split = tmp_path / 'full', tmp_path / 'split'
+  subprocess.run(_main(full), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+  # The same command stopped by SIGTERM inside the diffusion stage (after the VAE stage's
+  # checkpoint at step 2), then run again to resume.
+  process = subprocess.Popen(_main(split), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (split / 'checkpoints' / '2').exists() and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  log = process.communicate(timeout=300)[1]
+  assert process.returncode == 0, log[-3000:]
+  stopped = sorted(int(d) for d in os.listdir(split / 'checkpoints') if d.isdigit())[-1]
+  assert 2 < stopped < 6, (stopped, log[-2000:])  # inside the diffusion stage
+  subprocess.run(_main(split), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+  _, expected, config = loading.load_generator(workdir=str(full))
+  model, resumed, _ = loading.load_generator(workdir=str(split))
+  flat = lambda v: jax.tree_util.tree_flatten_with_path(v)[0]
+  for (path, a), (_, b) in zip(flat(expected), flat(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+  assert len(flat(expected)) == len(flat(resumed))
+
+  # Restore (the workdir's config: 3 DDIM steps, seed 0) and evaluate.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  photo = tmp_path / 'photo.png'
+  Image.fromarray((np.random.default_rng(0).random((41, 57)) * 255).astype(np.uint8)).save(photo)
+  messages = io.StringIO()
+  outputs = []
+  for name in ('a.png', 'b.png'):
+    code, _ = restore.run(restore.Options(workdir=str(full), input=str(photo),
+                                          output=str(tmp_path / name)), out=messages)
+    assert code == 0, messages.getvalue()
+    outputs.append(np.asarray(Image.open(tmp_path / name)))
+  assert outputs[0].shape == (41, 57, 3)
+  np.testing.assert_array_equal(outputs[0], outputs[1])  # the seed is fixed
+
+  config.train.eval_batch_size = 2
+  summaries = []
+  for seed in (0, 1):
+    asked = config.copy_and_resolve_references()
+    asked.model.sampling_seed = seed
+    trained = config.copy_and_resolve_references()
+    evaluate.apply_inference_options(asked, trained)
+    summaries.append(evaluate.evaluate(asked, methods.get(trained).generator, resumed,
+                                       str(tmp_path / f'eval{seed}'), max_batches=1,
+                                       trained=trained))
+  table = open(tmp_path / 'eval0' / 'table.md').read()
+  assert "| Latent diffusion in Wan et al.'s space (DDIM 3 steps, eta 0, seed 0" in table
+  assert 'input L, zero chroma' in table  # the trivial baselines beside it
+  assert all(np.isfinite(s['psnr']) for s in summaries)
+  assert summaries[0]['psnr'] != summaries[1]['psnr']  # another seed, other samples
+
+  # One compile for every step count: the generator's steps are traced.
+  traces = []
+
+  def run(variables, l, steps, seed):
+    traces.append(1)
+    return model.apply(variables, l, steps=steps, seed=seed)['restored_l']
+  run = jax.jit(run)
+  l = jnp.full((1, 16, 16, 1), 0.5)
+  outs = [run(resumed, l, steps, 0) for steps in (1, 10, 3)]
+  assert len(traces) == 1
+  np.testing.assert_array_equal(outs[2], model.apply(resumed, l)['restored_l'])
