@@ -126,6 +126,7 @@ class PhotoRestorer(abc.ABC):
   output cropped back. Subclasses implement `restore_padded`."""
 
   uses_reference = True  # False: the network ignores its reference (restore asks for none).
+  multi_reference = False  # True: the network takes several references at once (Pik-Fix).
 
   def __init__(self, reference_size: int = DEFAULT_REFERENCE_SIZE):
     m = pikfix.MULTIPLE
@@ -136,8 +137,17 @@ class PhotoRestorer(abc.ABC):
     self._to_l = jax.jit(lambda rgb: color.rgb_to_lab_normalized(rgb)[0])
     self.last_info: dict = {}
 
-  def prepare_reference(self, reference_rgb: np.ndarray, input_hw: Sequence[int]) -> np.ndarray:
-    """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`)."""
+  def prepare_reference(self, reference_rgb: Union[np.ndarray, Sequence[np.ndarray]],
+                        input_hw: Sequence[int]) -> Union[np.ndarray, tuple]:
+    """sRGB (H, W, 3) -> resized (1, Hr, Wr, 3) float32 (see `reference_shape`); a list of
+    references -> a tuple of them, each resized on its own (one is unwrapped; several need a
+    `multi_reference` restorer)."""
+    if isinstance(reference_rgb, (list, tuple)):
+      if len(reference_rgb) != 1 and not self.multi_reference:
+        raise artifacts.RestoreError(f'{len(reference_rgb)} references given; this method takes '
+                                     'one (several references: Pik-Fix)')
+      prepared = tuple(self.prepare_reference(r, input_hw) for r in reference_rgb)
+      return prepared[0] if len(prepared) == 1 else prepared
     hw = reference_shape(reference_rgb.shape[0], reference_rgb.shape[1], self.reference_size,
                          input_hw)
     return image_io.resize_float(np.asarray(reference_rgb, np.float32)[..., :3], *hw)[None]
@@ -153,7 +163,8 @@ class PhotoRestorer(abc.ABC):
 
     Args:
       image: sRGB (H, W, 3) in [0, 1] (grey photos have equal channels) or L/100 (H, W[, 1]).
-      reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size.
+      reference_rgb: colour reference, sRGB (Hr, Wr, 3) in [0, 1], any size; or a list of them
+        (several references, `multi_reference` restorers).
       outputs: return every output `restore_padded` gives, cropped, instead of the sRGB.
     Returns:
       sRGB (H, W, 3) float32 in [0, 1]; with `outputs`, {'rgb' (H, W, 3), 'restored_l'
@@ -170,15 +181,22 @@ class PhotoRestorer(abc.ABC):
     padded, hw = layers.pad_to_multiple(jnp.asarray(image[None]), pikfix.MULTIPLE)
     l = self._to_l(padded) if padded.shape[-1] == 3 else padded
     reference = self.prepare_reference(reference_rgb, padded.shape[1:3])
+    several = isinstance(reference, tuple)
+    reference = (tuple(jnp.asarray(r) for r in reference) if several
+                 else jnp.asarray(reference))
     out = {k: np.asarray(layers.crop_to(v, hw)[0])
-           for k, v in self.restore_padded(l, jnp.asarray(reference)).items()}
-    self.last_info.update(padded=tuple(padded.shape[1:3]), reference=tuple(reference.shape[1:3]),
+           for k, v in self.restore_padded(l, reference).items()}
+    shapes = [tuple(r.shape[1:3]) for r in (reference if several else (reference,))]
+    self.last_info.update(padded=tuple(padded.shape[1:3]),
+                          reference=shapes if several else shapes[0],
                           seconds=time.perf_counter() - start)
     return out if outputs else out['rgb']
 
 
 class Restorer(PhotoRestorer):
   """Applies a Pik-Fix generator to photos of any size (module docstring)."""
+
+  multi_reference = True
 
   def __init__(self, model: pikfix.PikFix, variables: dict,
                reference_size: int = DEFAULT_REFERENCE_SIZE, tile_size: int = DEFAULT_TILE_SIZE,
@@ -288,7 +306,7 @@ class WholeImageRestorer(PhotoRestorer):
         mask, _ = layers.pad_to_multiple(mask, pikfix.MULTIPLE)
       kwargs['mask'] = mask
     out = self._apply(self.variables, l, reference, **kwargs)
-    return {k: out[k] for k in ('rgb', 'restored_l', 'ab') if k in out}
+    return {k: out[k] for k in ('rgb', 'restored_l', 'ab', 'scratch_mask') if k in out}
 
 
 class Chain:
@@ -299,6 +317,7 @@ class Chain:
   def __init__(self, first, second):
     self.first, self.second = first, second
     self.uses_reference = second.uses_reference
+    self.multi_reference = getattr(second, 'multi_reference', False)
     self.accepts_mask = getattr(first, 'accepts_mask', False)
     self.last_info: dict = {}
 

@@ -20,11 +20,12 @@ import hashlib
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -70,18 +71,28 @@ def default_index_path(reference_dir: str, image_size: int) -> str:
   return os.path.join(root, 'reference_index', f'{name}-{key}.npz')
 
 
-class ReferencePicker:
-  """The reference of each photo: a fixed file, or the best match in a corpus (sec. 3.5)."""
+def reference_paths(reference: Union[str, Sequence[str]]) -> list[str]:
+  """--reference as a list of paths ('' or [] -> []; it is repeatable: several references)."""
+  if isinstance(reference, str):
+    return [reference] if reference else []
+  return [r for r in reference if r]
 
-  def __init__(self, reference: str = '', reference_dir: str = '', index: str = '',
-               top_k: int = 1, vgg19: str = '', index_image_size: int = 0):
+
+class ReferencePicker:
+  """The reference of each photo: fixed files (one, or several for Pik-Fix's multi-reference
+  warp), or the best match in a corpus (sec. 3.5)."""
+
+  def __init__(self, reference: Union[str, Sequence[str]] = '', reference_dir: str = '',
+               index: str = '', top_k: int = 1, vgg19: str = '', index_image_size: int = 0):
     self.fixed = None
     self.top_k = max(1, top_k)
     self.reference_dir = reference_dir
     self.index = None
-    if reference:
-      self.fixed_path = reference
-      self.fixed = image_io.read_image(reference)
+    paths = reference_paths(reference)
+    if paths:
+      self.fixed_path = ', '.join(paths)
+      images = [image_io.read_image(p) for p in paths]
+      self.fixed = images[0] if len(images) == 1 else images
       return
     vgg = None
     if vgg19:
@@ -127,7 +138,8 @@ class ReferencePicker:
 
   def pick(self, image: np.ndarray, input_path: str = ''
            ) -> tuple[str, np.ndarray, list[tuple[str, float]]]:
-    """(path, sRGB image, ranked candidates [(path, score)]) of the reference for `image`."""
+    """(path, sRGB image, ranked candidates [(path, score)]) of the reference for `image`
+    (several fixed references: their paths joined by ', ' and a list of images)."""
     if self.fixed is not None:
       return self.fixed_path, self.fixed, []
     ranked = self.index.query(image, top_k=self.top_k + 1)
@@ -169,12 +181,15 @@ def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
   return image_io.resize_float(image, height, width)
 
 
-def compare_image(image: np.ndarray, reference: np.ndarray, output: np.ndarray) -> np.ndarray:
-  """input | reference | output side by side (same height, at most COMPARE_MAX_HEIGHT)."""
+def compare_image(image: np.ndarray, reference: Union[np.ndarray, Sequence[np.ndarray]],
+                  output: np.ndarray) -> np.ndarray:
+  """input | reference(s) | output side by side (same height, at most COMPARE_MAX_HEIGHT)."""
   height = min(output.shape[0], COMPARE_MAX_HEIGHT)
   gap = np.ones((height, max(2, height // 64), 3), np.float32)
-  panels = [_fit_height(np.clip(p[..., :3], 0, 1), height) for p in (image, reference, output)]
-  return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+  references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+  panels = [_fit_height(np.clip(p[..., :3], 0, 1), height)
+            for p in [image] + references + [output]]
+  return np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1)
 
 
 def compare_path(output_path: str) -> str:
@@ -189,7 +204,7 @@ class Options:
   workdir: str = ''
   checkpoint: str = ''
   use_best: bool = False
-  reference: str = ''
+  reference: Union[str, Sequence[str]] = ''  # one path, or several (Pik-Fix's multi-reference)
   reference_dir: str = ''
   index: str = ''
   top_k: int = 1
@@ -336,8 +351,39 @@ def check_reference_source(options: Options) -> None:
     raise artifacts.RestoreError('give either --reference or --reference_dir/--index, not both')
   if options.reference_dir and not os.path.isdir(options.reference_dir):
     raise artifacts.RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
-  if options.reference and not os.path.exists(options.reference):
-    raise artifacts.RestoreError(f'--reference={options.reference}: no such file')
+  for path in reference_paths(options.reference):
+    if not os.path.exists(path):
+      raise artifacts.RestoreError(f'--reference={path}: no such file')
+
+
+def build_restorer(options: Options
+                   ) -> tuple[inference.PhotoRestorer, Optional[ml_collections.ConfigDict]]:
+  """(restorer, training config or None) of the model the options name: --workdir /
+  --checkpoint (a stablehlo export, a converted release, or any method), chained with
+  --colorize_with. The app (pikfix_jax/app_server.py) loads its models through this too."""
+  config = None
+  if options.checkpoint and artifacts.is_stablehlo_export(options.checkpoint):
+    if options.dtype or options.query_chunk:
+      raise artifacts.RestoreError(
+          '--dtype and --query_chunk cannot change a --format=stablehlo export '
+          '(they are compiled in)')
+    restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
+  elif options.checkpoint and wan_release.is_release_dir(options.checkpoint):
+    restorer = wan_release.photo_restorer(options.checkpoint, options.with_scratch,
+                                          options.hr, options.test_mode)
+  else:
+    if options.with_scratch or options.hr:
+      raise artifacts.RestoreError(
+          '--with_scratch/--hr run the released Wan et al. model: pass --checkpoint=DIR of '
+          'python -m data_prep.convert_weights --arch=bopbtl (docs/WEIGHTS.md)')
+    restorer, config = _method_restorer(options, options.workdir, options.checkpoint)
+  if options.colorize_with:
+    colorizer, config = _method_restorer(options, options.colorize_with, '')
+    if not colorizer.uses_reference:
+      raise artifacts.RestoreError(f'--colorize_with={options.colorize_with}: its method '
+                                   'takes no colour reference (train Pik-Fix for colour)')
+    restorer = inference.Chain(restorer, colorizer)
+  return restorer, config
 
 
 def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
@@ -352,29 +398,8 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
   try:
     pairs = plan(options)
     config = None
-    if (restorer is None and options.checkpoint and
-        artifacts.is_stablehlo_export(options.checkpoint)):
-      if options.dtype or options.query_chunk:
-        raise artifacts.RestoreError(
-            '--dtype and --query_chunk cannot change a --format=stablehlo export '
-            '(they are compiled in)')
-      restorer = inference.ExportedRestorer(options.checkpoint, options.reference_size)
-    elif (restorer is None and options.checkpoint and
-          wan_release.is_release_dir(options.checkpoint)):
-      restorer = wan_release.photo_restorer(options.checkpoint, options.with_scratch,
-                                            options.hr, options.test_mode)
-    elif restorer is None:
-      if options.with_scratch or options.hr:
-        raise artifacts.RestoreError(
-            '--with_scratch/--hr run the released Wan et al. model: pass --checkpoint=DIR of '
-            'python -m data_prep.convert_weights --arch=bopbtl (docs/WEIGHTS.md)')
-      restorer, config = _method_restorer(options, options.workdir, options.checkpoint)
-    if options.colorize_with:
-      colorizer, config = _method_restorer(options, options.colorize_with, '')
-      if not colorizer.uses_reference:
-        raise artifacts.RestoreError(f'--colorize_with={options.colorize_with}: its method '
-                                     'takes no colour reference (train Pik-Fix for colour)')
-      restorer = inference.Chain(restorer, colorizer)
+    if restorer is None:
+      restorer, config = build_restorer(options)
     if options.scratch_mask:
       if not getattr(restorer, 'accepts_mask', False):
         raise artifacts.RestoreError('--scratch_mask: this method takes no defect mask (only '
@@ -389,6 +414,10 @@ def run(options: Options, restorer: Optional[inference.PhotoRestorer] = None,
         say('note: this method takes no colour reference; --reference/--reference_dir ignored')
       return _run_files(restorer, None, pairs, options, out, say)
     check_reference_source(options)
+    if (len(reference_paths(options.reference)) > 1 and
+        not getattr(restorer, 'multi_reference', False)):
+      raise artifacts.RestoreError('several --reference given; this model takes one (several '
+                                   'references: a Pik-Fix workdir or orbax export)')
     vgg19 = options.vgg19
     if vgg19 is None:
       vgg19 = config.backbones.vgg19 if config is not None else ''
@@ -458,7 +487,9 @@ def define_flags() -> dict:
   d['input'] = flags.DEFINE_string('input', None, 'Photo file, or a folder of photos (recursive).')
   d['output'] = flags.DEFINE_string('output', None, 'Output file (format from its extension), '
                                     'or a folder.')
-  d['reference'] = flags.DEFINE_string('reference', '', 'Colour reference image.')
+  d['reference'] = flags.DEFINE_multi_string(
+      'reference', [], 'Colour reference image; repeat it for several references at once '
+      '(Pik-Fix: the warp attends over all of them).')
   d['reference_dir'] = flags.DEFINE_string(
       'reference_dir', '', 'Folder of colour photos: the most similar one (paper sec. 3.5) '
       'becomes each photo\'s reference.')

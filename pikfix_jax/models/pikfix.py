@@ -113,30 +113,40 @@ class PikFix(nn.Module):
       reference_rgb: colour reference (B, Hr, Wr, 3) sRGB in [0, 1]; Hr, Wr multiples of 32.
       train: enables dropout (needs a 'dropout' rng when config dropout > 0).
 
+    Several references: `reference_rgb` a tuple of (B, Hr_r, Wr_r, 3), each its own size; the
+    warp attends over every position of every reference (ops/warp.py), the 'none' ablation
+    averages their resized colours, and `reference_hist` is that of all their pixels.
+
     Returns a dict with `restored_l` (B,H,W,1), `ab` (B,H,W,2) in [-1,1], `lab` (normalised
     L, a, b), `rgb`, `confidence` {scale: (B,h,w,1)}, `warped` {scale: (B,h,w,V)},
     `output_hist` / `reference_hist` (B, 2, K) global SPHist of output / reference ab.
     """
-    for name, x in (('input', input_l), ('reference', reference_rgb)):
+    several = isinstance(reference_rgb, (tuple, list))
+    references = tuple(reference_rgb) if several else (reference_rgb,)
+    for name, x in (('input', input_l),) + tuple(('reference', r) for r in references):
       if x.shape[1] % MULTIPLE or x.shape[2] % MULTIPLE:
         raise ValueError(f'{name} size {x.shape[1:3]} is not a multiple of {MULTIPLE}; '
                          'use pikfix_jax.models.layers.pad_to_multiple')
     c = self.config
     restored_l = self.restoration_net(input_l)
-    reference_l, reference_ab = color.rgb_to_lab_normalized(reference_rgb)
-    values = self.reference_values(reference_ab)
+    labs = [color.rgb_to_lab_normalized(r) for r in references]
+    reference_ab = [ab for _, ab in labs]
+    values = [self.reference_values(ab) for ab in reference_ab]
 
     warped, confidence = {}, {}
     if c.similarity.mode == 'none':
       for i in self.fusion_scales():
         h, w = input_l.shape[1] // SCALE_STRIDE[i], input_l.shape[2] // SCALE_STRIDE[i]
-        warped[i] = layers.resize(layers.downsample(values, SCALE_STRIDE[i]), h, w)
+        warped[i] = sum(layers.resize(layers.downsample(v, SCALE_STRIDE[i]), h, w)
+                        for v in values) / len(values)
         confidence[i] = jnp.zeros((input_l.shape[0], h, w, 1), jnp.float32)
     else:
-      features = self.similarity_net(restored_l, reference_l)
+      reference_l = tuple(l for l, _ in labs)
+      features = self.similarity_net(restored_l, reference_l if several else reference_l[0])
       for i, (m_input, m_ref) in features.items():
-        v = _flatten(layers.downsample(values, SCALE_STRIDE[i]))
-        out, conf = warp.warp_histogram(_flatten(m_input), _flatten(m_ref), v,
+        m_refs = m_ref if several else (m_ref,)
+        v = [_flatten(layers.downsample(x, SCALE_STRIDE[i])) for x in values]
+        out, conf = warp.warp_histogram(_flatten(m_input), [_flatten(m) for m in m_refs], v,
                                         c.similarity.temperature, c.similarity.query_chunk)
         warped[i] = out.reshape(m_input.shape[:3] + (-1,))
         confidence[i] = conf.reshape(m_input.shape[:3] + (1,))
@@ -163,8 +173,8 @@ class PikFix(nn.Module):
         'warped': warped,
         'confidence': confidence,
         'output_hist': histogram.global_histogram(histogram.sphist(ab, centers, sigma)),
-        'reference_hist': histogram.global_histogram(
-            histogram.sphist(reference_ab, centers, sigma)),
+        'reference_hist': histogram.global_histogram(jnp.concatenate(
+            [_flatten(histogram.sphist(ab, centers, sigma)) for ab in reference_ab], axis=1)),
     }
 
 

@@ -37,8 +37,10 @@ class SimilarityNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_l: jnp.ndarray, reference_l: jnp.ndarray
-               ) -> dict[int, tuple[jnp.ndarray, jnp.ndarray]]:
+  def __call__(self, input_l: jnp.ndarray, reference_l: Any
+               ) -> dict[int, tuple[jnp.ndarray, Any]]:
+    """reference_l: (B, Hr, Wr, 1), or a tuple of them (several references: the input's
+    features are computed once; M_i^R is then a tuple with one map per reference)."""
     backbone = ResNet34(dtype=self.dtype, name='resnet34')
     projections = [layers.Conv(self.width, (3, 3), dtype=self.dtype, name=f'project{j + 1}')
                        for j in range(NUM_SCALES)]
@@ -52,8 +54,10 @@ class SimilarityNet(nn.Module):
         feats = jax.lax.stop_gradient(feats)
       return [projections[j](feats[name]) for j, name in enumerate(LAYER_NAMES)]
 
+    several = isinstance(reference_l, (tuple, list))
     f_input = project(input_l, stop_gradient=False)
-    f_ref = project(reference_l, stop_gradient=not self.train_backbone)
+    f_refs = [project(r, stop_gradient=not self.train_backbone)
+              for r in (reference_l if several else (reference_l,))]
 
     outputs = {}
     for i in self.scales:
@@ -62,5 +66,6 @@ class SimilarityNet(nn.Module):
         parts = [layers.resize(coeffs[i - 1, j].astype(self.dtype) * f[j], h, w)
                  for j in range(NUM_SCALES)]
         return shared_w(jnp.concatenate(parts, axis=-1))
-      outputs[i] = (fuse(f_input), fuse(f_ref))
+      m_refs = tuple(fuse(f) for f in f_refs)
+      outputs[i] = (fuse(f_input), m_refs if several else m_refs[0])
     return outputs

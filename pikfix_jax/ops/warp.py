@@ -3,9 +3,15 @@
 The similarity map of eq. (2) between N_q input positions and N_k reference positions is
 never materialised whole: queries are processed in chunks, so memory grows as
 chunk * N_k instead of N_q * N_k.
+
+Several references (`warp_histogram` given sequences of keys and values) are one set of keys:
+their positions are concatenated, centred by the mean over *all* of them (eq. 2's mean, taken
+over the union) and compete in one softmax, so every input position takes its colour from the
+best-matching position of whichever reference has it (docs/MODEL.md, "Several references").
 """
 
 import functools
+from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +49,26 @@ def warp_dense(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
   return warp_histogram(query, key, values, temperature, chunk=query.shape[1])
 
 
-def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
+Arrays = Union[jnp.ndarray, Sequence[jnp.ndarray]]
+
+
+def concat_positions(x: Arrays) -> jnp.ndarray:
+  """One (B, N, C) array, or several (B, N_r, C) -> (B, sum N_r, C)."""
+  if isinstance(x, (list, tuple)):
+    return x[0] if len(x) == 1 else jnp.concatenate(list(x), axis=1)
+  return x
+
+
+def warp_histogram(query: jnp.ndarray, key: Arrays, values: Arrays,
                    temperature: float, chunk: int = 1024) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Warps reference values onto input positions by the softmax similarity.
 
   Args:
     query: (B, N_q, C) input features M_i^I (eq. 1).
-    key: (B, N_k, C) reference features M_i^R.
-    values: (B, N_k, V) reference values (SPHist h_i, or raw ab for the ablation).
+    key: (B, N_k, C) reference features M_i^R, or one (B, N_r, C) per reference (several
+      references: concatenated along positions and centred together, module docstring).
+    values: (B, N_k, V) reference values (SPHist h_i, or raw ab for the ablation), or one
+      (B, N_r, V) per reference, in the order of `key`.
     temperature: softmax temperature over reference positions.
     chunk: query positions per block (memory ~ B * chunk * N_k floats).
 
@@ -59,8 +77,8 @@ def warp_histogram(query: jnp.ndarray, key: jnp.ndarray, values: jnp.ndarray,
     confidence: (B, N_q, 1) the best cosine similarity of each input position.
   """
   q = center_and_normalize(query)
-  k = center_and_normalize(key)
-  v = values.astype(jnp.float32)
+  k = center_and_normalize(concat_positions(key))
+  v = concat_positions(values).astype(jnp.float32)
   v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)  # [v, 1]
   b, n_q, c = q.shape
   # A symbolic n_q (export --format=stablehlo) has no known size to compare: always chunked.
