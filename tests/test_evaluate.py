@@ -242,7 +242,7 @@ def test_whole_image_evaluation_of_every_baseline_is_its_restorer(tmp_path, name
   import jax  # pylint: disable=g-import-not-at-top
   from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
   from test_methods import tiny_baseline  # pylint: disable=g-import-not-at-top
-  from test_wan import tiny_wan  # pylint: disable=g-import-not-at-top
+  from test_methods_wan2020 import tiny_wan  # pylint: disable=g-import-not-at-top
   config = tiny_wan() if name == 'wan2020' else tiny_baseline(name)
   method = methods.get(config)
   variables = jax.jit(method.generator.init)(
