@@ -205,7 +205,7 @@ def test_baseline_trains_resumes_restores_and_evaluates(tmp_path):
       '--config.data.degrade=True', '--config.data.degradation.num_textures=2',
       '--config.data.degradation.texture_size=64')
   table = open(os.path.join(whole, 'eval', 'table.md')).read()
-  assert '| CMS4CV U-Net, pikfix_jax (this run) |' in table
+  assert '| CMS4CV U-Net (2x SR), pikfix_jax (this run) |' in table
   assert 'zero chroma' in table and 'shuffled reference' not in table
 
 
