@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import flax
@@ -127,6 +127,36 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   raise ValueError(f'{path}: unknown weight file type (expected .pth, .pt, .bin or .safetensors)')
 
 
+def take_state(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+               source: str, torch_to_flax: Callable[[tuple, tuple], Optional[tuple]],
+               ignored: Callable[[str], bool] = lambda key: False) -> dict:
+  """The strict core of every converter. `expected`: {torch key: (Flax path, Flax shape)};
+  `torch_to_flax(flax_path, flax_shape)`: the axis permutation taking the torch tensor to the
+  Flax layout (None: same layout). Every key of `state_dict` must be expected or `ignored`,
+  every expected key present with the torch shape; else a one-line ValueError naming `source`
+  and the key. Returns the Flax variables, float32."""
+  for key in state_dict:
+    if key not in expected and not ignored(key):
+      raise ValueError(f'{source}: unexpected key {key!r}')
+  out = {}
+  for key, (flax_path, shape) in expected.items():
+    if key not in state_dict:
+      raise ValueError(f'{source}: missing key {key!r}')
+    value = np.asarray(state_dict[key], np.float32)
+    perm = torch_to_flax(flax_path, tuple(shape))
+    torch_shape = tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
+    if value.shape != torch_shape:
+      raise ValueError(f'{source}: key {key!r} has shape {value.shape}, expected {torch_shape}')
+    out[flax_path] = value.transpose(perm) if perm else value
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def _torchvision_perm(flax_path: tuple, shape: tuple) -> Optional[tuple[int, ...]]:
+  """Conv kernels OIHW -> HWIO, linear (out, in) -> (in, out)."""
+  del flax_path
+  return {4: (2, 3, 1, 0), 2: (1, 0)}.get(len(shape))
+
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], shapes: dict,
                        source: str = '<state dict>',
                        ignored_prefixes: tuple[str, ...] = _IGNORED_PREFIXES) -> dict:
@@ -138,31 +168,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], shapes: dict,
     expected[torch_key(tuple(path))] = ((collection, *path), leaf.shape)
     if collection == 'batch_stats':
       bn_modules.add(torch_key(tuple(path)).rsplit('.', 1)[0])
-  for key in state_dict:
-    ignored = key.startswith(tuple(ignored_prefixes)) or (
-        key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules)
-    if key not in expected and not ignored:
-      raise ValueError(f'{source}: unexpected key {key!r}')
-  out = {}
-  for key, (flax_path, shape) in expected.items():
-    if key not in state_dict:
-      raise ValueError(f'{source}: missing key {key!r}')
-    value = np.asarray(state_dict[key], np.float32)
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    elif value.ndim == 2:
-      value = value.T  # (out, in) -> (in, out)
-    if value.shape != tuple(shape):
-      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
-                       f'expected {_torch_shape(shape)}')
-    out[flax_path] = value
-  return flax.traverse_util.unflatten_dict(out)
-
-
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if len(flax_shape) == 4:
-    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
-  return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
+  ignored = lambda key: key.startswith(tuple(ignored_prefixes)) or (
+      key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules)
+  return take_state(state_dict, expected, source, _torchvision_perm, ignored)
 
 
 def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> dict:
@@ -203,23 +211,12 @@ def convert_face_generator(state_dict: Mapping[str, np.ndarray], source: str = '
   module = wan_face.FaceGenerator() if module is None else module
   expected, bn_modules = _face_expected_keys(module.ngf, module.num_upsampling_layers,
                                              module.spade_hidden)
-  for key in state_dict:
-    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
-    if key not in expected and not counter:
-      raise ValueError(f'{source}: unexpected key {key!r}')
-  out = {}
-  for key, (flax_path, shape) in expected.items():
-    if key not in state_dict:
-      raise ValueError(f'{source}: missing key {key!r}')
-    value = np.asarray(state_dict[key], np.float32)
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    if value.shape != tuple(shape):
-      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state_dict[key])}, '
-                       f'expected {_torch_shape(shape)}')
-    out[flax_path] = value
+  counter = lambda key: (key.endswith('.num_batches_tracked') and
+                         key.rsplit('.', 1)[0] in bn_modules)
+  kernels = lambda flax_path, shape: (2, 3, 1, 0) if len(shape) == 4 else None  # OIHW -> HWIO
+  variables = take_state(state_dict, expected, source, kernels, counter)
   try:
-    return wan_face.fold_spectral_norm(flax.traverse_util.unflatten_dict(out))
+    return wan_face.fold_spectral_norm(variables)
   except ValueError as e:
     raise ValueError(f'{source}: {e}') from None
 
@@ -469,20 +466,8 @@ def convert_gfpgan_state_dict(state_dict: Mapping[str, np.ndarray],
   shapes = gfpgan_variable_shapes(gfpgan.GFPGANv1Clean(**config))
   expected = {gfpgan_torch_key(tuple(path)): ((collection, *path), leaf.shape)
               for (collection, *path), leaf in flax.traverse_util.flatten_dict(shapes).items()}
-  for key in state_dict:
-    if key not in expected:
-      raise ValueError(f'{source}: unexpected key {key!r}')
-  out = {}
-  for key, (flax_path, shape) in expected.items():
-    if key not in state_dict:
-      raise ValueError(f'{source}: missing key {key!r}')
-    value = np.asarray(state_dict[key], np.float32)
-    perm = _gfpgan_perm(flax_path[-1], len(shape))
-    torch_shape = tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
-    if value.shape != torch_shape:
-      raise ValueError(f'{source}: key {key!r} has shape {value.shape}, expected {torch_shape}')
-    out[flax_path] = value.transpose(perm) if perm else value
-  return flax.traverse_util.unflatten_dict(out)
+  return take_state(state_dict, expected, source,
+                    lambda flax_path, shape: _gfpgan_perm(flax_path[-1], len(shape)))
 
 
 def load_gfpgan(path: str) -> tuple['gfpgan.GFPGANv1Clean', dict]:
@@ -607,10 +592,6 @@ def convert_bopbtl_state(state: Mapping[str, np.ndarray], module: flax.linen.Mod
       c = module.base_features * 2 ** level
       filters[f'down_sample.{level}.4.filt'] = np.tile(
           (np.outer(a, a) / 16.0)[None, None], (c, 1, 1, 1))
-  for key in state:
-    counter = key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_modules
-    if key not in expected and key not in filters and not counter:
-      raise ValueError(f'{source}: unexpected key {key!r}')
   for key, want in filters.items():
     if key not in state:
       raise ValueError(f'{source}: missing key {key!r}')
@@ -618,16 +599,13 @@ def convert_bopbtl_state(state: Mapping[str, np.ndarray], module: flax.linen.Mod
       raise ValueError(f'{source}: key {key!r} is not the [1, 2, 1]^2 / 16 filter of shape '
                        f'{want.shape} (got shape {np.shape(state[key])})')
   transposed = isinstance(module, wan.VAE)  # only the VAE decoder's 'up' layers
-  out = {}
-  for key, (flax_path, shape) in expected.items():
-    if key not in state:
-      raise ValueError(f'{source}: missing key {key!r}')
-    value = np.asarray(state[key], np.float32)
-    if value.ndim == 4:
-      is_transpose = transposed and flax_path[2].startswith('up')
-      value = value.transpose((2, 3, 0, 1) if is_transpose else (2, 3, 1, 0))
-    if value.shape != tuple(shape):
-      raise ValueError(f'{source}: key {key!r} has shape {np.shape(state[key])}, expected '
-                       f'the shape of Flax {"/".join(flax_path)} {tuple(shape)} (transposed)')
-    out[flax_path] = value
-  return flax.traverse_util.unflatten_dict(out)
+
+  def kernels(flax_path: tuple, shape: tuple) -> Optional[tuple[int, ...]]:
+    if len(shape) != 4:
+      return None
+    return (2, 3, 0, 1) if transposed and flax_path[2].startswith('up') else (2, 3, 1, 0)
+
+  counter = lambda key: (key.endswith('.num_batches_tracked') and
+                         key.rsplit('.', 1)[0] in bn_modules)
+  return take_state(state, expected, source, kernels,
+                    ignored=lambda key: key in filters or counter(key))
