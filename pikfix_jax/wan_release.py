@@ -208,12 +208,20 @@ def quality_resize(photo: np.ndarray, test_mode: str = 'Full') -> np.ndarray:
   rows, cols = img.height, img.width
   if test_mode == 'Scale':
     rows, cols = (rows / cols * 256, 256) if cols < rows else (256, cols / rows * 256)
-  size = _rounded_size(rows, cols, QUALITY_MULTIPLE)
+  return _resize_to_multiple(img, rows, cols, QUALITY_MULTIPLE, Image.BILINEAR,
+                             f'for test mode {test_mode}')
+
+
+def _resize_to_multiple(img: Image.Image, rows: float, cols: float, multiple: int,
+                        resample: int, purpose: str) -> np.ndarray:
+  """`img` resized (PIL `resample`) to (rows, cols) rounded to multiples of `multiple` as the
+  release rounds; unchanged when that is its size; a one-line error when a side rounds to 0."""
+  size = _rounded_size(rows, cols, multiple)
   if min(size) == 0:
-    raise ValueError(f'photo {img.height}x{img.width}: too small for test mode {test_mode} '
+    raise ValueError(f'photo {img.height}x{img.width}: too small {purpose} '
                      f'(sides round to {size[0]}x{size[1]})')
   if size != (img.height, img.width):
-    img = img.resize((size[1], size[0]), Image.BILINEAR)
+    img = img.resize((size[1], size[0]), resample)
   return np.asarray(img)
 
 
@@ -221,13 +229,8 @@ def detection_resize(photo: np.ndarray) -> np.ndarray:
   """detection.py `data_transforms(img, 'full_size')`: sides rounded to multiples of 16, PIL
   bicubic (the photo both the detector and the scratch restoration see)."""
   img = _as_rgb(photo)
-  size = _rounded_size(img.height, img.width, DETECTION_MULTIPLE)
-  if min(size) == 0:
-    raise ValueError(f'photo {img.height}x{img.width}: too small to detect scratches '
-                     f'(sides round to {size[0]}x{size[1]})')
-  if size != (img.height, img.width):
-    img = img.resize((size[1], size[0]), Image.BICUBIC)
-  return np.asarray(img)
+  return _resize_to_multiple(img, img.height, img.width, DETECTION_MULTIPLE, Image.BICUBIC,
+                             'to detect scratches')
 
 
 def to_signed(photo: np.ndarray) -> np.ndarray:
