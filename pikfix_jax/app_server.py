@@ -51,6 +51,7 @@ from pikfix_jax import methods
 from pikfix_jax import palette
 from pikfix_jax import restore
 from pikfix_jax import scoring
+from pikfix_jax import wan_release
 from pikfix_jax.ops import color
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'app_static')
@@ -160,7 +161,7 @@ class App:
         method.restorer, config = restore.build_restorer(opts)
         if config is not None:
           name = methods.method_class(config).label(config)
-        elif kind == 'checkpoint' and restore.wan_release.is_release_dir(path):
+        elif kind == 'checkpoint' and wan_release.is_release_dir(path):
           name = 'Wan et al. 2020, released model'
         else:
           name = 'exported model'
