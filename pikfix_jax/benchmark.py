@@ -27,8 +27,6 @@ from pikfix_jax import cli
 from pikfix_jax import image_io
 from pikfix_jax import methods
 from pikfix_jax import retrieval
-from pikfix_jax import train
-from pikfix_jax.data import input_pipeline
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
 from pikfix_jax.ops import dists
@@ -74,6 +72,13 @@ _ENGINE = flags.DEFINE_enum('engine', '', ['', 'ours', 'peer'], 'Internal: one w
 _RELEASE_ROOT = flags.DEFINE_string('release_root', '', 'Internal: the release folder of --peer.')
 
 
+def _trainer(config, steps_per_epoch: int = 1000):
+  """A `train.Trainer` (train and the input pipeline import TensorFlow, which the wan_release
+  children, whose peak memory is measured, must not load: imported here)."""
+  from pikfix_jax import train  # pylint: disable=g-import-not-at-top
+  return train.Trainer(config, steps_per_epoch=steps_per_epoch)
+
+
 def emit(record: dict) -> None:
   """Prints one measurement as a JSON line."""
   print(json.dumps(record), flush=True)
@@ -82,6 +87,7 @@ def emit(record: dict) -> None:
 def bench_input(config) -> None:
   """Examples/s of the full training pipeline (decode, crop, Lab, degrade, reference), one
   record per reference strategy (epoch 0 and 1), after 2 warm-up batches."""
+  from pikfix_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  (_trainer)
   batch_size, warmup = config.train.batch_size, 2
   n_train = input_pipeline.num_examples(config, 'train')
   # Enough passes that one epoch holds the warm-up and the timed batches.
@@ -164,7 +170,7 @@ def bench_train(config, steps: int) -> None:
   devices = jax.devices()
   if batch_size % len(devices):
     raise ValueError(f'--batch_size={batch_size} must be divisible by the {len(devices)} devices.')
-  trainer = train.Trainer(config, steps_per_epoch=1000)
+  trainer = _trainer(config)
   state = trainer.init_state(config.seed)
   vgg_variables = trainer.init_frozen(config.seed)
   rng = np.random.default_rng(config.seed)
@@ -299,7 +305,7 @@ def bench_max_batch(config, limit_gib: Optional[float], max_compiles: int) -> No
   else:
     limit = limit_gib * 2**30
   size = config.data.image_size
-  trainer = train.Trainer(config, steps_per_epoch=1000)
+  trainer = _trainer(config)
   state = trainer.init_state(config.seed)
   vgg_variables = trainer.init_frozen(config.seed)
   example = _random_train_batch(np.random.default_rng(config.seed), 1, size)
@@ -366,7 +372,7 @@ def _model_flops(config, lowered, state, batch, vgg_variables) -> float:
   flops_config = config.copy_and_resolve_references()
   flops_config.model.remat = False
   flops_config.model.similarity.query_chunk = config.data.image_size ** 2
-  trainer = train.Trainer(flops_config, steps_per_epoch=1000)
+  trainer = _trainer(flops_config)
   return _flops(trainer.train_step.lower(state, batch, vgg_variables).cost_analysis())
 
 
@@ -548,7 +554,7 @@ def bench_faces(config) -> None:
 def main(argv):
   del argv
   if _WHAT.value == 'wan_release':
-    cli.setup(compilation_cache=False)
+    cli.setup(compilation_cache=False, tensorflow=False)
     if _ENGINE.value:
       bench_wan_release_one(_ENGINE.value, int(_SIZES.value[0]), _CHECKPOINT.value,
                             _RELEASE_ROOT.value)

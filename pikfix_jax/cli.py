@@ -6,23 +6,26 @@ import os
 
 from absl import logging
 import jax
-import tensorflow as tf
 
 from pikfix_jax import xla_cpu
 
 
-def setup(compilation_cache: bool = True) -> None:
+def setup(compilation_cache: bool = True, tensorflow: bool = True) -> None:
   """Sets the XLA:CPU flags (xla_cpu.set_cpu_xla_flags), hides accelerators from TensorFlow,
   filters orbax's INFO chatter out of the logs (warnings still show) and turns on the
   persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla),
   so a resumed or repeated run skips most compile time; `compilation_cache=False` turns it
   off, $JAX_COMPILATION_CACHE_DIR or not. Call before any JAX or TensorFlow work (importing
   pikfix_jax does none): JAX settles the flags and the cache at its first compilation, and
-  TensorFlow its devices at its first operation."""
+  TensorFlow its devices at its first operation. `tensorflow=False` leaves TensorFlow
+  unimported, for a process that never runs it (a benchmark child whose peak memory is
+  measured)."""
   xla_cpu.set_cpu_xla_flags()
-  # TensorFlow (tf.data, image decoding) runs on the host: it must not take accelerator memory.
-  # (Its C++ log level is JAX's: importing jax sets $TF_CPP_MIN_LOG_LEVEL to 1 unless set.)
-  tf.config.set_visible_devices([], 'GPU')
+  if tensorflow:
+    # TensorFlow (tf.data, 16-bit PNG decoding) runs on the host: it must not take accelerator
+    # memory. (Its C++ log level is JAX's: importing jax sets $TF_CPP_MIN_LOG_LEVEL to 1.)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
 
   def keep(record) -> bool:
     # Python's levels: absl.logging.WARNING is absl's -1, which every record passes.

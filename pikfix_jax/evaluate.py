@@ -161,6 +161,60 @@ def apply_inference_options(config: ml_collections.ConfigDict,
   return changed
 
 
+def sampling_seeds(text: Optional[str], config: ml_collections.ConfigDict,
+                   trained: ml_collections.ConfigDict) -> list[Optional[int]]:
+  """The sampling seeds to score: --sampling_seeds (comma-separated) or, for a method that
+  samples (its `inference_options` hold 'sampling_seed'), three: the config's seed and the two
+  after it, so a table gives the mean and spread of sampling; [None] (one run) otherwise."""
+  samples = 'sampling_seed' in methods.method_class(trained).inference_options
+  if text:
+    if not samples:
+      raise ValueError(f'--sampling_seeds: method {methods.name_of(trained)!r} does not sample '
+                       '(no sampling_seed); leave the flag out')
+    try:
+      seeds = [int(s) for s in text.split(',') if s.strip()]
+    except ValueError:
+      raise ValueError(f'--sampling_seeds={text}: give integers, e.g. 0,1,2') from None
+    if not seeds or len(set(seeds)) != len(seeds):
+      raise ValueError(f'--sampling_seeds={text}: give distinct integers, e.g. 0,1,2')
+    return seeds
+  if not samples:
+    return [None]
+  del config  # its sampling_seed is the checkpoint config's after apply_inference_options
+  first = int(trained.model.sampling_seed)
+  return [first, first + 1, first + 2]
+
+
+def seeds_markdown(label: str, seeds: Sequence[int], summaries: Sequence[dict]) -> str:
+  """The model's row for each sampling seed, their mean and sample standard deviation, and the
+  baselines (which do not sample: the same under every seed) once."""
+  num = scoring.format_number
+  has_lpips = all(s['lpips'] is not None for s in summaries)
+  lines = [f'# {label}: {len(seeds)} sampling seeds', '',
+           '| Run | PSNR ↑ | SSIM ↑ | LPIPS ↓ |', '| --- | --- | --- | --- |']
+  for seed, s in zip(seeds, summaries):
+    lpips = num(s['lpips'], 3) if has_lpips else 'n/a'
+    lines.append(f'| seed {seed} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
+
+  def spread(key: str, digits: int) -> str:
+    values = np.array([s[key] for s in summaries], np.float64)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f'{values.mean():.{digits}f} ± {std:.{digits}f}'
+
+  lines.append(f'| mean ± std over seeds | {spread("psnr", 2)} | {spread("ssim", 3)} | '
+               f'{spread("lpips", 3) if has_lpips else "n/a"} |')
+  for row, s in summaries[0]['scores']['rows'].items():
+    if row != scoring.MODEL:
+      lpips = num(s['lpips'], 3) if has_lpips else 'n/a'
+      lines.append(f'| {scoring.LABELS[row]} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | '
+                   f'{lpips} |')
+  lines += ['', f'{summaries[0]["images"]} images of the `{summaries[0]["split"]}` split; each '
+            'seed\'s own table, grid and per-image scores are in seed_<S>/; std: sample '
+            'standard deviation (ddof 1) of the per-seed means.', '',
+            f'Conventions: {summaries[0]["conventions"]}.']
+  return '\n'.join(lines) + '\n'
+
+
 def _plain(tree):
   if isinstance(tree, dict):
     return {k: _plain(v) for k, v in tree.items()}
@@ -438,6 +492,44 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
   return summary
 
 
+def evaluate_seeds(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
+                   output_dir: str, trained: ml_collections.ConfigDict,
+                   seeds: Sequence[Optional[int]], ranks: Sequence[Optional[int]],
+                   **options) -> list[dict]:
+  """`evaluate` for every sampling seed (`sampling_seeds`; [None]: the model as it is) and
+  reference rank, printing a line each; with several seeds each goes to output_dir/seed_<S>/
+  and `seeds_markdown` to output_dir/seeds.md. Returns the default-reference summaries, one
+  per seed."""
+  summaries = []
+  for seed in seeds:
+    seed_dir = output_dir
+    if seed is not None:
+      trained.model.sampling_seed = config.model.sampling_seed = seed
+      seed_dir = os.path.join(output_dir, f'seed_{seed}') if len(seeds) > 1 else output_dir
+      # The generator carries its config's inference options (a sampler's seed and steps).
+      model = methods.get(trained).generator
+    for rank in ranks:
+      summary = evaluate(config, model, variables, seed_dir, reference_rank=rank,
+                         trained=trained, **options)
+      lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
+      label = ((f'seed {seed}, ' if seed is not None else '')
+               + (f'rank {rank}: ' if rank else ''))
+      print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '
+            f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {seed_dir}')
+      if not rank:
+        summaries.append(summary)
+        if len(seeds) == 1:
+          print(scoring.summary_markdown(summary['scores']))
+  if len(seeds) > 1 and summaries:
+    label = methods.method_class(trained).label(trained).replace(
+        f'seed {seeds[-1]}', 'seeds ' + ','.join(map(str, seeds)))
+    table = seeds_markdown(label, seeds, summaries)
+    with open(os.path.join(output_dir, 'seeds.md'), 'w') as f:
+      f.write(table)
+    print(table)
+  return summaries
+
+
 def parse_ranks(text: str) -> list[Optional[int]]:
   """'' -> [None]; '3' -> [3]; '1,2,5' -> [1, 2, 5]; '1-10' or '1..10' -> [1, ..., 10]."""
   text = text.strip()
@@ -515,6 +607,10 @@ def define_flags() -> dict:
           'with_scratch', False, '--checkpoint of a converted Wan et al. release '
           '(convert_weights --arch=bopbtl): its scratch restoration (detector + partial '
           'nonlocal mapping) instead of its quality restoration.'),
+      'sampling_seeds': flags.DEFINE_string(
+          'sampling_seeds', '', 'Comma-separated sampling seeds of a method that samples '
+          '(wan_ldm): each scored into <output_dir>/seed_<S>/, their mean and spread in '
+          'seeds.md. Default for such a method: its config\'s sampling_seed and the next two.'),
       'hr': flags.DEFINE_bool('hr', False, 'With --with_scratch: the release\'s high-resolution '
                               'patch-attention mapping.'),
   }
@@ -552,22 +648,15 @@ def main(argv):
                        f'{trained_method!r}; pass the config it was trained with')
     if apply_inference_options(config, trained):
       model = methods.get(trained).generator
+    seeds = sampling_seeds(f['sampling_seeds'], config, trained)
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips
     output_dir = f['output_dir'] or os.path.join(f['workdir'] or f['checkpoint'], 'eval')
-    for rank in ranks:
-      summary = evaluate(config, model, variables, output_dir, reference_rank=rank,
-                         batch_size=f['batch_size'], grid_rows=f['grid_rows'],
-                         max_batches=f['max_batches'], source=info['source'],
-                         step=info['step'], reference_control=f['reference_control'],
-                         trained=trained)
-      lpips = 'n/a' if summary['lpips'] is None else f'{summary["lpips"]:.3f}'
-      label = f'rank {rank}: ' if rank else ''
-      print(f'{label}{summary["images"]} images: PSNR {summary["psnr"]:.2f} dB, SSIM '
-            f'{summary["ssim"]:.3f}, LPIPS {lpips} -> {output_dir}')
-      if not rank:
-        print(scoring.summary_markdown(summary['scores']))
+    evaluate_seeds(config, model, variables, output_dir, trained, seeds, ranks,
+                   batch_size=f['batch_size'], grid_rows=f['grid_rows'],
+                   max_batches=f['max_batches'], source=info['source'], step=info['step'],
+                   reference_control=f['reference_control'])
   except (artifacts.RestoreError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -12,7 +12,6 @@ from typing import Union
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
-import tensorflow as tf
 
 PathLike = Union[str, os.PathLike]
 _ORIENTATION_TAG = 0x0112
@@ -117,6 +116,9 @@ def _is_16bit_color_png(path: str, im: Image.Image) -> bool:
 
 
 def _decode_png16(path: str) -> np.ndarray:
+  # Pillow reads 16-bit colour PNGs as 8 bits; TensorFlow keeps the 16 (imported here, as only
+  # such files need it: a process that never reads one never loads TensorFlow).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   data = tf.io.read_file(path)
   rgba = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy().astype(np.float32) / 65535.0
   if rgba.shape[-1] == 4:

@@ -85,6 +85,18 @@ def test_evaluate_takes_the_sampler_settings_from_its_config():
 
 
 @pytest.mark.slow
+def test_sampling_seeds_default_to_three_for_a_sampler_and_refuse_others():
+  c = tiny_config(**{'model.sampling_seed': 7})
+  assert evaluate.sampling_seeds('', c, c) == [7, 8, 9]
+  assert evaluate.sampling_seeds('3', c, c) == [3]
+  assert evaluate.sampling_seeds('', wan2020.get_config(), wan2020.get_config()) == [None]
+  with pytest.raises(ValueError, match='--sampling_seeds: method .wan2020. does not sample'):
+    evaluate.sampling_seeds('0,1', wan2020.get_config(), wan2020.get_config())
+  for bad in ('a,b', '1,1'):
+    with pytest.raises(ValueError, match='--sampling_seeds='):
+      evaluate.sampling_seeds(bad, c, c)
+
+
 def test_mapping_ablation_has_wan_et_al_s_networks():
   """denoiser='mapping' trains and runs exactly Wan et al.'s networks (the same variables)."""
   ours = methods.get(tiny_config(**{'model.denoiser': 'mapping'})).abstract_variables(32)
@@ -170,20 +182,20 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
   np.testing.assert_array_equal(outputs[0], outputs[1])  # the seed is fixed
 
   config.train.eval_batch_size = 2
-  summaries = []
-  for seed in (0, 1):
-    asked = config.copy_and_resolve_references()
-    asked.model.sampling_seed = seed
-    trained = config.copy_and_resolve_references()
-    evaluate.apply_inference_options(asked, trained)
-    summaries.append(evaluate.evaluate(asked, methods.get(trained).generator, resumed,
-                                       str(tmp_path / f'eval{seed}'), max_batches=1,
-                                       trained=trained))
-  table = open(tmp_path / 'eval0' / 'table.md').read()
+  trained = config.copy_and_resolve_references()
+  seeds = evaluate.sampling_seeds('', config, trained)
+  assert seeds == [0, 1, 2]  # the checkpoint's seed and the next two
+  summaries = evaluate.evaluate_seeds(config, model, resumed, str(tmp_path / 'eval'), trained,
+                                      seeds, [None], max_batches=1)
+  table = open(tmp_path / 'eval' / 'seed_0' / 'table.md').read()
   assert "| Latent diffusion in Wan et al.'s space (DDIM 3 steps, eta 0, seed 0" in table
   assert 'input L, zero chroma' in table  # the trivial baselines beside it
   assert all(np.isfinite(s['psnr']) for s in summaries)
   assert summaries[0]['psnr'] != summaries[1]['psnr']  # another seed, other samples
+  seeds_table = open(tmp_path / 'eval' / 'seeds.md').read()
+  psnrs = np.array([s['psnr'] for s in summaries])
+  assert f'| mean ± std over seeds | {psnrs.mean():.2f} ± {psnrs.std(ddof=1):.2f} |' in seeds_table
+  assert 'seeds 0,1,2' in seeds_table and 'input L, zero chroma' in seeds_table
 
   # One compile for every step count: the generator's steps are traced.
   traces = []
