@@ -53,7 +53,8 @@ def tiny_train_config():
 
 # Tests that train the tiny model run on one xdist worker (`--dist loadgroup`, pyproject.toml)
 # so that worker compiles the training programs once (the persistent cache) and trains the
-# shared workdir below once.
+# shared workdir below once. Tests that only read a workdir take `initial_workdir`, which
+# compiles no training step, and run on any worker.
 TINY_TRAINING = pytest.mark.xdist_group('tiny_training')
 
 
@@ -67,6 +68,25 @@ def trained_workdir(tmp_path_factory) -> str:
   config.train.num_train_steps = 2
   artifacts.write_config(os.path.join(path, artifacts.CONFIG_FILE), config)
   train.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def initial_workdir(tmp_path_factory) -> str:
+  """A tiny workdir laid out as main.py writes one (config.json, checkpoints/0, best/0) that
+  holds the seed's random initial state: what restore, export, evaluate and the app read, made
+  without compiling a training step (read-only; `trained_workdir` is one that trained)."""
+  from pikfix_jax import artifacts  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import methods  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('initial_workdir'))
+  config = tiny_train_config()
+  artifacts.write_config(os.path.join(path, artifacts.CONFIG_FILE), config)
+  state = methods.get(config).init_state(config.seed)
+  latest, best = checkpoints.checkpoint_managers(path, config)
+  with checkpoints.finish_writes(latest, best):
+    checkpoints.save_state(latest, 0, state)
+    checkpoints.save_state(best, 0, state, metrics={'val_psnr': 0.0})  # as after a validation
   return path
 
 

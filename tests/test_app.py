@@ -21,13 +21,11 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from conftest import TINY_TRAINING
 from pikfix_jax import app_server
 from pikfix_jax import artifacts
 from pikfix_jax import inference
 from pikfix_jax import palette
 
-pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMEDRIVER = shutil.which('chromedriver')
@@ -52,7 +50,7 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope='module')
-def served(trained_workdir, tmp_path_factory):
+def served(initial_workdir, tmp_path_factory):
   """The app on a free local port with the tiny trained workdir and a reference folder."""
   root = tmp_path_factory.mktemp('app')
   corpus = root / 'corpus'
@@ -61,7 +59,7 @@ def served(trained_workdir, tmp_path_factory):
     Image.fromarray(getattr(skimage.data, name)()[::4, ::4]).save(corpus / f'{name}.png')
   old = os.environ.get('PIKFIX_CACHE_DIR')
   os.environ['PIKFIX_CACHE_DIR'] = str(root / 'cache')
-  options = app_server.AppOptions(workdirs=(trained_workdir, str(root / 'missing')),
+  options = app_server.AppOptions(workdirs=(initial_workdir, str(root / 'missing')),
                                   reference_dir=str(corpus), index_image_size=64,
                                   reference_size=64, top_k=3, max_upload_mb=1.0, port=0)
   app = app_server.App(options)

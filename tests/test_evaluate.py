@@ -16,15 +16,14 @@ from pikfix_jax import methods
 from pikfix_jax import scoring
 from pikfix_jax import weights
 
-pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_TRAIN = ('astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hubble_deep_field',
               'ihc', 'retina')
 
 
 @pytest.fixture(scope='module')
-def generator(trained_workdir):
-  return loading.load_generator_info(workdir=trained_workdir)
+def generator(initial_workdir):
+  return loading.load_generator_info(workdir=initial_workdir)
 
 
 def _rows(path):
@@ -50,7 +49,7 @@ def test_evaluation_writes_csvs_table_and_grid(tmp_path, generator):
   rows = {r['method']: r for r in _rows(os.path.join(out, 'metrics.csv'))}
   assert list(rows) == list(scoring.ROWS)
   for method, row in rows.items():
-    assert row['images'] == '2' and row['step'] == '2' and row['lpips'] == ''
+    assert row['images'] == '2' and row['step'] == str(info['step']) and row['lpips'] == ''
     assert float(row['psnr']) == pytest.approx(
         np.mean([psnr[(i, method)] for i in ('chelsea', 'coffee')]), abs=1e-5)
   assert float(rows['model']['ssim']) == pytest.approx(summary['ssim'], abs=1e-5)
@@ -101,10 +100,12 @@ def _tensorboard_scalars(workdir: str, step: int) -> dict:
   return values
 
 
-def test_tensorboard_validation_equals_the_table_for_the_same_checkpoint(tmp_path, generator,
+@TINY_TRAINING
+@pytest.mark.slow
+def test_tensorboard_validation_equals_the_table_for_the_same_checkpoint(tmp_path,
                                                                           trained_workdir):
   """Training-time validation and evaluate score with the same code and convention."""
-  model, variables, _, info = generator
+  model, variables, _, info = loading.load_generator_info(workdir=trained_workdir)
   summary = evaluate.evaluate(tiny_train_config(), model, variables, str(tmp_path / 'eval'),
                               source=info['source'], step=info['step'])
   logged = _tensorboard_scalars(trained_workdir, info['step'])
@@ -148,11 +149,11 @@ def test_reference_rank_uses_the_kth_training_image(tmp_path, generator):
 
 
 @pytest.mark.slow
-def test_cli(tmp_path, trained_workdir):
+def test_cli(tmp_path, initial_workdir):
   out = str(tmp_path / 'cli')
   result = subprocess.run(
       [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
-       f'--workdir={trained_workdir}', f'--output_dir={out}', '--config.data.eval_image_size=32',
+       f'--workdir={initial_workdir}', f'--output_dir={out}', '--config.data.eval_image_size=32',
        '--config.train.eval_batch_size=2', '--config.data.degrade=False'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -282,10 +283,10 @@ def test_export_made_with_use_best_is_refused_on_the_split_it_was_chosen_on(tmp_
 
 
 @pytest.mark.slow
-def test_cli_refuses_an_export_of_best_without_a_selection_split(tmp_path, trained_workdir):
+def test_cli_refuses_an_export_of_best_without_a_selection_split(tmp_path, initial_workdir):
   from pikfix_jax import export  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'best_export')
-  assert export.export(trained_workdir, out, use_best=True)['use_best']
+  assert export.export(initial_workdir, out, use_best=True)['use_best']
   result = subprocess.run(
       [sys.executable, '-m', 'pikfix_jax.evaluate', '--config=configs/demo.py',
        f'--checkpoint={out}', f'--output_dir={tmp_path / "eval"}'],

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from conftest import TINY_TRAINING
 from conftest import tiny_config
 from pikfix_jax import artifacts
 from pikfix_jax import inference
@@ -112,9 +111,8 @@ def test_restorers_taking_one_reference_refuse_several():
   assert [r.shape[1:3] for r in echo.seen] == [(32, 64), (32, 64)]
 
 
-@TINY_TRAINING
 @pytest.mark.slow
-def test_restore_reference_is_repeatable(tmp_path, trained_workdir):
+def test_restore_reference_is_repeatable(tmp_path, initial_workdir):
   """`restore --reference=A --reference=A` writes what `--reference=A` writes; two different
   references give another colouring; the compare image shows both references."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -125,7 +123,7 @@ def test_restore_reference_is_repeatable(tmp_path, trained_workdir):
   outs = {}
   for name, refs in (('one', ['a']), ('twice', ['a', 'a']), ('two', ['a', 'b'])):
     options = restore.Options(input=str(tmp_path / 'in.png'), output=str(tmp_path / f'{name}.png'),
-                              workdir=trained_workdir, reference_size=64, compare=True,
+                              workdir=initial_workdir, reference_size=64, compare=True,
                               reference=[str(tmp_path / f'{r}.png') for r in refs])
     code, results = restore.run(options)
     assert code == 0 and not results[0].error

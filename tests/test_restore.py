@@ -11,7 +11,6 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from conftest import TINY_TRAINING
 from pikfix_jax import artifacts
 from pikfix_jax import export
 from pikfix_jax import image_io
@@ -21,13 +20,12 @@ from pikfix_jax import restore
 from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 
-pytestmark = TINY_TRAINING
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def restorer(trained_workdir):
-  model, variables, config = loading.load_generator(workdir=trained_workdir)
+def restorer(initial_workdir):
+  model, variables, config = loading.load_generator(workdir=initial_workdir)
   assert tuple(config.model.restoration.levels) == (1, 4, 8)  # JSON lists back to tuples
   return inference.Restorer(model, variables, reference_size=64)
 
@@ -170,10 +168,10 @@ def test_reference_dir_uses_the_retrieval_top_match(tmp_path, restorer, capsys, 
   assert os.path.basename(results[0].reference) == 'astronaut_colour.png'
 
 
-def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, trained_workdir):
+def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, initial_workdir):
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   result = subprocess.run(
-      [sys.executable, '-m', 'pikfix_jax.restore', f'--workdir={trained_workdir}',
+      [sys.executable, '-m', 'pikfix_jax.restore', f'--workdir={initial_workdir}',
        f'--input={tmp_path / "in.png"}', f'--output={tmp_path / "out.png"}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
@@ -183,22 +181,22 @@ def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, trained_workdir):
 
 
 @pytest.mark.slow
-def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_workdir, capsys):
+def test_export_then_restore_equals_restoring_from_workdir(tmp_path, initial_workdir, capsys):
   exported = str(tmp_path / 'model')
-  record = export.export(trained_workdir, exported)
-  assert record['step'] == 2 and record['bytes'] > 0
+  record = export.export(initial_workdir, exported)
+  assert record['step'] == 0 and record['bytes'] > 0
   assert sorted(os.listdir(exported)) == ['config.json', 'export.json', 'variables']
   with pytest.raises(artifacts.RestoreError, match='exists'):
-    export.export(trained_workdir, exported)
+    export.export(initial_workdir, exported)
 
   model, variables, config = loading.load_generator(checkpoint=exported)
   assert set(variables) == {'params', 'batch_stats'}  # no optimiser, no discriminator
   assert config.model.to_dict() == artifacts.read_config(
-      os.path.join(trained_workdir, 'config.json')).model.to_dict()
+      os.path.join(initial_workdir, 'config.json')).model.to_dict()
 
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   outs = {}
-  sources = {'workdir': {'workdir': trained_workdir}, 'export': {'checkpoint': exported}}
+  sources = {'workdir': {'workdir': initial_workdir}, 'export': {'checkpoint': exported}}
   for name, source in sources.items():
     out = str(tmp_path / f'{name}.png')
     code, _ = restore.run(_options(tmp_path, input=str(tmp_path / 'in.png'), output=out,
@@ -212,13 +210,13 @@ def test_export_then_restore_equals_restoring_from_workdir(tmp_path, trained_wor
 
 
 @pytest.mark.slow
-def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_workdir, capsys,
+def test_stablehlo_export_restores_without_the_model_code(tmp_path, initial_workdir, capsys,
                                                          monkeypatch):
   """export --format=stablehlo (the command) writes a jax.export artifact that restore runs
   with no model code, giving the orbax export's output (to 5e-5, about 1/80 of an 8-bit level)."""
   artifact, orbax = str(tmp_path / 'artifact'), str(tmp_path / 'orbax')
   result = subprocess.run(
-      [sys.executable, '-m', 'pikfix_jax.export', f'--workdir={trained_workdir}',
+      [sys.executable, '-m', 'pikfix_jax.export', f'--workdir={initial_workdir}',
        f'--output={artifact}', '--format=stablehlo', '--platforms=cpu,cuda'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
@@ -227,8 +225,8 @@ def test_stablehlo_export_restores_without_the_model_code(tmp_path, trained_work
     meta = json.load(f)
   assert meta['platforms'] == ['cpu', 'cuda'] and meta['multiple'] == 32
   assert meta['model'] == json.loads(artifacts.read_config(
-      os.path.join(trained_workdir, 'config.json')).model.to_json_best_effort())
-  export.export(trained_workdir, orbax)
+      os.path.join(initial_workdir, 'config.json')).model.to_json_best_effort())
+  export.export(initial_workdir, orbax)
   with pytest.raises(artifacts.RestoreError, match='stablehlo'):
     loading.load_generator(checkpoint=artifact)
 

@@ -455,9 +455,9 @@ def _scanned_photo(path: str) -> np.ndarray:
 
 @pytest.mark.slow
 def test_restore_runs_the_release_with_and_without_scratches(converted_release, tmp_path,
-                                                             trained_workdir):
+                                                             initial_workdir):
   """restore --checkpoint=DIR: quality, --with_scratch, --with_scratch --hr and a given mask
-  each write a photo of the input's size; --colorize_with colours it with a trained Pik-Fix;
+  each write a photo of the input's size; --colorize_with colours it with a Pik-Fix workdir;
   --hr alone and a non-release with --with_scratch are one-line errors."""
   from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
   _, directory = converted_release
@@ -469,7 +469,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
   for name, kw in (('quality', {}), ('scratch', {'with_scratch': True}),
                    ('hr', {'with_scratch': True, 'hr': True}),
                    ('mask', {'with_scratch': True, 'scratch_mask': str(tmp_path / 'mask.png')}),
-                   ('colour', {'with_scratch': True, 'colorize_with': trained_workdir,
+                   ('colour', {'with_scratch': True, 'colorize_with': initial_workdir,
                                'reference': str(tmp_path / 'scan.png')})):
     out = str(tmp_path / f'{name}.png')
     code, results = restore.run(restore.Options(input=str(tmp_path / 'scan.png'), output=out,
@@ -488,7 +488,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
     assert code == 2
   code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
                                         output=str(tmp_path / 'x.png'),
-                                        workdir=trained_workdir, with_scratch=True))
+                                        workdir=initial_workdir, with_scratch=True))
   assert code == 2
 
 
