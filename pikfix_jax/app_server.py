@@ -6,9 +6,9 @@ the scratch mask, the eyedropper, the before/after slider, several references an
 thumbnails, is a few lines of plain JavaScript, while Gradio would add ~60 packages to a
 JAX/TensorFlow environment and a frontend the tests could not pin).
 
-One `App` holds the models (`restore.build_restorer` of each --workdir / --checkpoint; one
+One `App` holds the models (`restoring.build_restorer` of each --workdir / --checkpoint; one
 that fails to load is listed with its one-line error), the optional reference corpus
-(`restore.ReferencePicker`: the retrieval of paper sec. 3.5) and a temporary folder with every
+(`restoring.ReferencePicker`: the retrieval of paper sec. 3.5) and a temporary folder with every
 upload and result (removed by `App.close`). HTTP handler threads only read and write files and
 JSON; one worker thread runs the models, job after job (JAX computations are not meant to
 interleave on this CPU), and reports progress that the page polls.
@@ -49,7 +49,7 @@ from pikfix_jax import image_io
 from pikfix_jax import inference
 from pikfix_jax import methods
 from pikfix_jax import palette
-from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import scoring
 from pikfix_jax import wan_release
 from pikfix_jax.ops import color
@@ -130,7 +130,7 @@ class App:
     self.uploads: dict[str, Upload] = {}
     self.jobs: dict[str, dict] = {}
     self.methods: list[LoadedMethod] = []
-    self._picker: Optional[restore.ReferencePicker] = None
+    self._picker: Optional[restoring.ReferencePicker] = None
     self._corpus: list[str] = []
     self._lock = threading.Lock()  # uploads / jobs dicts
     self._model_lock = threading.Lock()  # one model computation at a time
@@ -143,7 +143,7 @@ class App:
     if options.reference_dir:
       if not os.path.isdir(options.reference_dir):
         raise artifacts.RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
-      self._corpus = restore.list_images(options.reference_dir)
+      self._corpus = restoring.list_images(options.reference_dir)
     self._worker = threading.Thread(target=self._work, name='pikfix-app-worker', daemon=True)
     self._worker.start()
 
@@ -156,9 +156,9 @@ class App:
       try:
         if not os.path.exists(path):
           raise artifacts.RestoreError(f'--{kind}={path}: no such directory')
-        opts = restore.Options(input='', output='', reference_size=self.options.reference_size,
+        opts = restoring.Options(input='', output='', reference_size=self.options.reference_size,
                                use_best=self.options.use_best, **{kind: path})
-        method.restorer, config = restore.build_restorer(opts)
+        method.restorer, config = restoring.build_restorer(opts)
         if config is not None:
           name = methods.method_class(config).label(config)
         elif kind == 'checkpoint' and wan_release.is_release_dir(path):
@@ -215,7 +215,7 @@ class App:
     if not data:
       raise BadInput(f'{name}: the file is empty')
     ext = os.path.splitext(name)[1].lower()
-    path, _ = self._file(ext if ext in restore.IMAGE_EXTENSIONS else '.bin')
+    path, _ = self._file(ext if ext in restoring.IMAGE_EXTENSIONS else '.bin')
     with open(path, 'wb') as f:
       f.write(data)
     try:
@@ -249,7 +249,7 @@ class App:
     photo = self.upload(photo_id)
     with self._model_lock:
       if self._picker is None:
-        self._picker = restore.ReferencePicker(
+        self._picker = restoring.ReferencePicker(
             reference_dir=self.options.reference_dir,
             index_image_size=self.options.index_image_size)
       ranked = self._picker.index.query(photo.image, top_k=self.options.top_k + 1)
@@ -329,7 +329,7 @@ class App:
            mask: Optional[np.ndarray]) -> None:
     job['state'] = 'running'
     exif = _exif_upright(photo.path)
-    alpha = restore.read_alpha(photo.path) if photo.path else None
+    alpha = restoring.read_alpha(photo.path) if photo.path else None
     by_id = {m.id: m for m in self.methods}
     refs = [r.image for r in references]
     for n, method_id in enumerate(wanted):

@@ -22,6 +22,7 @@ from pikfix_jax import evaluate
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import train
 from test_gpu_lowering import _check_cuda_module
 
@@ -162,7 +163,7 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
   messages = io.StringIO()
   outputs = []
   for name in ('a.png', 'b.png'):
-    code, _ = restore.run(restore.Options(workdir=str(full), input=str(photo),
+    code, _ = restore.run(restoring.Options(workdir=str(full), input=str(photo),
                                           output=str(tmp_path / name)), out=messages)
     assert code == 0, messages.getvalue()
     outputs.append(np.asarray(Image.open(tmp_path / name)))

@@ -460,6 +460,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
   each write a photo of the input's size; --colorize_with colours it with a trained Pik-Fix;
   --hr alone and a non-release with --with_scratch are one-line errors."""
   from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restoring  # pylint: disable=g-import-not-at-top
   _, directory = converted_release
   photo = _scanned_photo(str(tmp_path / 'scan.png'))
   mask = np.zeros(photo.shape[:2], np.uint8)
@@ -472,7 +473,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
                    ('colour', {'with_scratch': True, 'colorize_with': trained_workdir,
                                'reference': str(tmp_path / 'scan.png')})):
     out = str(tmp_path / f'{name}.png')
-    code, results = restore.run(restore.Options(input=str(tmp_path / 'scan.png'), output=out,
+    code, results = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'), output=out,
                                                 checkpoint=directory, **kw))
     assert code == 0 and not results[0].error, results
     outputs[name] = np.asarray(Image.open(out))
@@ -482,11 +483,11 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
   assert not np.array_equal(outputs['hr'], outputs['scratch'])
   assert not np.array_equal(outputs['colour'], outputs['scratch'])
   for kw in ({'hr': True}, ):
-    code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+    code, _ = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'),
                                           output=str(tmp_path / 'x.png'), checkpoint=directory,
                                           **kw))
     assert code == 2
-  code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+  code, _ = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'),
                                         output=str(tmp_path / 'x.png'),
                                         workdir=trained_workdir, with_scratch=True))
   assert code == 2
