@@ -494,6 +494,52 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
 
 
 @pytest.mark.slow
+def test_the_app_runs_the_release_with_its_scratch_mask(converted_release, tmp_path):
+  """The web app with --checkpoint=RELEASE --with_scratch (app_server, no browser): listed as
+  the released model, restores a scanned photo at its size, returns the detector's mask (what
+  the page shows and lets the user paint), and a painted mask changes the result."""
+  import base64  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import app_server  # pylint: disable=g-import-not-at-top
+  _, directory = converted_release
+  photo = _scanned_photo(str(tmp_path / 'scan.png'))
+  app = app_server.App(app_server.AppOptions(checkpoints=(directory,), with_scratch=True))
+  try:
+    [info] = app.info()['methods']
+    assert not info['error'] and info['accepts_mask'] and not info['uses_reference']
+    assert info['label'].startswith('Wan et al. 2020, released model, scratches detected')
+    with open(tmp_path / 'scan.png', 'rb') as f:
+      upload = app.add_upload(f.read(), 'scan.png', 'photo')
+
+    def run(**request):
+      job_id = app.submit(dict(photo=upload['id'], methods=['m0'], **request))
+      deadline = time.time() + 300
+      while app.job(job_id)['state'] in ('queued', 'running') and time.time() < deadline:
+        time.sleep(0.1)
+      job = app.job(job_id)
+      assert job['state'] == 'done' and not job['results'][0]['error'], job
+      return job['results'][0]
+
+    detected = run()
+    out = np.asarray(Image.open(app.path_of(detected['url'])).convert('RGB'))
+    assert out.shape == photo.shape and not np.array_equal(out, photo)
+    mask = np.asarray(Image.open(app.path_of(detected['mask_url'])))
+    assert mask.shape == photo.shape[:2] and set(np.unique(mask)) <= {0, 255}
+    painted = np.zeros(photo.shape[:2], np.uint8)
+    painted[19:23, 4:61] = 255
+    buf = io.BytesIO()
+    Image.fromarray(painted).save(buf, format='PNG')
+    edited = run(mask='data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode())
+    used = np.asarray(Image.open(app.path_of(edited['mask_url'])))
+    assert np.mean(used == painted) > 0.98  # the painted one (resized to 16-multiples and back)
+    assert not np.array_equal(np.asarray(Image.open(app.path_of(edited['url'])).convert('RGB')),
+                              out)
+  finally:
+    app.close()
+
+
+@pytest.mark.slow
 def test_evaluate_scores_the_release_as_a_method_row(converted_release, tmp_path):
   _, directory = converted_release
   out = str(tmp_path / 'eval')
