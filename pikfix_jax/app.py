@@ -1,10 +1,12 @@
 """The local web app (docs/RESTORE.md, "The web app"):
 
   python -m pikfix_jax.app --workdir=DIR [--workdir=DIR2 ...] [--checkpoint=DIR] \
-      [--reference_dir=DIR] [--port=7860] [--host=127.0.0.1 | --share] [--max_upload_mb=50]
+      [--reference_dir=DIR] [--port=7860] [--host=127.0.0.1 | --share] [--max_upload_mb=50] \
+      [--with_scratch] [--faces={wan,gfpgan} --face_checkpoint=PATH]
 
 Upload an old photo, choose references (uploaded, ranked from --reference_dir, or a palette),
-run every loaded model and the tint baseline side by side, download the results. This module is
+run every loaded model and the tint baseline side by side (faces restored after each when the
+page's Faces toggle is on), download the results. This module is
 the program (flags, start, stop); pikfix_jax/app_server.py is the server.
 """
 
@@ -17,6 +19,7 @@ from absl import flags
 
 from pikfix_jax import app_server
 from pikfix_jax import cli
+from pikfix_jax import faces
 
 
 def define_flags() -> None:
@@ -40,6 +43,15 @@ def define_flags() -> None:
   flags.DEFINE_integer('top_k', 8, 'Reference thumbnails shown from --reference_dir.')
   flags.DEFINE_integer('index_image_size', 0, 'Image size of the retrieval index built on '
                        'the fly (default 224).')
+  flags.DEFINE_bool('with_scratch', False, 'A --checkpoint of a converted Wan et al. release '
+                    '(convert_weights --arch=bopbtl) detects and inpaints scratches (the '
+                    'release\'s --with_scratch; the page shows the mask and lets you paint it); '
+                    'without: its quality restoration.')
+  flags.DEFINE_enum('faces', '', ['', *faces.KINDS], 'A face network for the page\'s Faces '
+                    'toggle, run after each method as restore --faces: wan (Wan et al.\'s '
+                    'pipeline) or gfpgan (GFP-GAN\'s). Needs pip install -e .[faces].')
+  flags.DEFINE_string('face_checkpoint', '', 'With --faces: the face network\'s converted '
+                      'weights (as restore --face_checkpoint).')
 
 
 def _stop(*_) -> None:
@@ -58,7 +70,8 @@ def main(argv):
       reference_dir=f.reference_dir, use_best=f.use_best,
       reference_size=f.reference_size, top_k=f.top_k,
       index_image_size=f.index_image_size, max_upload_mb=f.max_upload_mb,
-      host=host, port=f.port)
+      host=host, port=f.port, with_scratch=f.with_scratch, faces=f.faces,
+      face_checkpoint=f.face_checkpoint)
   try:
     state = app_server.App(options)
     server = app_server.serve(state, host, options.port)
@@ -67,6 +80,9 @@ def main(argv):
     sys.exit(2)
   for m in state.methods:
     print(f'  {m.label}' if not m.error else f'  not loaded: {m.error}', file=sys.stderr)
+  if state.face_enhancer is not None:
+    print(f'  faces: {app_server.FACE_LABELS[state.face_enhancer.kind]} '
+          f'({options.face_checkpoint}), the page\'s Faces toggle', file=sys.stderr)
   signal.signal(signal.SIGTERM, _stop)
   address, port = server.server_address[:2]
   print(f'pikfix_jax app: http://{"127.0.0.1" if address == "0.0.0.0" else address}:{port}/'

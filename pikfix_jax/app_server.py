@@ -6,10 +6,12 @@ the scratch mask, the eyedropper, the before/after slider, several references an
 thumbnails, is a few lines of plain JavaScript, while Gradio would add ~60 packages to a
 JAX/TensorFlow environment and a frontend the tests could not pin).
 
-One `App` holds the models (`restore.build_restorer` of each --workdir / --checkpoint; one
+One `App` holds the models (`restoring.build_restorer` of each --workdir / --checkpoint; one
 that fails to load is listed with its one-line error), the optional reference corpus
-(`restore.ReferencePicker`: the retrieval of paper sec. 3.5) and a temporary folder with every
-upload and result (removed by `App.close`). HTTP handler threads only read and write files and
+(`restoring.ReferencePicker`: the retrieval of paper sec. 3.5), the optional face enhancer
+(`restoring.face_enhancer` of --faces/--face_checkpoint, run after each method when the page's
+Faces toggle is on) and a temporary folder with every upload and result (removed by
+`App.close`). HTTP handler threads only read and write files and
 JSON; one worker thread runs the models, job after job (JAX computations are not meant to
 interleave on this CPU), and reports progress that the page polls.
 
@@ -18,8 +20,9 @@ JSON API (the page, pikfix_jax/app_static/, is its only client):
   POST /api/upload?kind=photo|reference&name=N   body: the file's bytes -> {id, url, ...}
   GET  /api/references?photo=ID    the corpus ranked for the photo: [{id, name, score, url}]
   POST /api/palette                {photo, colours: ['#rrggbb', ...]} -> a reference {id, url}
-  POST /api/run                    {photo, references: [ID], methods: [ID], mask: PNG data URL}
-  GET  /api/job?id=J               {state, message, done, total, results: [...]}
+  POST /api/run                    {photo, references: [ID], methods: [ID], mask: PNG data URL,
+                                    faces: bool}
+  GET  /api/job?id=J               {state, message, done, total, results: [{..., faces: N}]}
   GET  /files/NAME                 an upload or result (previews; ?download=1 as an attachment)
 """
 
@@ -45,11 +48,12 @@ import numpy as np
 from PIL import Image
 
 from pikfix_jax import artifacts
+from pikfix_jax import faces
 from pikfix_jax import image_io
 from pikfix_jax import inference
 from pikfix_jax import methods
 from pikfix_jax import palette
-from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import scoring
 from pikfix_jax import wan_release
 from pikfix_jax.ops import color
@@ -57,6 +61,7 @@ from pikfix_jax.ops import color
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'app_static')
 TINT_ID = 'tint'
 TINT_LABEL = 'tint baseline: input L + the reference\'s mean chroma'
+FACE_LABELS = {'wan': 'Wan et al.\'s face network', 'gfpgan': 'GFP-GAN'}
 THUMB_SIDE = 160
 _EXIF_ORIENTATION = 0x0112
 _CONTENT_TYPES = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
@@ -76,6 +81,9 @@ class AppOptions:
   max_upload_mb: float = 50.0
   host: str = '127.0.0.1'
   port: int = 7860
+  with_scratch: bool = False  # a converted Wan et al. release detects and inpaints scratches
+  faces: str = ''  # 'wan' or 'gfpgan': the page's Faces toggle (restoring.face_enhancer)
+  face_checkpoint: str = ''
 
 
 @dataclasses.dataclass
@@ -123,14 +131,19 @@ class App:
   """Models, corpus, uploads and the job queue of one app process (module docstring)."""
 
   def __init__(self, options: AppOptions,
-               restorers: Optional[dict[str, tuple[str, inference.PhotoRestorer]]] = None):
-    """`restorers` {source: (label, restorer)} replaces loading --workdir/--checkpoint (tests)."""
+               restorers: Optional[dict[str, tuple[str, inference.PhotoRestorer]]] = None,
+               face_enhancer: Optional[faces.FaceEnhancer] = None):
+    """`restorers` {source: (label, restorer)} replaces loading --workdir/--checkpoint and
+    `face_enhancer` loading --faces/--face_checkpoint (tests). A face network that does not load
+    stops the start with its one-line error (restoring.face_enhancer's)."""
     self.options = options
+    self.face_enhancer = face_enhancer or restoring.face_enhancer(restoring.Options(
+        input='', output='', faces=options.faces, face_checkpoint=options.face_checkpoint))
     self.tmp = tempfile.mkdtemp(prefix='pikfix_app_')
     self.uploads: dict[str, Upload] = {}
     self.jobs: dict[str, dict] = {}
     self.methods: list[LoadedMethod] = []
-    self._picker: Optional[restore.ReferencePicker] = None
+    self._picker: Optional[restoring.ReferencePicker] = None
     self._corpus: list[str] = []
     self._lock = threading.Lock()  # uploads / jobs dicts
     self._model_lock = threading.Lock()  # one model computation at a time
@@ -143,7 +156,7 @@ class App:
     if options.reference_dir:
       if not os.path.isdir(options.reference_dir):
         raise artifacts.RestoreError(f'--reference_dir={options.reference_dir}: no such folder')
-      self._corpus = restore.list_images(options.reference_dir)
+      self._corpus = restoring.list_images(options.reference_dir)
     self._worker = threading.Thread(target=self._work, name='pikfix-app-worker', daemon=True)
     self._worker.start()
 
@@ -156,13 +169,16 @@ class App:
       try:
         if not os.path.exists(path):
           raise artifacts.RestoreError(f'--{kind}={path}: no such directory')
-        opts = restore.Options(input='', output='', reference_size=self.options.reference_size,
-                               use_best=self.options.use_best, **{kind: path})
-        method.restorer, config = restore.build_restorer(opts)
+        release = kind == 'checkpoint' and wan_release.is_release_dir(path)
+        opts = restoring.Options(input='', output='', reference_size=self.options.reference_size,
+                                 use_best=self.options.use_best, **{kind: path},
+                                 with_scratch=release and self.options.with_scratch)
+        method.restorer, config = restoring.build_restorer(opts)
         if config is not None:
           name = methods.method_class(config).label(config)
-        elif kind == 'checkpoint' and wan_release.is_release_dir(path):
-          name = 'Wan et al. 2020, released model'
+        elif release:
+          name = 'Wan et al. 2020, released model' + (
+              ', scratches detected and inpainted' if self.options.with_scratch else '')
         else:
           name = 'exported model'
         method.label = f'{name} ({os.path.basename(os.path.normpath(path))})'
@@ -179,6 +195,9 @@ class App:
             'reference_dir': os.path.basename(os.path.normpath(self.options.reference_dir))
                              if self.options.reference_dir else '',
             'corpus_size': len(self._corpus),
+            'faces': ({'kind': self.face_enhancer.kind,
+                       'label': FACE_LABELS[self.face_enhancer.kind]}
+                      if self.face_enhancer is not None else None),
             'max_upload_bytes': int(self.options.max_upload_mb * 2 ** 20),
             'min_side': inference.MIN_SIDE}
 
@@ -215,7 +234,7 @@ class App:
     if not data:
       raise BadInput(f'{name}: the file is empty')
     ext = os.path.splitext(name)[1].lower()
-    path, _ = self._file(ext if ext in restore.IMAGE_EXTENSIONS else '.bin')
+    path, _ = self._file(ext if ext in restoring.IMAGE_EXTENSIONS else '.bin')
     with open(path, 'wb') as f:
       f.write(data)
     try:
@@ -249,7 +268,7 @@ class App:
     photo = self.upload(photo_id)
     with self._model_lock:
       if self._picker is None:
-        self._picker = restore.ReferencePicker(
+        self._picker = restoring.ReferencePicker(
             reference_dir=self.options.reference_dir,
             index_image_size=self.options.index_image_size)
       ranked = self._picker.index.query(photo.image, top_k=self.options.top_k + 1)
@@ -297,12 +316,16 @@ class App:
       raise BadInput('choose at least one method' if not wanted
                      else f'unknown method {unknown[0]!r}')
     mask = _decode_mask(request.get('mask'), photo.image.shape[:2])
+    restore_faces = bool(request.get('faces'))
+    if restore_faces and self.face_enhancer is None:
+      raise BadInput('no face network: start the app with --faces=wan|gfpgan '
+                     '--face_checkpoint=PATH')
     job_id = uuid.uuid4().hex[:12]
     job = {'id': job_id, 'state': 'queued', 'message': 'waiting for the previous run',
            'done': 0, 'total': len(wanted), 'results': [], 'started': time.time()}
     with self._lock:
       self.jobs[job_id] = job
-    self._queue.put((job, photo, references, wanted, mask))
+    self._queue.put((job, photo, references, wanted, mask, restore_faces))
     return job_id
 
   def job(self, job_id: str) -> dict:
@@ -326,10 +349,12 @@ class App:
         job['state'], job['message'] = 'error', _one_line(e)
 
   def _run(self, job: dict, photo: Upload, references: list[Upload], wanted: list[str],
-           mask: Optional[np.ndarray]) -> None:
+           mask: Optional[np.ndarray], restore_faces: bool = False) -> None:
+    """Each method in turn (the tint too); with `restore_faces` the face enhancer runs on each
+    result, so that the columns differ by their method only."""
     job['state'] = 'running'
     exif = _exif_upright(photo.path)
-    alpha = restore.read_alpha(photo.path) if photo.path else None
+    alpha = restoring.read_alpha(photo.path) if photo.path else None
     by_id = {m.id: m for m in self.methods}
     refs = [r.image for r in references]
     for n, method_id in enumerate(wanted):
@@ -340,6 +365,12 @@ class App:
       try:
         with self._model_lock:
           out = self._restore(method_id, by_id.get(method_id), photo.image, refs, mask)
+          if restore_faces:
+            job['message'] = f'{label}: restoring faces ({n + 1} of {len(wanted)})'
+            face_start = time.perf_counter()
+            out['rgb'] = self.face_enhancer(np.asarray(out['rgb']))
+            result['faces'] = len(self.face_enhancer.last_faces)
+            result['face_seconds'] = round(time.perf_counter() - face_start, 2)
         result['seconds'] = round(time.perf_counter() - start, 2)
         rgb = out['rgb']
         if alpha is not None:  # kept in the PNG download, as `restore` keeps it

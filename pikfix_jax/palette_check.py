@@ -126,10 +126,10 @@ def main(argv):
   del argv
   f = flags.FLAGS
   from pikfix_jax import cli  # pylint: disable=g-import-not-at-top
-  from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restoring  # pylint: disable=g-import-not-at-top
   cli.setup()
   try:
-    restorer, _ = restore.build_restorer(restore.Options(
+    restorer, _ = restoring.build_restorer(restoring.Options(
         input='', output='', workdir=f.workdir, checkpoint=f.checkpoint))
   except Exception as e:  # pylint: disable=broad-except
     print(f'error: {e}', file=sys.stderr)

@@ -418,7 +418,13 @@ class PhotoRestorer:
     if not outputs:
       return restored
     l, ab = color.rgb_to_lab_normalized(jnp.asarray(restored[None]))
-    return {'rgb': restored, 'restored_l': np.asarray(l[0]), 'ab': np.asarray(ab[0])}
+    result = {'rgb': restored, 'restored_l': np.asarray(l[0]), 'ab': np.asarray(ab[0])}
+    if self.with_scratch and out['mask'] is not None:  # the mask used, at the photo's size
+      used = np.asarray(out['mask'], np.float32)
+      if used.shape != (h, w):
+        used = np.asarray(Image.fromarray(used).resize((w, h), Image.NEAREST))
+      result['scratch_mask'] = (used > 0.5).astype(np.float32)
+    return result
 
 
 def photo_restorer(directory: str, with_scratch: bool = False, hr: bool = False,

@@ -49,10 +49,9 @@ def _browser_or_skip():
   return webdriver
 
 
-@pytest.fixture(scope='module')
-def served(initial_workdir, tmp_path_factory):
-  """The app on a free local port with the tiny trained workdir and a reference folder."""
-  root = tmp_path_factory.mktemp('app')
+def _serve(initial_workdir: str, root, **options):
+  """The app on a free local port with the tiny workdir, a missing one and a reference
+  folder; yields (url, App, root) and checks on exit that its temporary folder is removed."""
   corpus = root / 'corpus'
   os.makedirs(corpus)
   for name in ('coffee', 'rocket', 'chelsea'):
@@ -61,7 +60,8 @@ def served(initial_workdir, tmp_path_factory):
   os.environ['PIKFIX_CACHE_DIR'] = str(root / 'cache')
   options = app_server.AppOptions(workdirs=(initial_workdir, str(root / 'missing')),
                                   reference_dir=str(corpus), index_image_size=64,
-                                  reference_size=64, top_k=3, max_upload_mb=1.0, port=0)
+                                  reference_size=64, top_k=3, max_upload_mb=1.0, port=0,
+                                  **options)
   app = app_server.App(options)
   server = app_server.serve(app, '127.0.0.1', 0)
   threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -74,6 +74,27 @@ def served(initial_workdir, tmp_path_factory):
     os.environ.pop('PIKFIX_CACHE_DIR', None)
   else:
     os.environ['PIKFIX_CACHE_DIR'] = old
+
+
+@pytest.fixture(scope='module')
+def served(initial_workdir, tmp_path_factory):
+  yield from _serve(initial_workdir, tmp_path_factory.mktemp('app'))
+
+
+@pytest.fixture(scope='module')
+def served_with_faces(initial_workdir, tmp_path_factory):
+  """The same app with a face network: Wan et al.'s face generator as the converter writes it
+  (msgpack and .json; random weights, a 32 px variant that compiles fast, as tests/test_faces.py
+  makes it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import weights  # pylint: disable=g-import-not-at-top
+  from pikfix_jax.models import wan_face  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('app_faces')
+  module = wan_face.FaceGenerator(load_size=32, ngf=2)
+  variables = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  path = str(root / 'bopbtl_face_32.msgpack')
+  weights.save_face_generator(path, variables, load_size=32)
+  yield from _serve(initial_workdir, root, faces='wan', face_checkpoint=path)
 
 
 def _post(url: str, data: bytes) -> tuple[int, dict]:
@@ -98,13 +119,15 @@ def test_api_refuses_bad_input_with_one_line(served):
 
 
 @pytest.mark.slow
-def test_page_restores_with_a_folder_reference_and_the_tint(served, tmp_path):
+def test_page_restores_with_a_folder_reference_and_the_tint(served_with_faces, tmp_path):
   """Upload (a bad file first), pick the best-ranked folder reference, run the tiny Pik-Fix and
-  the tint, both results differ from the input, download one: full size, EXIF kept."""
+  the tint, both results differ from the input, download one: full size, EXIF kept; then
+  astronaut with the Faces toggle off and on: the face region changes, one face reported."""
   webdriver = _browser_or_skip()
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.support import expected_conditions  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
-  url, _, _ = served
+  url, _, _ = served_with_faces
   downloads = tmp_path / 'downloads'
   os.makedirs(downloads)
   opts = webdriver.ChromeOptions()
@@ -184,6 +207,40 @@ def test_page_restores_with_a_folder_reference_and_the_tint(served, tmp_path):
     driver.find_element(By.ID, 'make-palette').click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#selected-refs .chip')) == 2)
     assert '#c04020' in driver.find_elements(By.CSS_SELECTOR, '#selected-refs .chip')[1].text
+
+    # Faces: the toggle is there (the app has a face network); the tint (cheap at 512 x 512)
+    # with it off, then on. The chosen references stay when the photo changes.
+    assert driver.find_element(By.ID, 'faces-box').is_displayed()
+    Image.fromarray(skimage.data.astronaut()).convert('L').save(tmp_path / 'astronaut.png')
+    driver.find_element(By.ID, 'photo-input').send_keys(str(tmp_path / 'astronaut.png'))
+    wait.until(lambda d: '512 x 512' in d.find_element(By.ID, 'photo-name').text)
+    for box in driver.find_elements(By.CSS_SELECTOR, '#methods input'):
+      if box.is_selected() != (box.get_attribute('value') == 'tint'):
+        box.click()
+    faced = {}
+    for on in (False, True):
+      if driver.find_element(By.ID, 'faces-on').is_selected() != on:
+        driver.find_element(By.ID, 'faces-on').click()
+      wait.until(lambda d: not d.find_element(By.ID, 'run').get_attribute('disabled'))
+      previous = driver.find_elements(By.CSS_SELECTOR, '.card')
+      driver.find_element(By.ID, 'run').click()
+      for old in previous:  # removed when the new run starts
+        wait.until(expected_conditions.staleness_of(old))
+      wait.until(lambda d: d.find_element(By.ID, 'progress').get_attribute('hidden') and
+                 d.find_elements(By.CSS_SELECTOR, '.card img.result'))
+      card = driver.find_element(By.CSS_SELECTOR, '.card')
+      notes = card.find_elements(By.CLASS_NAME, 'faces-note')
+      assert [n.text.split(' (')[0] for n in notes] == (['1 face restored'] if on else [])
+      with urllib.request.urlopen(card.find_element(By.CSS_SELECTOR, 'img.result')
+                                  .get_attribute('src')) as r:
+        faced[on] = np.asarray(Image.open(io.BytesIO(r.read())).convert('RGB'), np.int32)
+    driver.save_screenshot(str(tmp_path / 'faces.png'))
+    left, top, right, bottom = 179, 83, 266, 170  # dlib's box of astronaut's face
+    face = np.abs(faced[True] - faced[False])[top:bottom, left:right]
+    assert face.mean() > 2  # random weights: another face
+    far = np.ones(faced[True].shape[:2], bool)
+    far[:260, 100:350] = False  # the crop's footprint and its blur stay inside this
+    np.testing.assert_array_equal(faced[True][far], faced[False][far])
   finally:
     driver.quit()
 
@@ -330,3 +387,54 @@ def test_palette_check_tells_a_uniform_tint_from_placed_colours():
   echo = palette_check.measure(lambda image, reference: reference, photos)
   assert (echo.pairs <= 30).all()
   assert '| one colour, 8 hues | 16 |' in report.markdown()
+
+
+class _IdentityRestorer(inference.PhotoRestorer):
+  """A reference-free method that returns the photo: what the face enhancer adds shows alone."""
+
+  uses_reference = False
+
+  def restore_padded(self, l, reference):
+    return {'rgb': jnp.repeat(l, 3, axis=-1)}
+
+
+def test_faces_toggle_restores_the_face_after_each_method_and_counts_it():
+  """With a face enhancer (a stand-in face network) the run's `faces` restores astronaut's one
+  face after the method: the face region changes, the rest is bitwise the method's result, and
+  the result says one face; without the toggle nothing changes; an app without a face network
+  refuses the toggle with one line."""
+  from pikfix_jax import faces  # pylint: disable=g-import-not-at-top
+  face_net = lambda face: face[::-1, ::-1]  # upside down (the release matches the colours)
+  enhancer = faces.FaceEnhancer('wan', face_net=face_net, face_size=64)
+  app = app_server.App(app_server.AppOptions(),
+                       restorers={'grey': ('grey', _IdentityRestorer(reference_size=64))},
+                       face_enhancer=enhancer)
+  try:
+    assert app.info()['faces'] == {'kind': 'wan', 'label': "Wan et al.'s face network"}
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).convert('L').save(buf, format='PNG')
+    photo = app.add_upload(buf.getvalue(), 'astronaut.png', 'photo')
+    results = {}
+    for on in (False, True):
+      job = _wait(app, app.submit({'photo': photo['id'], 'methods': ['m0'], 'faces': on}))
+      assert job['state'] == 'done' and not job['results'][0]['error'], job
+      results[on] = job['results'][0]
+    assert 'faces' not in results[False] and results[True]['faces'] == 1
+    off, on = (np.asarray(Image.open(app.path_of(results[k]['url'])), np.int32)
+               for k in (False, True))
+    left, top, right, bottom = 179, 83, 266, 170  # dlib's box of astronaut's face
+    assert np.abs(on[top:bottom, left:right] - off[top:bottom, left:right]).mean() > 10
+    far = np.ones(off.shape[:2], bool)
+    far[:260, 100:350] = False  # the crop's footprint and its blur stay inside this
+    np.testing.assert_array_equal(on[far], off[far])
+  finally:
+    app.close()
+  plain = app_server.App(app_server.AppOptions(),
+                         restorers={'grey': ('grey', _IdentityRestorer(reference_size=64))})
+  try:
+    assert plain.info()['faces'] is None
+    with pytest.raises(app_server.BadInput, match='no face network: start the app with --faces'):
+      plain.submit({'photo': plain.add_upload(buf.getvalue(), 'a.png', 'photo')['id'],
+                    'methods': ['m0'], 'faces': True})
+  finally:
+    plain.close()

@@ -21,6 +21,7 @@ import skimage.transform
 from pikfix_jax import faces
 from pikfix_jax import image_io
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,7 +260,7 @@ class IdentityRestorer:
 def _run(tmp_path, **kw):
   log = tmp_path / 'log.txt'
   with open(log, 'w') as out:
-    code, results = restore.run(restore.Options(**kw), restorer=IdentityRestorer(), out=out)
+    code, results = restore.run(restoring.Options(**kw), restorer=IdentityRestorer(), out=out)
   return code, results, log.read_text()
 
 

@@ -1,6 +1,7 @@
 """Importing the project does no work: no JAX backend, no tracing or compiling, no TensorFlow
 device, so a tool's main() can still set XLA's flags, start jax.distributed and hide
-accelerators from TensorFlow (cli.setup) after its module-level imports."""
+accelerators from TensorFlow (cli.setup) after its module-level imports. The package's imports
+form no circle, and no module imports a program (a command-line tool) as a library."""
 
 import ast
 import json
@@ -138,3 +139,62 @@ def test_the_package_imports_form_no_circle():
   assert {'pikfix_jax.methods.base', 'pikfix_jax.inference'} <= set(graph)
   assert 'pikfix_jax.inference' in graph['pikfix_jax.methods.base']
   assert import_cycles(graph) == []
+
+
+def program_modules(package_dirs: dict[str, str]) -> set[str]:
+  """The programs among the modules: those whose `if __name__ == '__main__':` block calls
+  absl's `app.run` (main, restore, evaluate, export, benchmark, model_summary, app, the data_prep
+  tools, ...)."""
+  programs = set()
+  for package, directory in package_dirs.items():
+    for root, _, files in os.walk(directory):
+      for name in files:
+        if not name.endswith('.py'):
+          continue
+        path = os.path.join(root, name)
+        with open(path) as f:
+          tree = ast.parse(f.read())
+        for node in tree.body:
+          if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and
+              isinstance(node.test.left, ast.Name) and node.test.left.id == '__name__' and
+              any(isinstance(c, ast.Constant) and c.value == '__main__'
+                  for c in node.test.comparators) and
+              any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and
+                  n.func.attr == 'run' and isinstance(n.func.value, ast.Name) and
+                  n.func.value.id == 'app' for n in ast.walk(node))):
+            rel = os.path.relpath(path, directory)[:-3].split(os.sep)
+            programs.add('.'.join([package] + rel))
+  return programs
+
+
+def program_imports(graph: dict[str, set[str]], programs: set[str]) -> list[tuple[str, str]]:
+  """(importer, program) for every module that imports a program, sorted."""
+  return sorted((module, p) for module, edges in graph.items() for p in edges & programs)
+
+
+def test_program_finder_finds_a_program_imported_as_a_library(tmp_path):
+  package = tmp_path / 'pkg'
+  package.mkdir()
+  (package / '__init__.py').write_text('')
+  (package / 'tool.py').write_text(
+      'from absl import app\ndef main(argv):\n  pass\nif __name__ == "__main__":\n'
+      '  app.run(main)\n')
+  (package / 'lib.py').write_text('def f():\n  return 1\n')
+  (package / 'user.py').write_text('def g():\n  from pkg import tool\n')  # function level
+  (package / 'other_tool.py').write_text(
+      'from absl import app\nfrom pkg import lib\nif __name__ == "__main__":\n'
+      '  app.run(lambda argv: lib.f())\n')
+  dirs = {'pkg': str(package)}
+  programs = program_modules(dirs)
+  assert programs == {'pkg.tool', 'pkg.other_tool'}
+  assert program_imports(import_graph(dirs), programs) == [('pkg.user', 'pkg.tool')]
+
+
+def test_no_module_imports_a_program():
+  dirs = {p: os.path.join(REPO, p) for p in ('pikfix_jax', 'data_prep', 'configs')}
+  programs = program_modules(dirs)
+  assert {'pikfix_jax.main', 'pikfix_jax.restore', 'pikfix_jax.evaluate', 'pikfix_jax.export',
+          'pikfix_jax.benchmark', 'pikfix_jax.model_summary', 'pikfix_jax.app',
+          'data_prep.convert_weights'} <= programs
+  assert not programs & {'pikfix_jax.restoring', 'pikfix_jax.app_server', 'pikfix_jax.cli'}
+  assert program_imports(import_graph(dirs), programs) == []

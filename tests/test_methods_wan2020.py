@@ -15,6 +15,7 @@ from pikfix_jax import evaluate
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
 from test_train import _inject_fault
@@ -110,13 +111,13 @@ def test_killed_in_a_stage_resumes_exactly_then_restores_and_evaluates(tmp_path,
   photo = tmp_path / 'photo.png'
   Image.fromarray((np.random.default_rng(0).random((41, 57)) * 255).astype(np.uint8)).save(photo)
   messages = io.StringIO()
-  code, _ = restore.run(restore.Options(workdir=str(tmp_path / 'full'), input=str(photo),
+  code, _ = restore.run(restoring.Options(workdir=str(tmp_path / 'full'), input=str(photo),
                                         output=str(tmp_path / 'out.png')), out=messages)
   assert code == 0, messages.getvalue()
   assert np.asarray(Image.open(tmp_path / 'out.png')).shape == (41, 57, 3)
   # --scratch_mask replaces the detector's mask: an all-white one changes the output.
   Image.fromarray(np.full((41, 57), 255, np.uint8)).save(tmp_path / 'mask.png')
-  code, _ = restore.run(restore.Options(workdir=str(tmp_path / 'full'), input=str(photo),
+  code, _ = restore.run(restoring.Options(workdir=str(tmp_path / 'full'), input=str(photo),
                                         output=str(tmp_path / 'masked.png'),
                                         scratch_mask=str(tmp_path / 'mask.png')), out=messages)
   assert code == 0, messages.getvalue()

@@ -22,6 +22,7 @@ from pikfix_jax import evaluate
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import train
 from test_gpu_lowering import _check_cuda_module
 
@@ -50,6 +51,15 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     for p in path:
       node = node[p]
     node[field] = value
+  return c
+
+
+def tiny_wan2020_config() -> ml_collections.ConfigDict:
+  """Wan et al.'s method with the tiny networks of TINY_FLAGS."""
+  c = wan2020.get_config()
+  for key, value in TINY_FLAGS.items():
+    if key.startswith('model.') and key[6:] in c.model:
+      c.model[key[6:]] = value
   return c
 
 
@@ -100,11 +110,7 @@ def test_sampling_seeds_default_to_three_for_a_sampler_and_refuse_others():
 def test_mapping_ablation_has_wan_et_al_s_networks():
   """denoiser='mapping' trains and runs exactly Wan et al.'s networks (the same variables)."""
   ours = methods.get(tiny_config(**{'model.denoiser': 'mapping'})).abstract_variables(32)
-  c = wan2020.get_config()
-  for key, value in TINY_FLAGS.items():
-    if key.startswith('model.') and key[6:] in c.model:
-      c.model[key[6:]] = value
-  theirs = methods.get(c).abstract_variables(32)
+  theirs = methods.get(tiny_wan2020_config()).abstract_variables(32)
   assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
   assert jax.tree.map(lambda a: a.shape, ours) == jax.tree.map(lambda a: a.shape, theirs)
   diffusion = methods.get(tiny_config()).abstract_variables(32)
@@ -174,7 +180,7 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
   messages = io.StringIO()
   outputs = []
   for name in ('a.png', 'b.png'):
-    code, _ = restore.run(restore.Options(workdir=str(full), input=str(photo),
+    code, _ = restore.run(restoring.Options(workdir=str(full), input=str(photo),
                                           output=str(tmp_path / name)), out=messages)
     assert code == 0, messages.getvalue()
     outputs.append(np.asarray(Image.open(tmp_path / name)))
@@ -208,3 +214,74 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
   outs = [run(resumed, l, steps, 0) for steps in (1, 10, 3)]
   assert len(traces) == 1
   np.testing.assert_array_equal(outs[2], model.apply(resumed, l)['restored_l'])
+
+
+# ------------------------------------------------------------ restore --sampling_steps --seed
+
+
+def _export(path, config, variables=None) -> str:
+  """An orbax export of `config`'s generator (zeros by default: no compute, for the checks
+  that run no model)."""
+  from pikfix_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  if variables is None:
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             methods.get(config).abstract_variables(32))
+  checkpoints.write_export(str(path), variables, config)
+  return str(path)
+
+
+def test_restore_sampler_flags_set_the_loaded_config_or_name_the_flag(tmp_path):
+  """--sampling_steps / --seed override the checkpoint's sampler (config.model.sampling_*, which
+  builds the generator); a method without a sampler gets a one-line error naming the flag."""
+  ldm = _export(tmp_path / 'ldm', tiny_config())
+  _, config = restoring.build_restorer(restoring.Options(
+      input='', output='', checkpoint=ldm, sampling_steps=7, seed=5))
+  assert (config.model.sampling_steps, config.model.sampling_seed) == (7, 5)
+  assert methods.get(config).generator.config.sampling_steps == 7
+
+  wan = _export(tmp_path / 'wan', tiny_wan2020_config())
+  photo = tmp_path / 'photo.png'
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((40, 40), np.uint8)).save(photo)
+  cases = [(wan, dict(seed=1), '--seed: the wan2020 model has no sampler'),
+           (ldm, dict(sampling_steps=-1), '--sampling_steps=-1: give a positive number')]
+  for checkpoint, kw, message in cases:
+    messages = io.StringIO()
+    code, _ = restore.run(restoring.Options(checkpoint=checkpoint, input=str(photo),
+                                            output=str(tmp_path / 'out.png'), **kw),
+                          out=messages)
+    log = messages.getvalue()
+    assert code == 2 and log.startswith(f'error: {message}') and log.count('\n') == 1, log
+  assert not (tmp_path / 'out.png').exists()
+
+
+@pytest.mark.slow
+def test_restore_sampler_flags_change_the_samples_and_the_seed_repeats_them(tmp_path):
+  """restore on a random-weight tiny wan_ldm: the same --seed gives the same photo, another
+  seed or another --sampling_steps another one; the command line passes the flags through."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  variables = jax.jit(lambda k: methods.get(config).init_generator(k, 32))(
+      jax.random.PRNGKey(1))
+  ldm = _export(tmp_path / 'ldm', config, variables)
+  photo = tmp_path / 'photo.png'
+  Image.fromarray((np.random.default_rng(0).random((41, 57)) * 255).astype(np.uint8)).save(photo)
+  outputs = {}
+  for name, kw in (('default', {}), ('seed0', dict(seed=0)), ('seed1', dict(seed=1)),
+                   ('steps1', dict(sampling_steps=1))):
+    messages = io.StringIO()
+    code, _ = restore.run(restoring.Options(checkpoint=ldm, input=str(photo),
+                                            output=str(tmp_path / f'{name}.png'), **kw),
+                          out=messages)
+    assert code == 0, messages.getvalue()
+    outputs[name] = np.asarray(Image.open(tmp_path / f'{name}.png'))
+  assert outputs['default'].shape == (41, 57, 3)
+  np.testing.assert_array_equal(outputs['default'], outputs['seed0'])  # the checkpoint's seed
+  assert not np.array_equal(outputs['seed1'], outputs['seed0'])
+  assert not np.array_equal(outputs['steps1'], outputs['seed0'])
+  result = subprocess.run(
+      [sys.executable, '-m', 'pikfix_jax.restore', f'--checkpoint={ldm}', f'--input={photo}',
+       f'--output={tmp_path / "cli.png"}', '--seed=1'], cwd=ROOT, env=_env(tmp_path),
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'cli.png')), outputs['seed1'])

@@ -117,12 +117,13 @@ def test_restore_reference_is_repeatable(tmp_path, initial_workdir):
   references give another colouring; the compare image shows both references."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restoring  # pylint: disable=g-import-not-at-top
   Image.fromarray(skdata.astronaut()[::8, ::8]).convert('L').save(tmp_path / 'in.png')
   Image.fromarray(skdata.coffee()[::8, ::8]).save(tmp_path / 'a.png')
   Image.fromarray(skdata.rocket()[::8, ::8]).save(tmp_path / 'b.png')
   outs = {}
   for name, refs in (('one', ['a']), ('twice', ['a', 'a']), ('two', ['a', 'b'])):
-    options = restore.Options(input=str(tmp_path / 'in.png'), output=str(tmp_path / f'{name}.png'),
+    options = restoring.Options(input=str(tmp_path / 'in.png'), output=str(tmp_path / f'{name}.png'),
                               workdir=initial_workdir, reference_size=64, compare=True,
                               reference=[str(tmp_path / f'{r}.png') for r in refs])
     code, results = restore.run(options)

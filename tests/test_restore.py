@@ -17,6 +17,7 @@ from pikfix_jax import image_io
 from pikfix_jax import inference
 from pikfix_jax import loading
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 
@@ -45,7 +46,7 @@ def _reference(tmp_path):
 
 def _options(tmp_path, **kw):
   kw.setdefault('reference', _reference(tmp_path))
-  return restore.Options(**kw)
+  return restoring.Options(**kw)
 
 
 def test_odd_sizes_come_back_at_input_size_and_tiling_is_exact(restorer):
@@ -151,7 +152,7 @@ def test_reference_dir_uses_the_retrieval_top_match(tmp_path, restorer, capsys, 
   query = tmp_path / 'old.png'
   Image.fromarray(photo).convert('L').save(query)
 
-  options = restore.Options(input=str(query), output=str(tmp_path / 'new.png'),
+  options = restoring.Options(input=str(query), output=str(tmp_path / 'new.png'),
                             reference_dir=str(corpus), top_k=3, index_image_size=64)
   code, results = restore.run(options, restorer=restorer)
   err = capsys.readouterr().err

@@ -460,6 +460,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
   each write a photo of the input's size; --colorize_with colours it with a Pik-Fix workdir;
   --hr alone and a non-release with --with_scratch are one-line errors."""
   from pikfix_jax import restore  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import restoring  # pylint: disable=g-import-not-at-top
   _, directory = converted_release
   photo = _scanned_photo(str(tmp_path / 'scan.png'))
   mask = np.zeros(photo.shape[:2], np.uint8)
@@ -472,7 +473,7 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
                    ('colour', {'with_scratch': True, 'colorize_with': initial_workdir,
                                'reference': str(tmp_path / 'scan.png')})):
     out = str(tmp_path / f'{name}.png')
-    code, results = restore.run(restore.Options(input=str(tmp_path / 'scan.png'), output=out,
+    code, results = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'), output=out,
                                                 checkpoint=directory, **kw))
     assert code == 0 and not results[0].error, results
     outputs[name] = np.asarray(Image.open(out))
@@ -482,14 +483,60 @@ def test_restore_runs_the_release_with_and_without_scratches(converted_release, 
   assert not np.array_equal(outputs['hr'], outputs['scratch'])
   assert not np.array_equal(outputs['colour'], outputs['scratch'])
   for kw in ({'hr': True}, ):
-    code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+    code, _ = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'),
                                           output=str(tmp_path / 'x.png'), checkpoint=directory,
                                           **kw))
     assert code == 2
-  code, _ = restore.run(restore.Options(input=str(tmp_path / 'scan.png'),
+  code, _ = restore.run(restoring.Options(input=str(tmp_path / 'scan.png'),
                                         output=str(tmp_path / 'x.png'),
                                         workdir=initial_workdir, with_scratch=True))
   assert code == 2
+
+
+@pytest.mark.slow
+def test_the_app_runs_the_release_with_its_scratch_mask(converted_release, tmp_path):
+  """The web app with --checkpoint=RELEASE --with_scratch (app_server, no browser): listed as
+  the released model, restores a scanned photo at its size, returns the detector's mask (what
+  the page shows and lets the user paint), and a painted mask changes the result."""
+  import base64  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from pikfix_jax import app_server  # pylint: disable=g-import-not-at-top
+  _, directory = converted_release
+  photo = _scanned_photo(str(tmp_path / 'scan.png'))
+  app = app_server.App(app_server.AppOptions(checkpoints=(directory,), with_scratch=True))
+  try:
+    [info] = app.info()['methods']
+    assert not info['error'] and info['accepts_mask'] and not info['uses_reference']
+    assert info['label'].startswith('Wan et al. 2020, released model, scratches detected')
+    with open(tmp_path / 'scan.png', 'rb') as f:
+      upload = app.add_upload(f.read(), 'scan.png', 'photo')
+
+    def run(**request):
+      job_id = app.submit(dict(photo=upload['id'], methods=['m0'], **request))
+      deadline = time.time() + 300
+      while app.job(job_id)['state'] in ('queued', 'running') and time.time() < deadline:
+        time.sleep(0.1)
+      job = app.job(job_id)
+      assert job['state'] == 'done' and not job['results'][0]['error'], job
+      return job['results'][0]
+
+    detected = run()
+    out = np.asarray(Image.open(app.path_of(detected['url'])).convert('RGB'))
+    assert out.shape == photo.shape and not np.array_equal(out, photo)
+    mask = np.asarray(Image.open(app.path_of(detected['mask_url'])))
+    assert mask.shape == photo.shape[:2] and set(np.unique(mask)) <= {0, 255}
+    painted = np.zeros(photo.shape[:2], np.uint8)
+    painted[19:23, 4:61] = 255
+    buf = io.BytesIO()
+    Image.fromarray(painted).save(buf, format='PNG')
+    edited = run(mask='data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode())
+    used = np.asarray(Image.open(app.path_of(edited['mask_url'])))
+    assert np.mean(used == painted) > 0.98  # the painted one (resized to 16-multiples and back)
+    assert not np.array_equal(np.asarray(Image.open(app.path_of(edited['url'])).convert('RGB')),
+                              out)
+  finally:
+    app.close()
 
 
 @pytest.mark.slow

@@ -250,7 +250,8 @@ function updateRun() {
 async function run() {
   const methods = [...document.querySelectorAll('#methods input:checked')].map((i) => i.value);
   const request = {photo: state.photo.id, references: state.refs.map((r) => r.id), methods,
-                   mask: state.maskEdited ? $('mask-canvas').toDataURL('image/png') : null};
+                   mask: state.maskEdited ? $('mask-canvas').toDataURL('image/png') : null,
+                   faces: !!state.info.faces && $('faces-on').checked};
   try {
     const {job} = await api('/api/run', {method: 'POST', body: JSON.stringify(request)});
     message('');
@@ -288,6 +289,13 @@ function renderResults(results) {
     const h = document.createElement('h3');
     h.textContent = `${r.label} — ${r.seconds.toFixed(2)} s`;
     card.appendChild(h);
+    if (r.faces !== undefined) {
+      const f = document.createElement('div');
+      f.className = 'faces-note';
+      f.textContent = `${r.faces} face${r.faces === 1 ? '' : 's'} restored ` +
+                      `(${state.info.faces.label}, ${r.face_seconds.toFixed(2)} s of the time)`;
+      card.appendChild(f);
+    }
     if (r.error) {
       const e = document.createElement('div');
       e.className = 'err';
@@ -316,6 +324,10 @@ function renderResults(results) {
 async function start() {
   try { state.info = await api('/api/info'); } catch (e) { message(e.message); return; }
   renderMethods();
+  if (state.info.faces) {  // only when the app was started with a face network
+    $('faces-box').hidden = false;
+    $('faces-label').textContent = state.info.faces.label;
+  }
   if (state.info.corpus_size) {
     $('corpus-box').hidden = false;
     $('corpus-name').textContent = `${state.info.reference_dir} (${state.info.corpus_size} photos)`;
