@@ -5,8 +5,9 @@ Facial Prior", CVPR 2021) trained on a folder of aligned face crops with our deg
   python -m pikfix_jax.main --config=configs/baselines/gfpgan.py --workdir=W \
       --config.data.image_folder=FACES [--config.backbones.vgg19=vgg19.msgpack]
 
-FACES holds aligned square faces (FFHQ-style crops; any size: each is resized so its short
-side is data.image_size, then cropped). data.image_size must be model.out_size.
+FACES holds aligned square faces of data.image_size = model.out_size pixels (FFHQ's 512 px
+crops for the default): the data pipeline enlarges smaller crops but takes a random window of
+larger ones.
 
 The network's input is the RGB of (degraded L, the clean crop's chroma): colour-preserving face
 restoration, as the release trains it and as `restore --faces=gfpgan` runs it on coloured
