@@ -35,7 +35,9 @@ import numpy as np
 from scipy import ndimage
 
 from pikfix_jax import artifacts
+from pikfix_jax import loading
 from pikfix_jax import weights
+from pikfix_jax.ops import color
 
 KINDS = ('wan', 'gfpgan')
 INSTALL_HINT = 'pip install -e .[faces]'
@@ -377,7 +379,11 @@ def ffhq_paste(photo: np.ndarray, face: np.ndarray, to_crop: np.ndarray) -> np.n
 def gfpgan_face_net(path: str, seed: int = 0) -> tuple[FaceNet, int]:
   """(face net, face size) of a converted GFP-GAN (`data_prep.convert_weights --arch=gfpgan`):
   GFPGANer's use, face in [-1, 1], output clamped to [-1, 1]; its noise maps drawn from
-  `seed` (the release draws fresh ones per call), so a photo gives the same output each run."""
+  `seed` (the release draws fresh ones per call), so a photo gives the same output each run.
+  A directory: a training workdir (or export) of configs/baselines/gfpgan.py
+  (`trained_face_net`; its noise from its config.model.noise_seed)."""
+  if os.path.isdir(path):
+    return trained_face_net(path, 'gfpgan')
   if not os.path.isfile(path):
     raise FaceError(f'--face_checkpoint={path}: no such file')
   if path.endswith(('.pth', '.pt')):
@@ -406,6 +412,25 @@ def gfpgan_net(model, variables: dict, seed: int = 0) -> FaceNet:
     return (jnp.clip(out[0], -1.0, 1.0) + 1.0) / 2.0
 
   return lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32)))
+
+
+def trained_face_net(path: str, method: str) -> tuple[FaceNet, int]:
+  """(face net, face size) of a training workdir or an export (`loading.load_generator`) of
+  the face method `method`: the generator run on the aligned crop's L with the crop itself as
+  its reference (the chroma the colour-preserving variant reads; model.gray_input ignores it),
+  at the config's model.out_size."""
+  model, variables, config = loading.load_generator(checkpoint=path)
+  if config.get('method') != method:
+    raise FaceError(f'--face_checkpoint={path}: a training run of method '
+                    f'{config.get("method")!r}, not of {method!r}')
+
+  @jax.jit
+  def forward(v, face):
+    face = face[None]
+    return model.apply(v, color.rgb_to_lab_normalized(face)[0], face)['rgb'][0]
+
+  return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
+          int(config.model.out_size))
 
 
 def wan_face_net(path: str) -> tuple[FaceNet, int]:

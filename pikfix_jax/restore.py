@@ -186,7 +186,8 @@ def define_flags() -> dict:
       'pipeline) or gfpgan (GFP-GAN\'s). Needs pip install -e .[faces].')
   d['face_checkpoint'] = flags.DEFINE_string(
       'face_checkpoint', '', 'With --faces: the face network\'s converted weights (gfpgan: '
-      'data_prep.convert_weights --arch=gfpgan).')
+      'data_prep.convert_weights --arch=gfpgan), or for gfpgan a training workdir of '
+      'configs/baselines/gfpgan.py.')
   d['save_faces'] = flags.DEFINE_bool('save_faces', False, 'With --faces: also write each '
                                       'face\'s aligned crop, <output>_faceNN_before.png, and '
                                       'its restoration, _after.png.')

@@ -283,3 +283,142 @@ def count_state(module_fn) -> tuple[int, int]:
   with torch.device('meta'):
     m = module_fn()
   return sum(p.numel() for p in m.parameters()), sum(b.numel() for b in m.buffers())
+
+
+# ------------------------------------------------------------------ StyleGAN2Discriminator
+# The discriminator GFP-GAN's training options name (basicsr/archs/stylegan2_arch.py
+# `StyleGAN2Discriminator`, resample kernel (1, 3, 3, 1)), re-written from reading it: the
+# upfirdn2d blur (native form: pad, then a depthwise FIR), equalised convs and linears, the
+# fused biased LeakyReLU, its state-dict keys.
+
+
+class Blur(nn.Module):
+  """UpFirDnSmooth for downsampling: pad by (p0, p1), depthwise 4x4 FIR (sum 1)."""
+
+  def __init__(self, pad):
+    super().__init__()
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    k = k[None, :] * k[:, None]
+    self.register_buffer('kernel', k / k.sum(), persistent=False)
+    self.pad = pad
+
+  def forward(self, x):
+    c = x.shape[1]
+    x = F.pad(x, (self.pad[0], self.pad[1], self.pad[0], self.pad[1]))
+    weight = torch.flip(self.kernel, [0, 1])[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(x, weight, groups=c)
+
+
+class EqualConv2d(nn.Module):
+
+  def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    super().__init__()
+    self.stride, self.padding = stride, padding
+    self.scale = 1 / math.sqrt(in_channels * kernel_size ** 2)
+    self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+    self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+  def forward(self, x):
+    return F.conv2d(x, self.weight * self.scale, bias=self.bias, stride=self.stride,
+                    padding=self.padding)
+
+
+class FusedLeakyReLU(nn.Module):
+
+  def __init__(self, channels):
+    super().__init__()
+    self.bias = nn.Parameter(torch.zeros(channels))
+
+  def forward(self, x):
+    return F.leaky_relu(x + self.bias.view(1, -1, 1, 1), SLOPE) * math.sqrt(2)
+
+
+class EqualLinear(nn.Module):
+
+  def __init__(self, in_channels, out_channels, activation=None):
+    super().__init__()
+    self.scale = 1 / math.sqrt(in_channels)
+    self.activation = activation
+    self.weight = nn.Parameter(torch.randn(out_channels, in_channels))
+    self.bias = nn.Parameter(torch.zeros(out_channels))
+
+  def forward(self, x):
+    out = F.linear(x, self.weight * self.scale)
+    if self.activation == 'fused_lrelu':
+      return F.leaky_relu(out + self.bias, SLOPE) * math.sqrt(2)
+    return out + self.bias
+
+
+class ConvLayer(nn.Sequential):
+
+  def __init__(self, in_channels, out_channels, kernel_size, downsample=False, bias=True,
+               activate=True):
+    layers = []
+    if downsample:
+      pad = 4 - 2 + (kernel_size - 1)
+      layers.append(Blur(((pad + 1) // 2, pad // 2)))
+      stride, padding = 2, 0
+    else:
+      stride, padding = 1, kernel_size // 2
+    layers.append(EqualConv2d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=padding, bias=bias and not activate))
+    if activate:
+      layers.append(FusedLeakyReLU(out_channels))
+    super().__init__(*layers)
+
+
+class DiscriminatorResBlock(nn.Module):
+
+  def __init__(self, in_channels, out_channels):
+    super().__init__()
+    self.conv1 = ConvLayer(in_channels, in_channels, 3)
+    self.conv2 = ConvLayer(in_channels, out_channels, 3, downsample=True)
+    self.skip = ConvLayer(in_channels, out_channels, 1, downsample=True, bias=False,
+                          activate=False)
+
+  def forward(self, x):
+    return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+
+
+class StyleGAN2Discriminator(nn.Module):
+
+  def __init__(self, out_size, channel_multiplier=2, stddev_group=4, narrow=1):
+    super().__init__()
+    channels = _channels(narrow, channel_multiplier)
+    log_size = int(math.log(out_size, 2))
+    conv_body = [ConvLayer(3, channels[out_size], 1)]
+    in_channels = channels[out_size]
+    for i in range(log_size, 2, -1):
+      out_channels = channels[2 ** (i - 1)]
+      conv_body.append(DiscriminatorResBlock(in_channels, out_channels))
+      in_channels = out_channels
+    self.conv_body = nn.Sequential(*conv_body)
+    self.final_conv = ConvLayer(in_channels + 1, channels[4], 3)
+    self.final_linear = nn.Sequential(
+        EqualLinear(channels[4] * 4 * 4, channels[4], activation='fused_lrelu'),
+        EqualLinear(channels[4], 1))
+    self.stddev_group = stddev_group
+
+  def forward(self, x):
+    out = self.conv_body(x)
+    b, c, h, w = out.shape
+    group = min(b, self.stddev_group)
+    stddev = out.view(group, -1, 1, c, h, w)
+    stddev = torch.sqrt(stddev.var(0, unbiased=False) + 1e-8)
+    stddev = stddev.mean([2, 3, 4], keepdims=True).squeeze(2)
+    stddev = stddev.repeat(group, 1, h, w)
+    out = self.final_conv(torch.cat([out, stddev], 1))
+    return self.final_linear(out.view(b, -1))
+
+
+def randomize_discriminator(model: nn.Module, seed: int) -> nn.Module:
+  """The release's init for the equalised weights (N(0, 1), scaled when applied) and
+  non-zero biases U(-0.1, 0.1) (the release's zeros would leave them untested)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith('bias'):
+        p.uniform_(-0.1, 0.1, generator=gen)
+      else:
+        p.normal_(0, 1, generator=gen)
+  return model.eval()

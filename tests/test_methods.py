@@ -57,7 +57,8 @@ def test_each_method_carries_its_labels_paper_rows_and_configs():
   configs = methods.shipped_configs()
   assert {methods.name_of(c) for c in configs} == set(methods.names())
   assert [methods.method_class(c).label(c) for c in configs] == [
-      'CMS4CV U-Net (2x SR)', 'CMS4CV Fusion (2x SR)', 'CMS4CV U-Net-GAN (2x SR)', 'Pik-Fix',
+      'CMS4CV U-Net (2x SR)', 'CMS4CV Fusion (2x SR)', 'CMS4CV U-Net-GAN (2x SR)',
+      "GFP-GAN (degraded L + the clean crop's chroma in)", 'Pik-Fix',
       'Pix2pix', 'Wan et al. 2020 (restored L, zero chroma)',
       "Latent diffusion in Wan et al.'s space (DDIM 50 steps, eta 0, seed 0; restored L, zero "
       'chroma)']

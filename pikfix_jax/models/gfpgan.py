@@ -342,3 +342,136 @@ class GFPGANv1Clean(nn.Module):
         self.sft_half, name='stylegan_decoder')
     image = decoder(style, conditions, self.input_is_latent, noise, randomize_noise)
     return image, out_rgbs
+
+
+# ----------------------------------------------------------------------- the discriminator
+# GFP-GAN trains against StyleGAN2's residual discriminator (the release's options name basicsr's
+# `StyleGAN2Discriminator`, resample kernel [1, 3, 3, 1]; Karras et al. 2020, Fig. 7c). Modules
+# are named after its state-dict keys, as the generator's, so `weights.gfpgan_torch_key` maps
+# them ('conv_body_1' / 'conv1_0' / 'kernel' -> 'conv_body.1.conv1.0.weight').
+
+RESAMPLE_KERNEL = (1.0, 3.0, 3.0, 1.0)
+STDDEV_GROUP = 4
+STDDEV_EPS = 1e-8
+
+
+def _blur(x: jnp.ndarray, pad: tuple[int, int]) -> jnp.ndarray:
+  """The release's UpFirDnSmooth before a stride-2 conv: zero-pad (pad[0] before, pad[1] after)
+  both spatial axes, then the separable FIR of RESAMPLE_KERNEL normalised to sum 1 (symmetric,
+  so correlation = convolution); the output is 3 pixels smaller than the padded input."""
+  k = jnp.asarray(RESAMPLE_KERNEL, x.dtype) / sum(RESAMPLE_KERNEL)
+  x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
+  for axis in (1, 2):
+    n = x.shape[axis] - len(RESAMPLE_KERNEL) + 1
+    x = sum(k[i] * lax.slice_in_dim(x, i, i + n, axis=axis) for i in range(len(k)))
+  return x
+
+
+class EqualConv(nn.Module):
+  """StyleGAN's equalised-learning-rate conv: the weight stored N(0, 1) and scaled by
+  1/sqrt(fan_in) when applied; `downsample`: the blur, then stride 2 without padding (the
+  release's ConvLayer); else 'same' zero padding."""
+  features: int
+  kernel_size: int
+  use_bias: bool = False
+  downsample: bool = False
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k, c = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.normal(1.0), (k, k, c, self.features))
+    if self.downsample:
+      pad = len(RESAMPLE_KERNEL) - 2 + k - 1
+      x = _blur(x, ((pad + 1) // 2, pad // 2))
+      strides, padding = (2, 2), ((0, 0), (0, 0))
+    else:
+      strides, padding = (1, 1), ((k // 2, k // 2), (k // 2, k // 2))
+    y = conv.conv_general_dilated(x, kernel / math.sqrt(c * k * k), strides, padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
+class FusedLeakyReLU(nn.Module):
+  """StyleGAN2's biased activation: LeakyReLU_0.2(x + bias) * sqrt(2) (the gain that keeps the
+  equalised layers' activations at unit scale)."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return _leaky(x + bias) * math.sqrt(2.0)
+
+
+class EqualLinear(nn.Module):
+  """Equalised linear layer (weight N(0, 1) x 1/sqrt(fan_in), bias 0), optionally followed by
+  the fused LeakyReLU on its own bias (the release's activation='fused_lrelu')."""
+  features: int
+  activate: bool = False
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kernel = self.param('kernel', nn.initializers.normal(1.0), (x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    y = x @ (kernel / math.sqrt(x.shape[-1]))
+    return _leaky(y + bias) * math.sqrt(2.0) if self.activate else y + bias
+
+
+class DiscriminatorResBlock(nn.Module):
+  """conv3x3 + act, blurred stride-2 conv3x3 + act, plus a blurred stride-2 1x1 skip (no bias,
+  no activation); the sum divided by sqrt(2)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    out = FusedLeakyReLU(name='conv1_1')(EqualConv(x.shape[-1], 3, name='conv1_0')(x))
+    out = FusedLeakyReLU(name='conv2_2')(
+        EqualConv(self.features, 3, downsample=True, name='conv2_1')(out))
+    skip = EqualConv(self.features, 1, downsample=True, name='skip_1')(x)
+    return (out + skip) / math.sqrt(2.0)
+
+
+def minibatch_stddev(x: jnp.ndarray, group: int = STDDEV_GROUP) -> jnp.ndarray:
+  """StyleGAN's minibatch standard deviation as one more channel: images are grouped as the
+  release's view(group, -1, ...) does (image i with i + B/G, i + 2B/G, ...; G = min(B, group),
+  which must divide B), each feature's std over its group (biased, + 1e-8 under the root),
+  averaged over features and positions."""
+  b, h, w, c = x.shape
+  g = min(b, group)
+  if b % g:
+    raise ValueError(f'minibatch stddev: batch {b} is not a multiple of the group size {g}')
+  grouped = x.reshape(g, b // g, h, w, c)
+  std = jnp.sqrt(jnp.var(grouped, axis=0) + STDDEV_EPS)  # (B/G, H, W, C)
+  stat = jnp.mean(std, axis=(1, 2, 3))  # (B/G,)
+  stat = jnp.tile(stat, g)[:, None, None, None]  # image i gets the stat of i mod B/G
+  return jnp.concatenate([x, jnp.broadcast_to(stat, (b, h, w, 1)).astype(x.dtype)], axis=-1)
+
+
+class StyleGAN2Discriminator(nn.Module):
+  """StyleGAN2's residual discriminator as GFP-GAN trains with it (the release's options,
+  basicsr's StyleGAN2Discriminator): a face (B, out_size, out_size, 3) in [-1, 1] -> one logit
+  per image (B, 1). 1x1 conv + act at out_size; log2(out_size) - 2 residual blocks halving to
+  4x4 (widths `channels(narrow, channel_multiplier)` of the next level); the minibatch stddev
+  channel; conv3x3 + act; the flattened 4x4 features (channel-major, as the release's NCHW
+  view) through a linear + act and a linear to the logit. Equalised learning rate throughout
+  (weights N(0, 1), scaled when applied)."""
+  out_size: int = 512
+  channel_multiplier: float = 2
+  narrow: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    n = log_size(self.out_size)
+    if x.ndim != 4 or x.shape[1:] != (self.out_size, self.out_size, 3):
+      raise ValueError(f'discriminator input {x.shape}: expected (B, {self.out_size}, '
+                       f'{self.out_size}, 3)')
+    ch = channels(self.narrow, self.channel_multiplier)
+    out = EqualConv(ch[self.out_size], 1, name='conv_body_0_0')(x)
+    out = FusedLeakyReLU(name='conv_body_0_1')(out)
+    for i, level in enumerate(range(n, 2, -1)):
+      out = DiscriminatorResBlock(ch[2 ** (level - 1)], name=f'conv_body_{i + 1}')(out)
+    out = minibatch_stddev(out)
+    out = FusedLeakyReLU(name='final_conv_1')(EqualConv(ch[4], 3, name='final_conv_0')(out))
+    flat = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)
+    hidden = EqualLinear(ch[4], activate=True, name='final_linear_0')(flat)
+    return EqualLinear(1, name='final_linear_1')(hidden)

@@ -1,0 +1,248 @@
+"""GFP-GAN (Wang et al., CVPR 2021) as a trainable method: the clean GFPGANv1 network
+(models/gfpgan.py) trained on aligned face crops against StyleGAN2's discriminator with the
+losses of losses/gfpgan.py; configs/baselines/gfpgan.py.
+
+The face the network sees is the RGB of (degraded L, the clean crop's chroma) by default
+(colour-preserving restoration, as the release trains it and as `restore --faces=gfpgan` uses
+it on coloured photos); with config.model.gray_input, of (degraded L, zero chroma). Its target
+is the clean RGB crop. As a generator (input_l, reference_rgb) -> {'rgb', 'restored_l', 'ab'}
+the chroma comes from `reference_rgb` (evaluation's data.eval_reference='self' makes it the
+clean crop; the face pipeline passes the aligned crop itself), and an input of another size
+is resized to out_size and back.
+
+One step, as the release's: the generator's update on D's current logits, then D's on the
+same (stop-gradient) output, with lazy R1 every loss.r1_every-th step. docs/MODEL.md,
+"GFP-GAN training", lists the choices and what is left out.
+"""
+
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from pikfix_jax import checkpoints
+from pikfix_jax import optim
+from pikfix_jax import weights
+from pikfix_jax.losses import common
+from pikfix_jax.losses import gfpgan as gfpgan_losses
+from pikfix_jax.methods import base
+from pikfix_jax.models import backbones
+from pikfix_jax.models import gfpgan
+from pikfix_jax.models import layers
+from pikfix_jax.ops import color
+
+LOSS_TERMS = ('total', 'pixel_l1', 'pyramid_l1', 'perceptual', 'style', 'adversarial', 'd_loss')
+SCALARS = LOSS_TERMS + ('r1', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm', 'd_grad_norm',
+                        'learning_rate')
+DECODER = 'stylegan_decoder'  # The subtree model.fix_decoder keeps frozen.
+
+
+class FaceRestorationNet(nn.Module):
+  """GFPGANv1Clean (submodule 'gfpgan') between Lab inputs and an sRGB face (module
+  docstring)."""
+  config: Any  # config.model (a FrozenConfigDict: hashable).
+
+  def setup(self):
+    m = self.config
+    self.gfpgan = gfpgan.GFPGANv1Clean(
+        out_size=m.out_size, num_style_feat=m.num_style_feat,
+        channel_multiplier=m.channel_multiplier, num_mlp=m.num_mlp, narrow=m.narrow)
+
+  def face_input(self, input_l: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
+    """The network's face in [-1, 1]: sRGB of (L, ab), or of (L, 0) with gray_input."""
+    if self.config.gray_input:
+      ab = jnp.zeros_like(ab)
+    return color.lab_normalized_to_rgb(input_l, ab) * 2.0 - 1.0
+
+  def restore(self, face: jnp.ndarray, train: bool = False
+              ) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+    """(restored face in [-1, 1], unclamped; the U-Net's intermediate RGB images when
+    training). Noise maps: fresh from rng 'noise' in training, from model.noise_seed else."""
+    key = self.make_rng('noise') if train else jax.random.PRNGKey(self.config.noise_seed)
+    shapes = gfpgan.noise_shapes(self.config.out_size, face.shape[0])
+    noise = [jax.random.normal(k, s, face.dtype)
+             for k, s in zip(jax.random.split(key, len(shapes)), shapes)]
+    return self.gfpgan(face, noise=noise, return_rgb=train)
+
+  def __call__(self, input_l: jnp.ndarray, reference_rgb: Optional[jnp.ndarray] = None,
+               train: bool = False) -> dict:
+    size = self.config.out_size
+    hw = input_l.shape[1:3]
+    l = layers.resize(input_l, size, size)
+    if reference_rgb is None:
+      ab = jnp.zeros(l.shape[:3] + (2,), l.dtype)
+    else:
+      ab = color.rgb_to_lab_normalized(layers.resize(reference_rgb, size, size))[1]
+    image, _ = self.restore(self.face_input(l, ab), train)
+    rgb = layers.resize(jnp.clip((image + 1.0) / 2.0, 0.0, 1.0), *hw)
+    restored_l, out_ab = color.rgb_to_lab_normalized(rgb)
+    return {'rgb': rgb, 'restored_l': restored_l, 'ab': out_ab}
+
+
+class Method(base.Method):
+  """GFP-GAN (module docstring): config.model and config.loss of configs/baselines/gfpgan.py."""
+
+  uses_reference = True  # the reference's chroma goes in (ignored with model.gray_input)
+  loss_terms = LOSS_TERMS
+  scalars = SCALARS
+  paper_rows = {}  # the paper reports CelebA-Test faces, none of our datasets
+  config_modules = ('configs.baselines.gfpgan',)
+
+  @classmethod
+  def label(cls, config) -> str:
+    if config.model.gray_input:
+      return 'GFP-GAN (degraded L in, zero chroma)'
+    return "GFP-GAN (degraded L + the clean crop's chroma in)"
+
+  def __init__(self, config, steps_per_epoch: int = 1):
+    super().__init__(config, steps_per_epoch)
+    m, l = config.model, config.loss
+    gfpgan.log_size(m.out_size)  # a one-line error for an unsupported size
+    self.generator = FaceRestorationNet(ml_collections.FrozenConfigDict(m))
+    self.discriminator = gfpgan.StyleGAN2Discriminator(m.out_size, m.d_channel_multiplier,
+                                                      m.d_narrow)
+    if len(l.perceptual_layers) != len(l.perceptual_layer_weights):
+      raise ValueError('config.loss.perceptual_layer_weights needs one weight per '
+                       f'perceptual_layers entry ({len(l.perceptual_layers)})')
+    self.vgg = backbones.VGG(depth=19, outputs=tuple(l.perceptual_layers))
+    if l.r1_every < 1:
+      raise ValueError(f'config.loss.r1_every={l.r1_every}: must be >= 1')
+    batch = config.train.batch_size
+    if batch % min(batch, gfpgan.STDDEV_GROUP):
+      raise ValueError(f'config.train.batch_size={batch}: the discriminator\'s minibatch stddev '
+                       f'needs a multiple of {gfpgan.STDDEV_GROUP} (or fewer images)')
+    # StyleGAN2's lazy-regularisation correction of D's Adam (as the release): lr x r,
+    # betas ^ r, r = k / (k + 1) for R1 every k steps.
+    r = l.r1_every / (l.r1_every + 1)
+    o = config.optim
+    self.d_optim_config = ml_collections.ConfigDict({'optim': dict(
+        o.to_dict(), learning_rate=o.learning_rate * r, b1=o.b1 ** r, b2=o.b2 ** r)})
+    self.d_tx = optim.make_optimizer(self.d_optim_config, steps_per_epoch)
+
+  # ---------------------------------------------------------------------------- state
+  def init_generator(self, key, size: int) -> dict:
+    del size  # the network's size is model.out_size
+    variables = self.generator.init(key, *base.example_inputs(self.config.model.out_size))
+    return {'params': variables['params']}  # no noise buffers: noise is drawn (restore)
+
+  def init_discriminator(self, key, size: int) -> dict:
+    del size
+    s = self.config.model.out_size
+    return self.discriminator.init(key, jnp.zeros((1, s, s, 3), jnp.float32))['params']
+
+  def load_pretrained(self, g_vars: dict) -> dict:
+    """The network of model.init_checkpoint (a converted GFP-GAN), when given."""
+    path = self.config.model.init_checkpoint
+    if not path:
+      return g_vars
+    _, loaded = weights.load_gfpgan(path)
+    expected = g_vars['params']['gfpgan']
+    shape = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
+    if shape(loaded['params']) != shape(expected):
+      raise ValueError(f'config.model.init_checkpoint={path}: its GFP-GAN is not the '
+                       'architecture of config.model (out_size, num_style_feat, '
+                       'channel_multiplier, narrow)')
+    g_vars['params']['gfpgan'] = jax.tree.map(jnp.asarray, loaded['params'])
+    return g_vars
+
+  def init_state(self, seed: int) -> base.TrainState:
+    if self.config.data.image_size != self.config.model.out_size:
+      raise ValueError(f'config.data.image_size={self.config.data.image_size} must be '
+                       f'config.model.out_size={self.config.model.out_size} (faces train at '
+                       'the network\'s size)')
+    return super().init_state(seed)
+
+  def split_frozen(self, params: dict) -> tuple[dict, dict]:
+    """(trainable, frozen): the StyleGAN2 decoder frozen with model.fix_decoder."""
+    if not self.config.model.fix_decoder:
+      return params, {}
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    frozen = {k: v for k, v in flat.items() if DECODER in k}
+    trainable = {k: v for k, v in flat.items() if DECODER not in k}
+    return (flax.traverse_util.unflatten_dict(trainable),
+            flax.traverse_util.unflatten_dict(frozen))
+
+  def networks(self) -> dict:
+    """Per-network FLOPs (model_summary): the whole face network, and its discriminator."""
+    s = self.config.model.out_size
+    return {f'GFP-GAN generator, one {s}x{s} face':
+            lambda mod, l: mod.restore(jnp.zeros(l.shape[:1] + (s, s, 3), l.dtype))[0]}
+
+  # ----------------------------------------------------------------------------- step
+  def train_step(self, state: base.TrainState, batch: dict, frozen: Any
+                 ) -> tuple[base.TrainState, dict]:
+    c = self.config
+    rng = jax.random.fold_in(state.rng, state.step)
+    target_lab = batch['target_lab']
+    target = color.lab_normalized_to_rgb(target_lab[..., :1], target_lab[..., 1:]) * 2.0 - 1.0
+    d = self.discriminator
+    vgg = lambda x: self.vgg.apply(frozen, (x + 1.0) / 2.0)  # the release's range_norm
+
+    def forward(g_params):
+      variables = {'params': checkpoints.merge_params(g_params, state.g_frozen)}
+      face = self.generator.apply(variables, batch['input_l'], target_lab[..., 1:],
+                                  method=FaceRestorationNet.face_input)
+      return self.generator.apply(variables, face, True, rngs={'noise': rng},
+                                  method=FaceRestorationNet.restore)
+
+    (image, out_rgbs), pullback = jax.vjp(forward, state.g_params)
+    target_features = jax.lax.stop_gradient(vgg(target))
+    until = c.loss.pyramid_until
+    pyramid_weight = (c.loss.pyramid_weight if until < 0 else
+                      jnp.where(state.step < until, c.loss.pyramid_weight, 0.0))
+
+    def g_loss_fn(outs):
+      fake_image, rgbs = outs
+      terms = gfpgan_losses.generator_loss(
+          fake_image, rgbs, target, d.apply({'params': state.d_params}, fake_image),
+          vgg(fake_image), target_features, pyramid_weight, c.loss)
+      return terms['total'], terms
+
+    (_, terms), cotangent = jax.value_and_grad(g_loss_fn, has_aux=True)((image, out_rgbs))
+    (g_grads,) = pullback(cotangent)
+    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, g_updates)
+
+    fake = jax.lax.stop_gradient(image)
+    logits = lambda p, x: d.apply({'params': p}, x)
+
+    def d_loss_fn(d_params):
+      real_logits, fake_logits = logits(d_params, target), logits(d_params, fake)
+      loss = common.discriminator_loss(real_logits, fake_logits, gfpgan_losses.ADVERSARIAL)
+      return loss, (real_logits, fake_logits)
+
+    (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.d_params)
+    every = c.loss.r1_every
+
+    def r1_loss(d_params):
+      return gfpgan_losses.r1_penalty(lambda x: logits(d_params, x), target)
+
+    def with_r1(d_params):
+      penalty, grads = jax.value_and_grad(r1_loss)(d_params)
+      scale = c.loss.r1_weight / 2.0 * every
+      return penalty, jax.tree.map(lambda g: g * scale, grads)
+
+    def without_r1(d_params):
+      return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, d_params)
+
+    r1, r1_grads = jax.lax.cond((state.step + 1) % every == 0, with_r1, without_r1,
+                                state.d_params)
+    d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
+    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+    d_params = optax.apply_updates(state.d_params, d_updates)
+
+    rgb = jnp.clip((image + 1.0) / 2.0, 0.0, 1.0)
+    scalars = dict(terms, d_loss=d_loss, r1=r1,
+                   d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
+                   d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)),
+                   g_grad_norm=optax.global_norm(g_grads),
+                   d_grad_norm=optax.global_norm(d_grads),
+                   learning_rate=optim.learning_rate(c, state.step, self.steps_per_epoch),
+                   **base.image_scalars(rgb, target_lab))
+    return state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
+                         g_opt_state=g_opt_state, d_opt_state=d_opt_state), scalars
