@@ -35,7 +35,10 @@ import numpy as np
 from scipy import ndimage
 
 from pikfix_jax import artifacts
+from pikfix_jax import loading
 from pikfix_jax import weights
+from pikfix_jax.methods import wan2020_face
+from pikfix_jax.ops import color
 
 KINDS = ('wan', 'gfpgan')
 INSTALL_HINT = 'pip install -e .[faces]'
@@ -411,10 +414,13 @@ def gfpgan_net(model, variables: dict, seed: int = 0) -> FaceNet:
 def wan_face_net(path: str) -> tuple[FaceNet, int]:
   """(face net, face size) of Wan et al.'s converted face generator (models/wan_face.py,
   `data_prep.convert_weights --arch=bopbtl_face`: the msgpack and the .json beside it that
-  says its size, 256 or 512): the aligned face in [0, 1] in, the enhanced face in [0, 1] out,
-  as the release's test_face.py runs it (BatchNorm with its running statistics)."""
+  says its size, 256 or 512), or of a training workdir of configs/baselines/wan2020_face.py (a
+  directory): the aligned face in [0, 1] in, the enhanced face in [0, 1] out, as the release's
+  test_face.py runs it (BatchNorm with its running statistics)."""
+  if os.path.isdir(path):
+    return trained_wan_face_net(path)
   if not os.path.isfile(path):
-    raise FaceError(f'--face_checkpoint={path}: no such file')
+    raise FaceError(f'--face_checkpoint={path}: no such file or directory')
   try:
     model, variables = weights.load_face_generator(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -424,6 +430,33 @@ def wan_face_net(path: str) -> tuple[FaceNet, int]:
                     f'{reason}') from e
   forward = jax.jit(lambda v, face: model.apply(v, face[None])[0])
   return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
+          model.load_size)
+
+
+def trained_wan_face_net(workdir: str) -> tuple[FaceNet, int]:
+  """(face net, face size) of a wan2020_face training workdir (its latest checkpoint): G_f with
+  its spectral norms folded (methods.wan2020_face.face_network), at the config's
+  data.image_size; with model.gray_input the crop is shown grey (L, zero chroma), as in
+  training. A workdir trained behind Wan et al.'s translation (model.behind_wan) runs G_f alone:
+  the photo it is given is already restored."""
+  try:
+    _, variables, config = loading.load_generator(workdir=workdir)
+  except (artifacts.RestoreError, ValueError, FileNotFoundError) as e:
+    raise FaceError(f'--face_checkpoint={workdir}: {(str(e).splitlines() or [""])[0]}') from e
+  if config.get('method') != 'wan2020_face':
+    raise FaceError(f'--face_checkpoint={workdir}: a training workdir of method '
+                    f'{config.get("method", "pikfix")!r}; --faces=wan takes a workdir of '
+                    'configs/baselines/wan2020_face.py or a converted face generator')
+  model, folded = wan2020_face.face_network(config, variables)
+  gray = bool(config.model.gray_input)
+
+  @jax.jit
+  def forward(v, face):
+    if gray:
+      face = color.gray_to_rgb(color.rgb_to_lab_normalized(face)[0])
+    return model.apply(v, face[None])[0]
+
+  return (lambda face: np.asarray(forward(folded, jnp.asarray(face, jnp.float32))),
           model.load_size)
 
 
