@@ -32,6 +32,7 @@ from pikfix_jax.data import input_pipeline
 from pikfix_jax.losses import wan_face as face_losses
 from pikfix_jax.methods import wan2020_face
 from pikfix_jax.ops import color
+from test_faces import IdentityRestorer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -211,7 +212,7 @@ def test_command_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_pa
   messages = io.StringIO()
   code, _ = restore.run(restore.Options(input=str(photo), output=str(tmp_path / 'out.png'),
                                         faces='wan', face_checkpoint=str(full)),
-                        restorer=_Identity(), out=messages)
+                        restorer=IdentityRestorer(), out=messages)
   assert code == 0 and '1 face(s) restored (--faces=wan)' in messages.getvalue(), (
       messages.getvalue())
   got = np.asarray(Image.open(tmp_path / 'out.png'))
@@ -226,18 +227,6 @@ def test_command_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_pa
   assert '| Wan et al. 2020 face network (degraded L + clean chroma in)' in table
   assert 'input L, zero chroma' in table
   assert summary['images'] == 1 and np.isfinite(summary['psnr'])
-
-
-class _Identity:
-  """restore --faces on its own: the photo restorer returns the photo."""
-  uses_reference = False
-
-  def __init__(self):
-    self.last_info = {}
-
-  def __call__(self, image, reference):
-    del reference
-    return image
 
 
 @pytest.mark.slow
