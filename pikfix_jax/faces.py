@@ -36,8 +36,8 @@ from scipy import ndimage
 
 from pikfix_jax import artifacts
 from pikfix_jax import loading
+from pikfix_jax import methods
 from pikfix_jax import weights
-from pikfix_jax.ops import color
 
 KINDS = ('wan', 'gfpgan')
 INSTALL_HINT = 'pip install -e .[faces]'
@@ -416,30 +416,30 @@ def gfpgan_net(model, variables: dict, seed: int = 0) -> FaceNet:
 
 def trained_face_net(path: str, method: str) -> tuple[FaceNet, int]:
   """(face net, face size) of a training workdir or an export (`loading.load_generator`) of
-  the face method `method`: the generator run on the aligned crop's L with the crop itself as
-  its reference (the chroma the colour-preserving variant reads; model.gray_input ignores it),
-  at the config's model.out_size."""
-  model, variables, config = loading.load_generator(checkpoint=path)
+  the face method `method` ('gfpgan', 'wan2020_face'): the network as the method runs a face
+  (`Method.face_net`: the aligned crop in, its colours and grey variant as in training)."""
+  try:
+    _, variables, config = loading.load_generator(checkpoint=path)
+  except (artifacts.RestoreError, ValueError, FileNotFoundError) as e:
+    raise FaceError(f'--face_checkpoint={path}: {(str(e).splitlines() or [""])[0]}') from e
   if config.get('method') != method:
     raise FaceError(f'--face_checkpoint={path}: a training run of method '
-                    f'{config.get("method")!r}, not of {method!r}')
-
-  @jax.jit
-  def forward(v, face):
-    face = face[None]
-    return model.apply(v, color.rgb_to_lab_normalized(face)[0], face)['rgb'][0]
-
-  return (lambda face: np.asarray(forward(variables, jnp.asarray(face, jnp.float32))),
-          int(config.model.out_size))
+                    f'{config.get("method", "pikfix")!r}; this face network takes one of '
+                    f'configs/baselines/{method}.py or converted released weights')
+  net, size = methods.get(config).face_net(variables)
+  return (lambda face: np.asarray(net(jnp.asarray(face, jnp.float32)))), size
 
 
 def wan_face_net(path: str) -> tuple[FaceNet, int]:
   """(face net, face size) of Wan et al.'s converted face generator (models/wan_face.py,
   `data_prep.convert_weights --arch=bopbtl_face`: the msgpack and the .json beside it that
   says its size, 256 or 512): the aligned face in [0, 1] in, the enhanced face in [0, 1] out,
-  as the release's test_face.py runs it (BatchNorm with its running statistics)."""
+  as the release's test_face.py runs it (BatchNorm with its running statistics). A directory:
+  a training workdir (or export) of configs/baselines/wan2020_face.py (`trained_face_net`)."""
+  if os.path.isdir(path):
+    return trained_face_net(path, 'wan2020_face')
   if not os.path.isfile(path):
-    raise FaceError(f'--face_checkpoint={path}: no such file')
+    raise FaceError(f'--face_checkpoint={path}: no such file or directory')
   try:
     model, variables = weights.load_face_generator(path)
   except Exception as e:  # pylint: disable=broad-except

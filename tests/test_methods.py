@@ -60,6 +60,7 @@ def test_each_method_carries_its_labels_paper_rows_and_configs():
       'CMS4CV U-Net (2x SR)', 'CMS4CV Fusion (2x SR)', 'CMS4CV U-Net-GAN (2x SR)',
       "GFP-GAN (degraded L + the clean crop's chroma in)", 'Pik-Fix',
       'Pix2pix', 'Wan et al. 2020 (restored L, zero chroma)',
+      'Wan et al. 2020 face network (degraded L + clean chroma in)',
       "Latent diffusion in Wan et al.'s space (DDIM 50 steps, eta 0, seed 0; restored L, zero "
       'chroma)']
   c = cms4cv_gan.get_config()

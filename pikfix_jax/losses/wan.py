@@ -84,31 +84,44 @@ def latent_generator_loss(logits_r: jnp.ndarray) -> jnp.ndarray:
   return lsgan_loss(logits_r, 0.0)
 
 
-def feature_matching_loss(fake_outputs: Sequence, real_outputs: Sequence) -> jnp.ndarray:
+def feature_matching_loss(fake_outputs: Sequence, real_outputs: Sequence,
+                          layer_weight: Optional[float] = None) -> jnp.ndarray:
   """Eq. 6's discriminator term: sum_i 1/n_i |phi_i(fake) - phi_i(real)|_1 over D's
   intermediate layers (not the logits), weighted as the release (pix2pixHD): 4 / (layers + 1)
-  per layer, 1 / num_D per scale. Arguments: `MultiscaleDiscriminator` outputs, [(logits,
-  features), ...]; the real features are constants (stop_gradient)."""
+  per layer (`layer_weight` None; SPADE's, the face network's: 1), 1 / num_D per scale.
+  Arguments: `MultiscaleDiscriminator` outputs, [(logits, features), ...]; the real features
+  are constants (stop_gradient)."""
   num_d = len(fake_outputs)
   total = 0.0
   for (_, fake), (_, real) in zip(fake_outputs, real_outputs):
-    layer_weight = 4.0 / len(fake)  # len(features) = n_layers_D + 1
+    # len(features) = n_layers_D + 1
+    weight = 4.0 / len(fake) if layer_weight is None else layer_weight
     for f, r in zip(fake, real):
-      total = total + layer_weight / num_d * common.l1(f, jax.lax.stop_gradient(r))
+      total = total + weight / num_d * common.l1(f, jax.lax.stop_gradient(r))
   return total
+
+
+def vgg_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str, jnp.ndarray]],
+             output_rgb: jnp.ndarray, target_rgb: jnp.ndarray,
+             layer_weights: Sequence[float] = VGG_LAYER_WEIGHTS,
+             layer_names: Sequence[str] = VGG_LAYERS) -> jnp.ndarray:
+  """The release's VGG loss (networks.VGGLoss; SPADE's): sum_i w_i mean|phi_i(out) -
+  phi_i(target)| on VGG-19 relu1_1 .. relu5_1 of sRGB images in [0, 1]
+  (`backbones.VGG(19, outputs=VGG_LAYERS)`, which applies ImageNet normalisation). The
+  target's pass is constant."""
+  target = jax.lax.stop_gradient(vgg_features(target_rgb))
+  out = vgg_features(output_rgb)
+  return sum(w * common.l1(out[n], target[n]) for w, n in zip(layer_weights, layer_names))
 
 
 def vgg_feature_matching_loss(vgg_features: Callable[[jnp.ndarray], Mapping[str, jnp.ndarray]],
                               output_l: jnp.ndarray, target_l: jnp.ndarray,
                               layer_weights: Sequence[float] = VGG_LAYER_WEIGHTS,
                               layer_names: Sequence[str] = VGG_LAYERS) -> jnp.ndarray:
-  """Eq. 6's VGG term: sum_i w_i mean|phi_i(out) - phi_i(target)| on VGG-19 relu1_1 .. relu5_1
-  (`backbones.VGG(19, outputs=VGG_LAYERS)`), each L image shown as its grey sRGB image
-  (`color.gray_to_rgb`; the backbone applies ImageNet normalisation). The target's pass is
-  constant."""
-  target = jax.lax.stop_gradient(vgg_features(color.gray_to_rgb(target_l)))
-  out = vgg_features(color.gray_to_rgb(jnp.clip(output_l, 0.0, 1.0)))
-  return sum(w * common.l1(out[n], target[n]) for w, n in zip(layer_weights, layer_names))
+  """Eq. 6's VGG term: `vgg_loss` of the L images, each shown as its grey sRGB image
+  (`color.gray_to_rgb`)."""
+  return vgg_loss(vgg_features, color.gray_to_rgb(jnp.clip(output_l, 0.0, 1.0)),
+                  color.gray_to_rgb(target_l), layer_weights, layer_names)
 
 
 def positive_fraction(target: jnp.ndarray) -> jnp.ndarray:

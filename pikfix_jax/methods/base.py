@@ -23,7 +23,7 @@ a method has none), so checkpoints, export and the loaders need no per-method co
 """
 
 import abc
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import dm_pix
 import flax
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pikfix_jax import artifacts
 from pikfix_jax import inference
 from pikfix_jax import models
 from pikfix_jax import optim
@@ -213,6 +214,13 @@ class Method(abc.ABC):
     """Shapes of the discriminator's params ({} without one; no compute)."""
     return flax.core.unfreeze(jax.eval_shape(
         lambda k: self.init_discriminator(k, image_size), jax.random.PRNGKey(0)))
+
+  def face_net(self, variables: dict) -> tuple[Callable[[jnp.ndarray], jnp.ndarray], int]:
+    """A face method's network as `restore --faces` runs it on an aligned crop: (jitted
+    fn(face (S, S, 3) in [0, 1]) -> restored face, S); other methods have none."""
+    del variables
+    raise artifacts.RestoreError(f'{type(self).__module__} is not a face method: --faces takes '
+                                 'a workdir of configs/baselines/gfpgan.py or wan2020_face.py')
 
   def make_restorer(self, variables: dict, **options):
     """The inference engine for photos of any size: the whole generator at once."""

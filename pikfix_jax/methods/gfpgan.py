@@ -15,6 +15,7 @@ same (stop-gradient) output, with lazy R1 every loss.r1_every-th step. docs/MODE
 "GFP-GAN training", lists the choices and what is left out.
 """
 
+import functools
 from typing import Any, Optional
 
 import flax
@@ -97,6 +98,19 @@ class Method(base.Method):
     if config.model.gray_input:
       return 'GFP-GAN (degraded L in, zero chroma)'
     return "GFP-GAN (degraded L + the clean crop's chroma in)"
+
+
+  def face_net(self, variables: dict):
+    """The generator on the aligned crop's L with the crop itself as its reference (the chroma
+    the colour-preserving variant reads; model.gray_input ignores it), at model.out_size."""
+    generator = self.generator
+
+    @jax.jit  # the variables an argument, not constants folded into the program
+    def forward(v: dict, face: jnp.ndarray) -> jnp.ndarray:
+      face = face[None]
+      return generator.apply(v, color.rgb_to_lab_normalized(face)[0], face)['rgb'][0]
+
+    return functools.partial(forward, variables), int(self.config.model.out_size)
 
   def __init__(self, config, steps_per_epoch: int = 1):
     super().__init__(config, steps_per_epoch)
