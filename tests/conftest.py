@@ -5,7 +5,8 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -27,6 +28,38 @@ xla_cpu.set_cpu_xla_flags()
 xla_cpu.add_xla_flags(xla_cpu.TEST_ELEMENTAL_EMITTERS_FLAG)
 if os.environ.get('PIKFIX_TEST_OPTIMIZED') != '1':
   xla_cpu.add_xla_flags(xla_cpu.TEST_NO_LLVM_OPTIMIZATION_FLAG)
+
+
+def with_overrides(config, overrides: dict):
+  """`config` with dotted-key overrides ({'model.x': 1}, as --config.model.x=1) set in place."""
+  for key, value in overrides.items():
+    *path, field = key.split('.')
+    node = config
+    for p in path:
+      node = node[p]
+    node[field] = value
+  return config
+
+
+def train_stopped_and_resumed(command, workdir, env: dict, stop_after: int,
+                              timeout: float = 400) -> int:
+  """Runs the training `command` (argv) stopped by SIGTERM once `workdir` holds checkpoint
+  `stop_after`, then again to resume; returns the last step saved before the stop."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  while not os.path.exists(os.path.join(workdir, 'checkpoints', str(stop_after))):
+    assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+    time.sleep(0.1)
+  process.send_signal(signal.SIGTERM)
+  log = process.communicate(timeout=300)[1]
+  assert process.returncode == 0, log[-3000:]
+  stopped = max(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+  return stopped
 
 
 def tiny_config(**model_overrides):

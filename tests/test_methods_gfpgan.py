@@ -5,10 +5,8 @@ in a subprocess, stopped, resumed bitwise, then used by `restore --faces=gfpgan`
 
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import flax
 import jax
@@ -20,11 +18,13 @@ import skimage.data
 import torch
 from PIL import Image
 
+from conftest import train_stopped_and_resumed, with_overrides
 from configs.baselines import gfpgan as gfpgan_config
 from pikfix_jax import evaluate
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import weights
 from pikfix_jax.losses import gfpgan as gfpgan_losses
 from pikfix_jax.models import gfpgan
@@ -48,13 +48,7 @@ TINY_FLAGS = {
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c = gfpgan_config.get_config()
-  for key, value in dict(TINY_FLAGS, **overrides).items():
-    *path, field = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[field] = value
-  return c
+  return with_overrides(c, dict(TINY_FLAGS, **overrides))
 
 
 def _discriminator_variables(module, torch_model, size):
@@ -202,20 +196,9 @@ def test_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_path):
                  timeout=600)
 
   # The same command with a checkpoint every step, stopped by SIGTERM, then run again.
-  process = subprocess.Popen(_main(split, faces, **{'train.checkpoint_every': 1}), cwd=ROOT,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-  deadline = time.time() + 400
-  while not (split / 'checkpoints' / '1').exists() and process.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  log = process.communicate(timeout=300)[1]
-  assert process.returncode == 0, log[-3000:]
-  stopped = sorted(int(d) for d in os.listdir(split / 'checkpoints') if d.isdigit())[-1]
-  assert stopped < 4, (stopped, log[-2000:])
-  subprocess.run(_main(split, faces), cwd=ROOT, env=env, check=True, capture_output=True,
-                 timeout=600)
+  stopped = train_stopped_and_resumed(_main(split, faces, **{'train.checkpoint_every': 1}),
+                                      str(split), env, stop_after=1)
+  assert stopped < 4, stopped
   _, expected, config = loading.load_generator(workdir=str(full))
   _, resumed, _ = loading.load_generator(workdir=str(split))
   flat = lambda v: jax.tree_util.tree_flatten_with_path(v)[0]
@@ -235,7 +218,7 @@ def test_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_path):
       return image
 
   messages = io.StringIO()
-  code, _ = restore.run(restore.Options(input=str(photo), output=str(tmp_path / 'out.png'),
+  code, _ = restore.run(restoring.Options(input=str(photo), output=str(tmp_path / 'out.png'),
                                         faces='gfpgan', face_checkpoint=str(full),
                                         save_faces=True),
                         restorer=Identity(), out=messages)
@@ -245,7 +228,7 @@ def test_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_path):
   assert got.shape == (512, 512, 3) and np.any(got != skimage.data.astronaut())
   assert np.asarray(Image.open(tmp_path / 'out_face01_after.png')).shape == (32, 32, 3)
   # Another method's workdir is not a GFP-GAN: one line.
-  code, _ = restore.run(restore.Options(input=str(photo), output=str(tmp_path / 'x.png'),
+  code, _ = restore.run(restoring.Options(input=str(photo), output=str(tmp_path / 'x.png'),
                                         faces='gfpgan', face_checkpoint=str(tmp_path / 'nope')),
                         restorer=Identity(), out=messages)
   assert code != 0 and 'nope' in messages.getvalue().splitlines()[-1]

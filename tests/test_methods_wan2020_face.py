@@ -5,10 +5,8 @@ and evaluate, and the joint stage behind a tiny trained Wan et al. pipeline."""
 
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import flax
 import jax
@@ -20,13 +18,14 @@ import skimage.data
 import skimage.transform
 
 from configs.baselines import wan2020_face as face_config
-from conftest import restore_latest
+from conftest import restore_latest, train_stopped_and_resumed, with_overrides
 from pikfix_jax import artifacts
 from pikfix_jax import evaluate
 from pikfix_jax import faces
 from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
+from pikfix_jax import restoring
 from pikfix_jax import train
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.losses import wan_face as face_losses
@@ -60,13 +59,7 @@ def face_folder(path, count: int = 6) -> str:
 def tiny_config(folder: str = '', **overrides):
   c = face_config.get_config()
   c.data.image_folder = folder
-  for key, value in dict(TINY_FLAGS, **overrides).items():
-    *path, field = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[field] = value
-  return c
+  return with_overrides(c, dict(TINY_FLAGS, **overrides))
 
 
 # ------------------------------------------------------------------------------- fast
@@ -175,19 +168,9 @@ def test_command_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_pa
   subprocess.run(_main(full, folder), cwd=ROOT, env=env, check=True, capture_output=True,
                  timeout=600)
   # The same command stopped by SIGTERM after its first checkpoint, then run again.
-  process = subprocess.Popen(_main(split, folder), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while not (split / 'checkpoints' / '5').exists() and process.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.1)
-  process.send_signal(signal.SIGTERM)
-  log = process.communicate(timeout=300)[1]
-  assert process.returncode == 0, log[-3000:]
-  stopped = max(int(d) for d in os.listdir(split / 'checkpoints') if d.isdigit())
-  assert 5 <= stopped < 30, (stopped, log[-2000:])
-  subprocess.run(_main(split, folder), cwd=ROOT, env=env, check=True, capture_output=True,
-                 timeout=600)
+  stopped = train_stopped_and_resumed(_main(split, folder), str(split), env, stop_after=5,
+                                      timeout=300)
+  assert 5 <= stopped < 30, stopped
 
   config = tiny_config(folder, **{'train.num_train_steps': 30})
   (step_a, a), (step_b, b) = restore_latest(str(full), config), restore_latest(str(split), config)
@@ -210,7 +193,7 @@ def test_command_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_pa
   photo = tmp_path / 'astronaut.png'
   Image.fromarray(skimage.data.astronaut()).save(photo)
   messages = io.StringIO()
-  code, _ = restore.run(restore.Options(input=str(photo), output=str(tmp_path / 'out.png'),
+  code, _ = restore.run(restoring.Options(input=str(photo), output=str(tmp_path / 'out.png'),
                                         faces='wan', face_checkpoint=str(full)),
                         restorer=IdentityRestorer(), out=messages)
   assert code == 0 and '1 face(s) restored (--faces=wan)' in messages.getvalue(), (

@@ -5,10 +5,8 @@ resumed bitwise, restored and evaluated."""
 
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import train_stopped_and_resumed, with_overrides
 from configs.baselines import wan2020
 from configs.baselines import wan_ldm
 from pikfix_jax import evaluate
@@ -45,13 +44,7 @@ TINY_FLAGS = {
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c = wan_ldm.get_config()
-  for key, value in dict(TINY_FLAGS, **overrides).items():
-    *path, field = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[field] = value
-  return c
+  return with_overrides(c, dict(TINY_FLAGS, **overrides))
 
 
 def tiny_wan2020_config() -> ml_collections.ConfigDict:
@@ -153,18 +146,8 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
 
   # The same command stopped by SIGTERM inside the diffusion stage (after the VAE stage's
   # checkpoint at step 2), then run again to resume.
-  process = subprocess.Popen(_main(split), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while not (split / 'checkpoints' / '2').exists() and process.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  log = process.communicate(timeout=300)[1]
-  assert process.returncode == 0, log[-3000:]
-  stopped = sorted(int(d) for d in os.listdir(split / 'checkpoints') if d.isdigit())[-1]
-  assert 2 < stopped < 6, (stopped, log[-2000:])  # inside the diffusion stage
-  subprocess.run(_main(split), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+  stopped = train_stopped_and_resumed(_main(split), str(split), env, stop_after=2, timeout=300)
+  assert 2 < stopped < 6, stopped  # inside the diffusion stage
 
   _, expected, config = loading.load_generator(workdir=str(full))
   model, resumed, _ = loading.load_generator(workdir=str(split))
