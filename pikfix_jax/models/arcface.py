@@ -92,7 +92,11 @@ class ResNetArcFace(nn.Module):
       raise ValueError(f'ResNetArcFace reads (B, {INPUT_SIZE}, {INPUT_SIZE}, 1) grey faces '
                        f'(arcface.identity_input), got {x.shape}')
     x = PReLU(name='prelu')(_bn('bn1')(_conv(64, 3, 1, 'conv1')(x)))
-    x = layers.max_pool_tiles(x, 2)
+    # nn.max_pool, not layers.max_pool_tiles: the reshape-max's gradient finds the maximum by
+    # equality with a recomputed input, which the identity loss's backward pass (through a
+    # BatchNorm + PReLU fused differently) missed at XLA:CPU's optimisation level 0, giving
+    # 0 / 0; max_pool's gradient routes by the argmax it computed.
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
     for stage, features in enumerate((64, 128, 256, 512)):
       for block in range(2):
         stride = 2 if stage > 0 and block == 0 else 1
