@@ -97,6 +97,19 @@ def test_identity_term_is_the_releases_weighted_l1():
   assert not np.any(np.asarray(grads[1]))
 
 
+def test_identity_distance_is_one_minus_the_cosine(release):
+  """evaluate's identity distance against numpy on the network's own embeddings."""
+  variables = weights.convert_files('arcface', release[0])
+  faces = np.random.default_rng(2).uniform(-1, 1, (2, 2, 64, 64, 3)).astype(np.float32)
+  a, b = (np.asarray(arcface.embed(variables, jnp.asarray(f)), np.float64) for f in faces)
+  want = 1 - np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+  got = arcface.identity_distance(variables, jnp.asarray(faces[0]), jnp.asarray(faces[1]))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.all(want > 1e-3)
+  np.testing.assert_allclose(arcface.identity_distance(variables, faces[0], faces[0]), 0,
+                             atol=1e-6)
+
+
 @pytest.mark.slow
 def test_convert_weights_command_writes_the_backbone(release, tmp_path):
   """`convert_weights --arch=arcface` on the release file; load_variables checks the result,

@@ -113,3 +113,11 @@ def embed(variables: dict, image: jnp.ndarray) -> jnp.ndarray:
   features (`identity_input`, then the network)."""
   return ResNetArcFace().apply(variables, identity_input(image))
 
+
+
+def identity_distance(variables: dict, image: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """(B,) 1 - cos between the ArcFace embeddings of faces and their targets (both (B, H, W, 3)
+  in [-1, 1]): evaluation's identity distance (0 = the same identity direction)."""
+  a, b = embed(variables, image), embed(variables, target)
+  cos = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
+  return 1.0 - cos
