@@ -81,13 +81,15 @@ def build_model(arch: str) -> flax.linen.Module:
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
+# Archs whose input shape the architecture fixes: GFP-GAN's out_size, ArcFace's grey 128 px face
+# (the size its linear layer fits).
+_FIXED_INPUTS = {'gfpgan': (1, 512, 512, 3),
+                 'arcface': (1, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 1)}
+
+
 def _init_args(arch: str, x) -> tuple:
-  if arch == 'gfpgan':  # its input size is fixed by the architecture (out_size)
-    shape = (1, 512, 512, 3)
-    return ((jax.ShapeDtypeStruct(shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
-             else jnp.zeros(shape, x.dtype)),)
-  if arch == 'arcface':  # a grey face of the one size its linear layer fits
-    shape = (1, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 1)
+  if arch in _FIXED_INPUTS:
+    shape = _FIXED_INPUTS[arch]
     return ((jax.ShapeDtypeStruct(shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
              else jnp.zeros(shape, x.dtype)),)
   return (x, x) if arch in LPIPS_NETS else (x,)
