@@ -11,6 +11,8 @@ r"""Converts torchvision (or lpips) weights into the Flax msgpack that config.ba
       --input=deeplabv3_mobilenet_v3_large-fc3c493d.pth --output=weights/deeplabv3_mbv3.msgpack
   python -m data_prep.convert_weights --arch=gfpgan --input=GFPGANv1.4.pth \
       --output=weights/gfpgan.msgpack
+  python -m data_prep.convert_weights --arch=arcface --input=arcface_resnet18.pth \
+      --output=weights/arcface.msgpack
   python -m data_prep.convert_weights --arch=bopbtl --input=Bringing-Old-Photos-Back-to-Life \
       --output=weights/bopbtl
 

@@ -20,7 +20,9 @@ reference_sensitivity.csv / .md (rows of other ranks already there are kept).
 Metrics follow `pikfix_jax.metrics` (8-bit sRGB; SSIM and LPIPS by config.metrics.convention:
 'authors', as their released code (LPIPS AlexNet v0.1), or 'skimage' (LPIPS VGG v0.1); LPIPS
 only with that network's converted weights in config.backbones.lpips, otherwise reported as
-unavailable, never computed from random features).
+unavailable, never computed from random features). Face configs with config.backbones.arcface
+(a converted arcface_resnet18.pth) add the identity distance: the mean 1 - cos between the
+ArcFace embeddings of the 8-bit output and ground truth, a line under table.md's table.
 """
 
 import csv
@@ -50,9 +52,11 @@ from pikfix_jax import methods
 from pikfix_jax import metrics
 from pikfix_jax import scoring
 from pikfix_jax import wan_release
+from pikfix_jax import weights
 from pikfix_jax.data import input_pipeline
 from pikfix_jax.data import references
 from pikfix_jax.data import sources
+from pikfix_jax.models import arcface
 from pikfix_jax.models import layers
 from pikfix_jax.models import pikfix
 from pikfix_jax.ops import color
@@ -308,6 +312,10 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
             else scoring.LABELS[row])
     lpips = num(s['lpips'], 3) if has_lpips else 'n/a ¹'
     lines.append(f'| {name} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
+  if summary.get('identity_distance') is not None:
+    lines += ['', f'Identity distance of {method_name} (mean 1 − cosine of the ArcFace '
+              'embeddings of output and ground truth; config.backbones.arcface): '
+              f'{summary["identity_distance"]:.4f}.']
   for paragraph in scoring.checks_markdown(summary['scores']):
     lines += ['', paragraph]
   lines += ['', f'{summary["images"]} images of the `{summary["split"]}` split; reference: '
@@ -360,6 +368,13 @@ def _forward(model: nn.Module):
 
 
 @jax.jit
+def _identity_distance(variables: dict, rgb: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """Per-image ArcFace identity distance of 8-bit sRGB outputs and targets (uint8 arrays)."""
+  to_face = lambda x: x.astype(jnp.float32) / 127.5 - 1.0  # the release's [-1, 1]
+  return arcface.identity_distance(variables, to_face(rgb), to_face(target))
+
+
+@jax.jit
 def _lab_to_rgb(lab: jnp.ndarray) -> jnp.ndarray:
   return color.lab_normalized_to_rgb(lab[..., :1], lab[..., 1:])
 
@@ -392,6 +407,11 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
   lpips_metric, lpips_note = metrics.maybe_lpips(lpips_path, config.metrics.convention)
   if lpips_metric is None:
     logging.warning('LPIPS not computed: %s', lpips_note)
+
+  arcface_path = config.backbones.get('arcface', '')
+  arcface_variables = (weights.maybe_load_backbone(
+      arcface_path, 'arcface', weights.variable_shapes('arcface')) if arcface_path else None)
+  identity_distances = []
 
   full_size = config.data.eval_image_size == 0
   batch_size = 1 if full_size else (batch_size or config.train.eval_batch_size)
@@ -437,6 +457,11 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
     records += batch_records
     references += [names[i] for i in range(len(reference)) if batch['mask'][i]]
     target = np.asarray(_lab_to_rgb(jnp.asarray(batch['target_lab'])))
+    if arcface_variables is not None:
+      distance = np.asarray(_identity_distance(arcface_variables, metrics.quantize(
+          outputs['rgb']), metrics.quantize(target)))
+      identity_distances += [float(distance[i]) for i in range(len(reference))
+                             if batch['mask'][i]]
     for i in range(len(reference)):
       if batch['mask'][i] and len(grid) < grid_rows:
         grid.append([_grey(batch['input_l'][i]), reference[i],
@@ -460,6 +485,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
       'date': datetime.date.today().isoformat(),
       'conventions': conventions_text(config.metrics.convention),
       'lpips_note': lpips_note, 'scores': scores,
+      'identity_distance': (float(np.mean(identity_distances)) if identity_distances
+                            else None),
   }
   per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'mae', 'reference')
   printable = lambda r: {k: ('' if v is None else (f'{v:.6f}' if isinstance(v, float) else v))
@@ -652,6 +679,8 @@ def main(argv):
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips
+    if 'arcface' in config.backbones and not config.backbones.arcface:
+      config.backbones.arcface = trained.backbones.get('arcface', '')
     output_dir = f['output_dir'] or os.path.join(f['workdir'] or f['checkpoint'], 'eval')
     evaluate_seeds(config, model, variables, output_dir, trained, seeds, ranks,
                    batch_size=f['batch_size'], grid_rows=f['grid_rows'],

@@ -11,6 +11,10 @@ ValueError naming the key and the file. Converted variables are stored as Flax m
 GFP-GAN (arch 'gfpgan', the released GFPGANv1.3 / v1.4 files) has its own mechanical mapping
 (`gfpgan_torch_key`, models/gfpgan.py): its torch names have underscores, so only '_<index>'
 components become '.<index>'; its config is read off the file's shapes (`gfpgan_config`).
+
+ArcFace (arch 'arcface', the GFPGAN release's arcface_resnet18.pth: models/arcface.py) follows
+the torchvision rule, its PReLU slopes ('weight' leaves) kept as they are; the keys may carry
+the 'module.' prefix of a DataParallel save.
 """
 
 import functools
@@ -30,6 +34,7 @@ import numpy as np
 from safetensors import numpy as st_numpy
 
 from pikfix_jax import models
+from pikfix_jax.models import arcface
 from pikfix_jax.models import backbones
 from pikfix_jax.models import deeplab
 from pikfix_jax.models import gfpgan
@@ -37,7 +42,7 @@ from pikfix_jax.models import lpips
 from pikfix_jax.models import wan_face
 
 ARCHS = ('resnet34', 'vgg19', 'vgg16', 'lpips_vgg', 'lpips_alex',
-         'deeplabv3_mobilenet_v3_large', 'gfpgan', 'bopbtl_face')
+         'deeplabv3_mobilenet_v3_large', 'gfpgan', 'bopbtl_face', 'arcface')
 # Wan et al.'s released face-enhancement generator (models/wan_face.py; convert_face_generator).
 FACE_ARCH = 'bopbtl_face'
 # LPIPS archs: the lpips package's `net` and the files their conversion reads (backbone, heads).
@@ -50,7 +55,9 @@ _IGNORED_PREFIXES = ('fc.', 'classifier.', 'pre_logits.', 'head.')
 # training-time loss on the stride-8 features that the Flax model does not build, is dropped.
 _ARCH_IGNORED_PREFIXES = {'deeplabv3_mobilenet_v3_large': ('aux_classifier.',)}
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
-                  'mean': 'running_mean', 'var': 'running_var'}
+                  'mean': 'running_mean', 'var': 'running_var', 'weight': 'weight'}
+# torch.nn.DataParallel's prefix on every key of a state dict saved through it.
+_DATA_PARALLEL_PREFIX = 'module.'
 _WARNED: set = set()
 
 
@@ -69,12 +76,20 @@ def build_model(arch: str) -> flax.linen.Module:
     return gfpgan.GFPGANv1Clean()  # the released v1.3 / v1.4 config (512 px faces)
   if arch == FACE_ARCH:
     return wan_face.FaceGenerator()  # the variables of both released sizes (256, 512)
+  if arch == 'arcface':
+    return arcface.ResNetArcFace()
   raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}')
 
 
+# Archs whose input shape the architecture fixes: GFP-GAN's out_size, ArcFace's grey 128 px face
+# (the size its linear layer fits).
+_FIXED_INPUTS = {'gfpgan': (1, 512, 512, 3),
+                 'arcface': (1, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 1)}
+
+
 def _init_args(arch: str, x) -> tuple:
-  if arch == 'gfpgan':  # its input size is fixed by the architecture (out_size)
-    shape = (1, 512, 512, 3)
+  if arch in _FIXED_INPUTS:
+    shape = _FIXED_INPUTS[arch]
     return ((jax.ShapeDtypeStruct(shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
              else jnp.zeros(shape, x.dtype)),)
   return (x, x) if arch in LPIPS_NETS else (x,)
@@ -180,6 +195,9 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
     return convert_gfpgan_state_dict(read_gfpgan_file(path), path)
   if arch == FACE_ARCH:
     return convert_face_generator(read_state_dict(path), path)
+  if arch == 'arcface':  # strict: its file has no classifier head to drop
+    return convert_state_dict(strip_data_parallel(read_state_dict(path), path),
+                              variable_shapes(arch), path, ignored_prefixes=())
   shapes = variable_shapes(arch)
   if arch in _ARCH_IGNORED_PREFIXES:
     return convert_state_dict(read_state_dict(path), shapes, path, _ARCH_IGNORED_PREFIXES[arch])
@@ -198,6 +216,20 @@ def convert_files(arch: str, path: str, lpips_heads: Optional[str] = None) -> di
       raise ValueError(f'{lpips_heads}: key {torch_key(key)!r} has negative '
                        'weights; LPIPS heads are non-negative')
   return {'params': {'net': net['params'], **heads['params']}}
+
+
+def strip_data_parallel(state_dict: Mapping[str, np.ndarray], source: str
+                        ) -> dict[str, np.ndarray]:
+  """The state dict with DataParallel's 'module.' prefix taken off the keys that carry it
+  (basicsr's load_network does the same); two keys that become one are a ValueError."""
+  out = {}
+  for key, value in state_dict.items():
+    bare = key[len(_DATA_PARALLEL_PREFIX):] if key.startswith(_DATA_PARALLEL_PREFIX) else key
+    if bare in out:
+      raise ValueError(f'{source}: key {key!r} appears with and without the '
+                       f'{_DATA_PARALLEL_PREFIX!r} prefix')
+    out[bare] = value
+  return out
 
 
 def convert_face_generator(state_dict: Mapping[str, np.ndarray], source: str = '<state dict>',

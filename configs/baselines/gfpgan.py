@@ -3,7 +3,8 @@ Facial Prior", CVPR 2021) trained on a folder of aligned face crops with our deg
 (methods/gfpgan.py; docs/MODEL.md, "GFP-GAN training"):
 
   python -m pikfix_jax.main --config=configs/baselines/gfpgan.py --workdir=W \
-      --config.data.image_folder=FACES [--config.backbones.vgg19=vgg19.msgpack]
+      --config.data.image_folder=FACES [--config.backbones.vgg19=vgg19.msgpack] \
+      [--config.backbones.arcface=arcface.msgpack]
 
 FACES holds aligned square faces of data.image_size = model.out_size pixels (FFHQ's 512 px
 crops for the default): the data pipeline enlarges smaller crops but takes a random window of
@@ -18,10 +19,12 @@ data.eval_reference='self'.
 Losses and their weights follow the release's options (train_gfpgan_v1.yml): pixel L1 0.1,
 pyramid L1 1 (dropped after 50k steps), VGG-19 perceptual 1 + style 50 (layers 1_2 .. 5_4 with
 weights 0.1, 0.1, 1, 1, 1), non-saturating GAN 0.1 against StyleGAN2's discriminator with R1
-(gamma 10, every 16th step, lazily). Left out: the facial-component losses (three component
+(gamma 10, every 16th step, lazily), and the identity loss 10 (L1 between ArcFace embeddings)
+when backbones.arcface names the converted arcface_resnet18.pth of the release (without it the
+loss is off, with a log line). Left out: the facial-component losses (three component
 discriminators and the per-face eye / mouth boxes of a landmark file the pipeline does not
-produce) and the ArcFace identity loss (no ArcFace network or converter here); the EMA
-generator (TrainState has no field for it). docs/MODEL.md gives the reasons.
+produce) and the EMA generator (TrainState has no field for it). docs/MODEL.md gives the
+reasons.
 """
 
 import ml_collections
@@ -38,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   d.eval_image_size = 512
   d.degrade = True  # The project's old-photo degradations of the luminance (docs/DATA.md).
   d.eval_reference = 'self'  # Evaluation's "reference" is the clean crop: its chroma goes in.
+
+  # The frozen ArcFace of the identity loss and of evaluate's identity distance: the release's
+  # arcface_resnet18.pth converted (data_prep.convert_weights --arch=arcface); '' = no identity
+  # loss (docs/WEIGHTS.md).
+  c.backbones.arcface = ''
 
   m = c.model = ml_collections.ConfigDict()
   # GFPGANv1Clean (models/gfpgan.py) as released for v1.3 / v1.4, so model.init_checkpoint can
@@ -70,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   l.perceptual_layers = ('relu1_2', 'relu2_2', 'relu3_4', 'relu4_4', 'relu5_4')
   l.perceptual_layer_weights = (0.1, 0.1, 1.0, 1.0, 1.0)
   l.adversarial_weight = 0.1
+  l.identity_weight = 10.0  # Only with backbones.arcface.
   l.r1_weight = 10.0  # gamma of R1; the penalty is gamma / 2 * R1 * r1_every on its steps.
   l.r1_every = 16  # Lazy R1 (StyleGAN2): every r1_every-th step.
 

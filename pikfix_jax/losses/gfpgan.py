@@ -1,11 +1,12 @@
 """GFP-GAN's training losses (Wang et al., CVPR 2021, sec. 3.3, eqs. 1-6) with the weights of
 the release's options (train_gfpgan_v1.yml); configs/baselines/gfpgan.py `loss` holds them.
 
-Images are faces in [-1, 1] (the release's range). Left out (docs/MODEL.md, "GFP-GAN
-training"): the facial-component losses (eq. 5) and the identity-preserving loss (eq. 6).
+Images are faces in [-1, 1] (the release's range). The identity-preserving loss (eq. 6) is in
+when an ArcFace is given (config.backbones.arcface); left out (docs/MODEL.md, "GFP-GAN
+training"): the facial-component losses (eq. 5).
 """
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,14 +56,22 @@ def r1_penalty(logits_fn: Callable[[jnp.ndarray], jnp.ndarray], real: jnp.ndarra
   return jnp.mean(jnp.sum(jnp.square(grad.reshape(grad.shape[0], -1)), axis=-1))
 
 
+def identity_loss(embedding: jnp.ndarray, target_embedding: jnp.ndarray) -> jnp.ndarray:
+  """Eq. 6 as the release computes it: the mean absolute difference between the ArcFace
+  embeddings (B, 512) of the output and of the target (the target's held constant)."""
+  return common.l1(embedding, jax.lax.stop_gradient(target_embedding))
+
+
 def generator_loss(image: jnp.ndarray, out_rgbs: Sequence[jnp.ndarray], target: jnp.ndarray,
                    fake_logits: jnp.ndarray, features: Mapping[str, jnp.ndarray],
                    target_features: Mapping[str, jnp.ndarray],
-                   pyramid_weight: jnp.ndarray, loss_config: ml_collections.ConfigDict
+                   pyramid_weight: jnp.ndarray, loss_config: ml_collections.ConfigDict,
+                   identity_embeddings: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None
                    ) -> dict[str, jnp.ndarray]:
-  """The generator's terms and their weighted sum 'total' (eq. 1 without the component and
-  identity terms): pixel L1 (eq. 3's L1), the pyramid L1 on the U-Net's intermediate RGB
-  images (eq. 2), VGG-19 perceptual + style (eq. 3), adversarial (eq. 4)."""
+  """The generator's terms and their weighted sum 'total' (eq. 1 without the component
+  terms): pixel L1 (eq. 3's L1), the pyramid L1 on the U-Net's intermediate RGB images (eq.
+  2), VGG-19 perceptual + style (eq. 3), adversarial (eq. 4) and, given the (output, target)
+  ArcFace embeddings, the identity term 'identity' (eq. 6)."""
   c = loss_config
   pyramid = image_pyramid(target, len(out_rgbs))
   terms = {'pixel_l1': common.l1(image, target),
@@ -73,4 +82,7 @@ def generator_loss(image: jnp.ndarray, out_rgbs: Sequence[jnp.ndarray], target: 
   terms['total'] = (c.pixel_weight * terms['pixel_l1'] + pyramid_weight * terms['pyramid_l1'] +
                     c.perceptual_weight * terms['perceptual'] + c.style_weight * terms['style'] +
                     c.adversarial_weight * terms['adversarial'])
+  if identity_embeddings is not None:
+    terms['identity'] = identity_loss(*identity_embeddings)
+    terms['total'] = terms['total'] + c.identity_weight * terms['identity']
   return terms

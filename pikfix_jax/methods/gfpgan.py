@@ -11,13 +11,16 @@ clean crop; the face pipeline passes the aligned crop itself), and an input of a
 is resized to out_size and back.
 
 One step, as the release's: the generator's update on D's current logits, then D's on the
-same (stop-gradient) output, with lazy R1 every loss.r1_every-th step. docs/MODEL.md,
-"GFP-GAN training", lists the choices and what is left out.
+same (stop-gradient) output, with lazy R1 every loss.r1_every-th step. With
+config.backbones.arcface (a converted arcface_resnet18.pth), the frozen ArcFace adds the
+identity loss (eq. 6). docs/MODEL.md, "GFP-GAN training", lists the choices and what is left
+out.
 """
 
 import functools
 from typing import Any, Optional
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -31,6 +34,7 @@ from pikfix_jax import weights
 from pikfix_jax.losses import common
 from pikfix_jax.losses import gfpgan as gfpgan_losses
 from pikfix_jax.methods import base
+from pikfix_jax.models import arcface
 from pikfix_jax.models import backbones
 from pikfix_jax.models import gfpgan
 from pikfix_jax.models import layers
@@ -123,6 +127,11 @@ class Method(base.Method):
       raise ValueError('config.loss.perceptual_layer_weights needs one weight per '
                        f'perceptual_layers entry ({len(l.perceptual_layers)})')
     self.vgg = backbones.VGG(depth=19, outputs=tuple(l.perceptual_layers))
+    # A workdir's config from before the field has no backbones.arcface: no identity loss.
+    self.arcface_path = config.backbones.get('arcface', '')
+    if self.arcface_path:
+      self.loss_terms = LOSS_TERMS + ('identity',)
+      self.scalars = SCALARS + ('identity',)
     if l.r1_every < 1:
       raise ValueError(f'config.loss.r1_every={l.r1_every}: must be >= 1')
     batch = config.train.batch_size
@@ -186,6 +195,18 @@ class Method(base.Method):
     return {f'GFP-GAN generator, one {s}x{s} face':
             lambda mod, l: mod.restore(jnp.zeros(l.shape[:1] + (s, s, 3), l.dtype))[0]}
 
+  def init_frozen(self, seed: int) -> dict:
+    """{'vgg': the perceptual loss's VGG-19 (base.Method.init_frozen)} and, with
+    config.backbones.arcface, {'arcface': its variables}."""
+    frozen = {'vgg': super().init_frozen(seed)}
+    if not self.arcface_path:
+      logging.info('No config.backbones.arcface: GFP-GAN trains without its identity loss '
+                   '(docs/WEIGHTS.md, "ArcFace").')
+    else:
+      shapes = weights.variable_shapes('arcface')
+      frozen['arcface'] = weights.maybe_load_backbone(self.arcface_path, 'arcface', shapes)
+    return frozen
+
   # ----------------------------------------------------------------------------- step
   def train_step(self, state: base.TrainState, batch: dict, frozen: Any
                  ) -> tuple[base.TrainState, dict]:
@@ -194,7 +215,8 @@ class Method(base.Method):
     target_lab = batch['target_lab']
     target = color.lab_normalized_to_rgb(target_lab[..., :1], target_lab[..., 1:]) * 2.0 - 1.0
     d = self.discriminator
-    vgg = lambda x: self.vgg.apply(frozen, (x + 1.0) / 2.0)  # the release's range_norm
+    vgg = lambda x: self.vgg.apply(frozen['vgg'], (x + 1.0) / 2.0)  # the release's range_norm
+    identity = 'arcface' in frozen
 
     def forward(g_params):
       variables = {'params': checkpoints.merge_params(g_params, state.g_frozen)}
@@ -205,15 +227,19 @@ class Method(base.Method):
 
     (image, out_rgbs), pullback = jax.vjp(forward, state.g_params)
     target_features = jax.lax.stop_gradient(vgg(target))
+    if identity:
+      target_embedding = jax.lax.stop_gradient(arcface.embed(frozen['arcface'], target))
     until = c.loss.pyramid_until
     pyramid_weight = (c.loss.pyramid_weight if until < 0 else
                       jnp.where(state.step < until, c.loss.pyramid_weight, 0.0))
 
     def g_loss_fn(outs):
       fake_image, rgbs = outs
+      embeddings = ((arcface.embed(frozen['arcface'], fake_image), target_embedding)
+                    if identity else None)
       terms = gfpgan_losses.generator_loss(
           fake_image, rgbs, target, d.apply({'params': state.d_params}, fake_image),
-          vgg(fake_image), target_features, pyramid_weight, c.loss)
+          vgg(fake_image), target_features, pyramid_weight, c.loss, embeddings)
       return terms['total'], terms
 
     (_, terms), cotangent = jax.value_and_grad(g_loss_fn, has_aux=True)((image, out_rgbs))
