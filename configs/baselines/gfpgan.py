@@ -73,6 +73,18 @@ def get_config() -> ml_collections.ConfigDict:
   l.r1_weight = 10.0  # gamma of R1; the penalty is gamma / 2 * R1 * r1_every on its steps.
   l.r1_every = 16  # Lazy R1 (StyleGAN2): every r1_every-th step.
 
+  # Facial-component losses (paper eq. 5), on when data.face_components names a boxes file
+  # (data_prep.face_components): three FacialComponentDiscriminators (left eye, right eye,
+  # mouth) on RoIAlign crops of 80 / 120 px at out_size 512 (scaled), the release's weights
+  # (gan_component_opt 1, comp_style_weight 200) and optimiser (Adam 2e-3, betas (0.9, 0.99)).
+  l.component_gan_weight = 1.0
+  l.comp_style_weight = 200.0
+  m.component_d_width = 1.0  # Width factor of the component discriminators (tests: narrow).
+  o_comp = c.component_optim = ml_collections.ConfigDict()
+  o_comp.learning_rate = 2e-3
+  o_comp.b1 = 0.9
+  o_comp.b2 = 0.99
+
   o = c.optim
   # The release: Adam lr 2e-3, betas (0, 0.99) for G; D's lr and betas corrected for the lazy
   # R1 (x r, ^r with r = r1_every / (r1_every + 1)), done in methods/gfpgan.py.
