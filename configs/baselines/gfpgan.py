@@ -18,9 +18,10 @@ data.eval_reference='self'.
 Losses and their weights follow the release's options (train_gfpgan_v1.yml): pixel L1 0.1,
 pyramid L1 1 (dropped after 50k steps), VGG-19 perceptual 1 + style 50 (layers 1_2 .. 5_4 with
 weights 0.1, 0.1, 1, 1, 1), non-saturating GAN 0.1 against StyleGAN2's discriminator with R1
-(gamma 10, every 16th step, lazily). Left out: the facial-component losses (three component
-discriminators and the per-face eye / mouth boxes of a landmark file the pipeline does not
-produce) and the ArcFace identity loss (no ArcFace network or converter here); the EMA
+(gamma 10, every 16th step, lazily). The facial-component losses (three component
+discriminators on eye / mouth crops, GAN x 1 + style x 200) train when
+--config.data.face_components=FILE.json names the boxes of data_prep.face_components.
+Left out: the ArcFace identity loss (no ArcFace network or converter here); the EMA
 generator (TrainState has no field for it). docs/MODEL.md gives the reasons.
 """
 
