@@ -43,6 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   # when set, training batches gain `real_l` (B, S, S, 1), the L/100 of a seeded random S x S
   # crop of one of them (docs/DATA.md). '' = none.
   c.data.real_old_dir = ''
+  # Facial-component boxes of a face folder (data_prep.face_components, JSON): when set,
+  # training batches gain `face_boxes` (B, 3, 4), the left eye / right eye / mouth boxes
+  # (x0, y0, x1, y1) in crop pixels, and `face_box_valid` (B, 3), 0 where a face has none or
+  # a box leaves the crop (GFP-GAN's component losses; docs/DATA.md). '' = none.
+  c.data.face_components = ''
+  c.data.eye_enlarge_ratio = 1.4  # Eye boxes' half side x this (GFP-GAN's release).
   c.data.reference_strategies = (1, 2)  # Reference strategies, alternating one per epoch (paper sec. 4.1).
   c.data.retrieval_index = ''  # Reference index (data_prep.build_reference_index); '' = random other image.
   c.data.retrieval_top_k = 10  # Strategy 2 draws from this many most similar training images.

@@ -121,6 +121,26 @@ def ffhq_points(landmarks: np.ndarray) -> np.ndarray:
   return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
 
 
+# The 68-point model's points of GFP-GAN's facial components (image-left eye first).
+COMPONENT_POINTS = {'left_eye': range(36, 42), 'right_eye': range(42, 48),
+                    'mouth': range(48, 68)}
+COMPONENT_MIN_HALF_512 = 16.0  # the release's smallest half side at a 512 px face
+
+
+def component_boxes(landmarks: np.ndarray, face_side: float) -> dict[str, list[float]]:
+  """GFP-GAN's facial components from 68 landmarks (its scripts/parse_landmark.py): per
+  component the mean of its points (cx, cy) and the half side h = max(half the larger
+  extent of its points, 16 px at a 512 px face, scaled to face_side)."""
+  lm = np.asarray(landmarks, np.float64)
+  floor = COMPONENT_MIN_HALF_512 * face_side / 512.0
+  boxes = {}
+  for name, points in COMPONENT_POINTS.items():
+    p = lm[list(points)]
+    half = max(float(np.max(p.max(0) - p.min(0))) / 2.0, floor)
+    boxes[name] = [float(p[:, 0].mean()), float(p[:, 1].mean()), half]
+  return boxes
+
+
 # ---------------------------------------------------------------------------- templates
 
 # The release's 5 points on a 256 face (_standard_face_pts, before its [-1, 1] scaling).

@@ -422,3 +422,66 @@ def randomize_discriminator(model: nn.Module, seed: int) -> nn.Module:
       else:
         p.normal_(0, 1, generator=gen)
   return model.eval()
+
+
+class FacialComponentDiscriminator(nn.Module):
+  """The release's VGG-style component discriminator (gfpganv1_arch.py), `width` scaling its
+  64 / 128 / 256 channels (1 = the release) so tests run narrow ones."""
+
+  def __init__(self, width=1.0):
+    super().__init__()
+    a, b, c = (max(1, int(n * width)) for n in (64, 128, 256))
+    self.conv1 = ConvLayer(3, a, 3)
+    self.conv2 = ConvLayer(a, b, 3, downsample=True)
+    self.conv3 = ConvLayer(b, b, 3)
+    self.conv4 = ConvLayer(b, c, 3, downsample=True)
+    self.conv5 = ConvLayer(c, c, 3)
+    self.final_conv = ConvLayer(c, 1, 3, bias=True, activate=False)
+
+  def forward(self, x):
+    first = self.conv3(self.conv2(self.conv1(x)))
+    second = self.conv5(self.conv4(first))
+    return self.final_conv(second), [first, second]
+
+
+def roi_align(images: np.ndarray, rois: np.ndarray, output_size: int) -> np.ndarray:
+  """torchvision.ops.roi_align (aligned=False, spatial_scale 1, sampling_ratio -1) as plain
+  loops, transcribed from its CPU kernel: images (B, C, H, W), rois (N, 5) as (batch index,
+  x0, y0, x1, y1) -> (N, C, P, P). The reference when torchvision is not installed."""
+  _, c, h, w = images.shape
+  p = output_size
+  out = np.zeros((len(rois), c, p, p), np.float64)
+
+  def sample(img, y, x):
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+      return np.zeros(c)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= h - 1:
+      y0 = y1 = h - 1
+      y = float(y0)
+    else:
+      y1 = y0 + 1
+    if x0 >= w - 1:
+      x0 = x1 = w - 1
+      x = float(x0)
+    else:
+      x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * img[:, y0, x0] + (1 - ly) * lx * img[:, y0, x1] +
+            ly * (1 - lx) * img[:, y1, x0] + ly * lx * img[:, y1, x1])
+
+  for n, (b, x_start, y_start, x_end, y_end) in enumerate(rois.astype(np.float64)):
+    img = images[int(b)].astype(np.float64)
+    roi_w, roi_h = max(x_end - x_start, 1.0), max(y_end - y_start, 1.0)
+    bin_w, bin_h = roi_w / p, roi_h / p
+    g_h, g_w = int(math.ceil(roi_h / p)), int(math.ceil(roi_w / p))
+    for ph in range(p):
+      for pw in range(p):
+        total = np.zeros(c)
+        for iy in range(g_h):
+          y = y_start + ph * bin_h + (iy + 0.5) * bin_h / g_h
+          for ix in range(g_w):
+            total += sample(img, y, x_start + pw * bin_w + (ix + 0.5) * bin_w / g_w)
+        out[n, :, ph, pw] = total / max(g_h * g_w, 1)
+  return out

@@ -19,12 +19,12 @@ data.eval_reference='self'.
 Losses and their weights follow the release's options (train_gfpgan_v1.yml): pixel L1 0.1,
 pyramid L1 1 (dropped after 50k steps), VGG-19 perceptual 1 + style 50 (layers 1_2 .. 5_4 with
 weights 0.1, 0.1, 1, 1, 1), non-saturating GAN 0.1 against StyleGAN2's discriminator with R1
-(gamma 10, every 16th step, lazily), and the identity loss 10 (L1 between ArcFace embeddings)
+(gamma 10, every 16th step, lazily); the identity loss 10 (L1 between ArcFace embeddings)
 when backbones.arcface names the converted arcface_resnet18.pth of the release (without it the
-loss is off, with a log line). Left out: the facial-component losses (three component
-discriminators and the per-face eye / mouth boxes of a landmark file the pipeline does not
-produce) and the EMA generator (TrainState has no field for it). docs/MODEL.md gives the
-reasons.
+loss is off, with a log line); the facial-component losses (three component discriminators on
+eye / mouth crops, GAN x 1 + style x 200) when --config.data.face_components=FILE.json names
+the boxes of data_prep.face_components. Left out: the EMA generator (TrainState has no field
+for it). docs/MODEL.md gives the reasons.
 """
 
 import ml_collections
@@ -81,6 +81,18 @@ def get_config() -> ml_collections.ConfigDict:
   l.identity_weight = 10.0  # Only with backbones.arcface.
   l.r1_weight = 10.0  # gamma of R1; the penalty is gamma / 2 * R1 * r1_every on its steps.
   l.r1_every = 16  # Lazy R1 (StyleGAN2): every r1_every-th step.
+
+  # Facial-component losses (paper eq. 5), on when data.face_components names a boxes file
+  # (data_prep.face_components): three FacialComponentDiscriminators (left eye, right eye,
+  # mouth) on RoIAlign crops of 80 / 120 px at out_size 512 (scaled), the release's weights
+  # (gan_component_opt 1, comp_style_weight 200) and optimiser (Adam 2e-3, betas (0.9, 0.99)).
+  l.component_gan_weight = 1.0
+  l.comp_style_weight = 200.0
+  m.component_d_width = 1.0  # Width factor of the component discriminators (tests: narrow).
+  o_comp = c.component_optim = ml_collections.ConfigDict()
+  o_comp.learning_rate = 2e-3
+  o_comp.b1 = 0.9
+  o_comp.b2 = 0.99
 
   o = c.optim
   # The release: Adam lr 2e-3, betas (0, 0.99) for G; D's lr and betas corrected for the lazy

@@ -27,6 +27,7 @@ from pikfix_jax import retrieval
 from pikfix_jax import weights
 from pikfix_jax.data import color_tf
 from pikfix_jax.data import degradations
+from pikfix_jax.data import face_components
 from pikfix_jax.data import references
 from pikfix_jax.data import seeds
 from pikfix_jax.data import sources
@@ -77,7 +78,8 @@ def train_dataset(config: ml_collections.ConfigDict, *, epoch: int, batch_size: 
 
   Batches: input_l (B, S, S, 1), target_lab (B, S, S, 3), reference_rgb (B, S, S, 3), id (B,),
   with S = config.data.image_size; with config.data.defect_mask also defect_mask (B, S, S, 1),
-  with config.data.real_old_dir also real_l (B, S, S, 1) (docs/DATA.md). The reference
+  with config.data.real_old_dir also real_l (B, S, S, 1), with config.data.face_components
+  also face_boxes (B, 3, 4) and face_box_valid (B, 3) (docs/DATA.md). The reference
   strategy of the epoch is config.data.reference_strategies[epoch % len(...)].
   """
   split = sources.get_split(config, 'train')
@@ -205,6 +207,11 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
       neighbors = tf.constant(references.load_neighbors(d.retrieval_index, ids, ids,
                                                         d.retrieval_top_k))
 
+  components = None
+  if d.face_components:  # per example (3, 5) boxes, gathered by index
+    components = tf.constant(face_components.table(d.face_components, split_ids(split),
+                                                   d.eye_enlarge_ratio))
+
   def make(index, position, example):
     seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(position, tf.int64)])
     s = tf.random.experimental.stateless_split(seed, 3)
@@ -248,6 +255,10 @@ def _train_example_fn(config, split: sources.Split, strategy: int, base_seed: in
              'id': example['id']}
     if defect is not None:
       batch['defect_mask'] = defect
+    if components is not None:
+      scale = tf.cast(shape[:2], tf.float32) / tf.cast(tf.shape(example['image'])[:2], tf.float32)
+      batch['face_boxes'], batch['face_box_valid'] = face_components.in_crop(
+          tf.gather(components, index), scale, y, x, size)
     return batch
 
   return make

@@ -2,8 +2,8 @@
 the release's options (train_gfpgan_v1.yml); configs/baselines/gfpgan.py `loss` holds them.
 
 Images are faces in [-1, 1] (the release's range). The identity-preserving loss (eq. 6) is in
-when an ArcFace is given (config.backbones.arcface); left out (docs/MODEL.md, "GFP-GAN
-training"): the facial-component losses (eq. 5).
+when an ArcFace is given (config.backbones.arcface); the facial-component losses (eq. 5) are
+the functions at the end, used when the data carries per-face eye / mouth boxes.
 """
 
 from typing import Callable, Mapping, Optional, Sequence
@@ -86,3 +86,58 @@ def generator_loss(image: jnp.ndarray, out_rgbs: Sequence[jnp.ndarray], target: 
     terms['identity'] = identity_loss(*identity_embeddings)
     terms['total'] = terms['total'] + c.identity_weight * terms['identity']
   return terms
+
+
+# --------------------------------------------------------------- facial component losses (eq. 5)
+# Per component the release's GAN loss is 'vanilla' (binary cross-entropy on logits, weight 1
+# for G): G minimises softplus(-D(fake)), D softplus(-D(real)) + softplus(D(fake)), means over
+# the patch logits. A face whose boxes are missing (no landmarks) has validity 0: its terms are
+# left out of the mean over the batch (all valid: the release's plain mean).
+
+
+def valid_mean(per_example: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """Mean of per_example (B,) over the examples with valid (B,) = 1; 0 when none is."""
+  return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def _per_example(x: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(x.astype(jnp.float32).reshape(x.shape[0], -1), axis=-1)
+
+
+def component_style(features: Sequence[jnp.ndarray], target_features: Sequence[jnp.ndarray]
+                    ) -> jnp.ndarray:
+  """(B,): the release's component style loss on a component discriminator's two feature maps,
+  0.5 |Gram(f_1) - Gram(f_1^gt)|_1 + |Gram(f_2) - Gram(f_2^gt)|_1 (L1 as means), per face."""
+  l1_gram = lambda a, b: _per_example(jnp.abs(gram(a) - gram(jax.lax.stop_gradient(b))))
+  return (0.5 * l1_gram(features[0], target_features[0]) +
+          l1_gram(features[1], target_features[1]))
+
+
+def component_generator_loss(fake: Mapping[str, tuple[jnp.ndarray, Sequence[jnp.ndarray]]],
+                             real_features: Mapping[str, Sequence[jnp.ndarray]],
+                             valid: jnp.ndarray, loss_config: ml_collections.ConfigDict
+                             ) -> dict[str, jnp.ndarray]:
+  """The generator's facial-component terms (eq. 5): per component `comp_gan_<name>` (the GAN
+  loss of its discriminator's logits on the restored crop), `comp_style` (summed over the
+  components), and their weighted sum `comp_total` (component_gan_weight, comp_style_weight).
+  fake: {name: (logits, features) of the restored crop}; real_features: {name: features of
+  the target's crop}; valid (B, 3): 1 where the face's boxes exist (COMPONENTS order)."""
+  c = loss_config
+  terms, style = {}, 0.0
+  for i, (name, (logits, features)) in enumerate(fake.items()):
+    v = valid[:, i]
+    terms[f'comp_gan_{name}'] = valid_mean(_per_example(jax.nn.softplus(-logits)), v)
+    style = style + valid_mean(component_style(features, real_features[name]), v)
+  terms['comp_style'] = style
+  terms['comp_total'] = (c.component_gan_weight * sum(terms[f'comp_gan_{n}'] for n in fake) +
+                         c.comp_style_weight * style)
+  return terms
+
+
+def component_discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray,
+                                 valid: jnp.ndarray) -> jnp.ndarray:
+  """One component discriminator's loss: softplus(-D(real)) + softplus(D(fake)) over the valid
+  faces (valid (B,))."""
+  per_example = (_per_example(jax.nn.softplus(-real_logits)) +
+                 _per_example(jax.nn.softplus(fake_logits)))
+  return valid_mean(per_example, valid)

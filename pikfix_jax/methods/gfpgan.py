@@ -13,8 +13,11 @@ is resized to out_size and back.
 One step, as the release's: the generator's update on D's current logits, then D's on the
 same (stop-gradient) output, with lazy R1 every loss.r1_every-th step. With
 config.backbones.arcface (a converted arcface_resnet18.pth), the frozen ArcFace adds the
-identity loss (eq. 6). docs/MODEL.md, "GFP-GAN training", lists the choices and what is left
-out.
+identity loss (eq. 6). With config.data.face_components (a boxes file of
+data_prep.face_components) the facial-component losses join in (eq. 5): RoIAlign crops of the
+eyes and mouth, three component discriminators (inside d_params under their names, with their
+own Adam) trained in the same step. docs/MODEL.md, "GFP-GAN training", lists the choices and
+what is left out.
 """
 
 import functools
@@ -39,11 +42,25 @@ from pikfix_jax.models import backbones
 from pikfix_jax.models import gfpgan
 from pikfix_jax.models import layers
 from pikfix_jax.ops import color
+from pikfix_jax.ops import roi_align
 
 LOSS_TERMS = ('total', 'pixel_l1', 'pyramid_l1', 'perceptual', 'style', 'adversarial', 'd_loss')
 SCALARS = LOSS_TERMS + ('r1', 'd_real', 'd_fake', 'psnr', 'ssim', 'g_grad_norm', 'd_grad_norm',
                         'learning_rate')
 DECODER = 'stylegan_decoder'  # The subtree model.fix_decoder keeps frozen.
+# With data.face_components: the component losses' terms and the discriminators' diagnostics.
+COMPONENT_TERMS = tuple(f'comp_gan_{n}' for n in gfpgan.COMPONENTS) + ('comp_style',) + tuple(
+    f'd_{n}' for n in gfpgan.COMPONENTS)
+COMPONENT_SCALARS = COMPONENT_TERMS + ('comp_valid', 'comp_d_grad_norm')
+
+
+def crop_components(faces: jnp.ndarray, boxes: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """{component: RoIAlign crops (B, s, s, 3)} of faces (B, S, S, 3) at boxes (B, 3, 4)
+  (x0, y0, x1, y1; gfpgan.COMPONENTS order), s the release's 80 / 120 at S = 512, scaled."""
+  index = jnp.arange(faces.shape[0])
+  return {name: roi_align.roi_align(faces, boxes[:, i], index,
+                                    gfpgan.component_size(name, faces.shape[1]))
+          for i, name in enumerate(gfpgan.COMPONENTS)}
 
 
 class FaceRestorationNet(nn.Module):
@@ -145,6 +162,29 @@ class Method(base.Method):
     self.d_optim_config = ml_collections.ConfigDict({'optim': dict(
         o.to_dict(), learning_rate=o.learning_rate * r, b1=o.b1 ** r, b2=o.b2 ** r)})
     self.d_tx = optim.make_optimizer(self.d_optim_config, steps_per_epoch)
+    self.components = bool(config.data.face_components)
+    if self.components:
+      self._init_components(steps_per_epoch)
+    else:
+      logging.info('GFP-GAN: no config.data.face_components, so no facial-component losses.')
+
+  def _init_components(self, steps_per_epoch: int):
+    """The component discriminators, their optimiser (config.component_optim, the schedule of
+    config.optim) beside the face discriminator's, and their scalars."""
+    c = self.config
+    self.component_d = gfpgan.FacialComponentDiscriminator(c.model.component_d_width)
+    oc = c.component_optim
+    self.component_optim_config = ml_collections.ConfigDict({'optim': dict(
+        c.optim.to_dict(), learning_rate=oc.learning_rate, b1=oc.b1, b2=oc.b2)})
+    labels = lambda params: {k: jax.tree.map(
+        lambda _, k=k: 'component' if k in gfpgan.COMPONENTS else 'face', v)
+        for k, v in params.items()}
+    self.d_tx = optax.multi_transform(
+        {'face': self.d_tx,
+         'component': optim.make_optimizer(self.component_optim_config, steps_per_epoch)},
+        labels)
+    self.loss_terms = LOSS_TERMS + COMPONENT_TERMS
+    self.scalars = SCALARS + COMPONENT_SCALARS
 
   # ---------------------------------------------------------------------------- state
   def init_generator(self, key, size: int) -> dict:
@@ -155,7 +195,13 @@ class Method(base.Method):
   def init_discriminator(self, key, size: int) -> dict:
     del size
     s = self.config.model.out_size
-    return self.discriminator.init(key, jnp.zeros((1, s, s, 3), jnp.float32))['params']
+    params = self.discriminator.init(key, jnp.zeros((1, s, s, 3), jnp.float32))['params']
+    if self.components:  # keys of their own, the face discriminator's init unchanged
+      keys = jax.random.split(jax.random.fold_in(key, 1), len(gfpgan.COMPONENTS))
+      for name, k in zip(gfpgan.COMPONENTS, keys):
+        c = gfpgan.component_size(name, s)
+        params[name] = self.component_d.init(k, jnp.zeros((1, c, c, 3), jnp.float32))['params']
+    return params
 
   def load_pretrained(self, g_vars: dict) -> dict:
     """The network of model.init_checkpoint (a converted GFP-GAN), when given."""
@@ -217,6 +263,12 @@ class Method(base.Method):
     d = self.discriminator
     vgg = lambda x: self.vgg.apply(frozen['vgg'], (x + 1.0) / 2.0)  # the release's range_norm
     identity = 'arcface' in frozen
+    face_d_params = {k: v for k, v in state.d_params.items() if k not in gfpgan.COMPONENTS}
+    if self.components:
+      real_crops = crop_components(target, batch['face_boxes'])
+      real_features = {n: jax.lax.stop_gradient(
+          self.component_d.apply({'params': state.d_params[n]}, x)[1])
+          for n, x in real_crops.items()}
 
     def forward(g_params):
       variables = {'params': checkpoints.merge_params(g_params, state.g_frozen)}
@@ -238,8 +290,14 @@ class Method(base.Method):
       embeddings = ((arcface.embed(frozen['arcface'], fake_image), target_embedding)
                     if identity else None)
       terms = gfpgan_losses.generator_loss(
-          fake_image, rgbs, target, d.apply({'params': state.d_params}, fake_image),
+          fake_image, rgbs, target, d.apply({'params': face_d_params}, fake_image),
           vgg(fake_image), target_features, pyramid_weight, c.loss, embeddings)
+      if self.components:
+        fake = {n: self.component_d.apply({'params': state.d_params[n]}, x)
+                for n, x in crop_components(fake_image, batch['face_boxes']).items()}
+        comp = gfpgan_losses.component_generator_loss(fake, real_features,
+                                                      batch['face_box_valid'], c.loss)
+        terms = dict(terms, **comp, total=terms['total'] + comp['comp_total'])
       return terms['total'], terms
 
     (_, terms), cotangent = jax.value_and_grad(g_loss_fn, has_aux=True)((image, out_rgbs))
@@ -256,7 +314,7 @@ class Method(base.Method):
       return loss, (real_logits, fake_logits)
 
     (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state.d_params)
+        d_loss_fn, has_aux=True)(face_d_params)
     every = c.loss.r1_every
 
     def r1_loss(d_params):
@@ -271,8 +329,15 @@ class Method(base.Method):
       return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, d_params)
 
     r1, r1_grads = jax.lax.cond((state.step + 1) % every == 0, with_r1, without_r1,
-                                state.d_params)
+                                face_d_params)
     d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
+    face_d_grads = d_grads
+    component_scalars = {}
+    if self.components:
+      component_grads, component_scalars = self.component_d_grads(
+          state.d_params, real_crops, crop_components(fake, batch['face_boxes']),
+          batch['face_box_valid'])
+      d_grads = dict(d_grads, **component_grads)
     d_updates, d_opt_state = self.d_tx.update(d_grads, state.d_opt_state, state.d_params)
     d_params = optax.apply_updates(state.d_params, d_updates)
 
@@ -281,8 +346,25 @@ class Method(base.Method):
                    d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
                    d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)),
                    g_grad_norm=optax.global_norm(g_grads),
-                   d_grad_norm=optax.global_norm(d_grads),
+                   d_grad_norm=optax.global_norm(face_d_grads),
                    learning_rate=optim.learning_rate(c, state.step, self.steps_per_epoch),
-                   **base.image_scalars(rgb, target_lab))
+                   **base.image_scalars(rgb, target_lab), **component_scalars)
+    scalars.pop('comp_total', None)
     return state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
                          g_opt_state=g_opt_state, d_opt_state=d_opt_state), scalars
+
+  def component_d_grads(self, d_params: dict, real_crops: dict, fake_crops: dict,
+                        valid: jnp.ndarray) -> tuple[dict, dict]:
+    """Gradients of the three component discriminators' losses (real crops -> 1, the restored
+    crops (stop-gradient) -> 0, over the faces with boxes) and their scalars."""
+    grads, scalars = {}, {}
+    for i, name in enumerate(gfpgan.COMPONENTS):
+      def loss_fn(params, name=name, i=i):
+        real = self.component_d.apply({'params': params}, real_crops[name])[0]
+        fake = self.component_d.apply({'params': params},
+                                      jax.lax.stop_gradient(fake_crops[name]))[0]
+        return gfpgan_losses.component_discriminator_loss(real, fake, valid[:, i])
+      scalars[f'd_{name}'], grads[name] = jax.value_and_grad(loss_fn)(d_params[name])
+    scalars['comp_valid'] = jnp.mean(valid)
+    scalars['comp_d_grad_norm'] = optax.global_norm(grads)
+    return grads, scalars

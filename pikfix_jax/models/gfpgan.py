@@ -475,3 +475,39 @@ class StyleGAN2Discriminator(nn.Module):
     flat = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)
     hidden = EqualLinear(ch[4], activate=True, name='final_linear_0')(flat)
     return EqualLinear(1, name='final_linear_1')(hidden)
+
+
+# ------------------------------------------------------------- facial component discriminator
+COMPONENTS = ('left_eye', 'right_eye', 'mouth')  # image-left eye first (dlib points 36-41)
+# The release's RoIAlign output sides at out_size 512 (get_roi_regions), scaled with out_size.
+COMPONENT_SIZES_512 = {'left_eye': 80, 'right_eye': 80, 'mouth': 120}
+
+
+def component_size(name: str, out_size: int) -> int:
+  """The side of a component's crop at out_size (the release's 80 / 120 at 512, scaled)."""
+  return max(1, round(COMPONENT_SIZES_512[name] * out_size / 512))
+
+
+class FacialComponentDiscriminator(nn.Module):
+  """GFP-GAN's facial component discriminator (paper sec. 3.3, "facial component loss"; the
+  release's gfpganv1_arch.py FacialComponentDiscriminator): a VGG-style patch discriminator
+  of equalised 3x3 convs with the fused biased LeakyReLU, 64 -> 128 (blurred stride 2) -> 128
+  -> 256 (blurred stride 2) -> 256 channels (x `width`), then a 3x3 conv with bias to one
+  logit per patch. Returns (logits (B, H/4, W/4, 1), [features after conv3, after conv5]):
+  the features feed the component style loss. Names map to the release's keys as the
+  StyleGAN2 discriminator's do (a downsampling conv's index 0 is the parameter-free blur)."""
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+    a, b, c = (max(1, int(n * self.width)) for n in (64, 128, 256))
+
+    def layer(h, features, name, downsample=False):
+      i = 1 if downsample else 0
+      h = EqualConv(features, 3, downsample=downsample, name=f'{name}_{i}')(h)
+      return FusedLeakyReLU(name=f'{name}_{i + 1}')(h)
+
+    first = layer(layer(layer(x, a, 'conv1'), b, 'conv2', True), b, 'conv3')
+    second = layer(layer(first, c, 'conv4', True), c, 'conv5')
+    logits = EqualConv(1, 3, use_bias=True, name='final_conv_0')(second)
+    return logits, [first, second]
