@@ -27,12 +27,7 @@ from pikfix_jax import image_io
 from pikfix_jax.data import face_components
 from pikfix_jax.data import files
 
-_INPUT = flags.DEFINE_string('input', None, 'Folder of aligned face crops (recursive).')
-_OUTPUT = flags.DEFINE_string('output', None, 'JSON file to write.')
-_UPSAMPLE = flags.DEFINE_integer('upsample', 0, "dlib detector's upsampling (1 finds faces "
-                                 'from about 40 px, at 4x the time).')
-_FFHQ = flags.DEFINE_string('ffhq_landmarks', '', "GFP-GAN's FFHQ_eye_mouth_landmarks_512.pth "
-                            'to convert instead of detecting.')
+_FLAGS: dict = {}  # name -> flag holder; defined when run as a program (define_flags)
 RELEASE_SIZE = 512  # the side the release's FFHQ file measures in
 
 
@@ -48,11 +43,18 @@ def detect(image: np.ndarray, upsample: int = 0):
 
 def from_release_file(path: str, images: list) -> dict:
   """{id: components or None} from the release's .pth (keys '%08d' of FFHQ indices)."""
+  import numpy.dtypes  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  # weights_only (no arbitrary pickled code) with numpy arrays allowed: what the file holds.
+  arrays = [np._core.multiarray._reconstruct, np.ndarray, np.dtype] + [  # pylint: disable=protected-access
+      getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith('DType')]
   try:
-    entries = torch.load(path, map_location='cpu', weights_only=False)
+    with torch.serialization.safe_globals(arrays):
+      entries = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise app.UsageError(f'--ffhq_landmarks={path}: cannot read it ({e})') from None
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise app.UsageError(f'--ffhq_landmarks={path}: cannot read it ({reason}); leave the flag '
+                         'out to detect the boxes with dlib') from None
   by_number = {int(k): v for k, v in entries.items()}
   out = {}
   for image in images:
@@ -68,28 +70,44 @@ def from_release_file(path: str, images: list) -> dict:
   return out
 
 
+def define_flags() -> dict:
+  """The program's flags (defined only when it runs, so that importing this module for
+  `detect` / `from_release_file` defines none)."""
+  return {
+      'input': flags.DEFINE_string('input', None, 'Folder of aligned face crops (recursive).'),
+      'output': flags.DEFINE_string('output', None, 'JSON file to write.'),
+      'upsample': flags.DEFINE_integer('upsample', 0, "dlib detector's upsampling (1 finds "
+                                       'faces from about 40 px, at 4x the time).'),
+      'ffhq_landmarks': flags.DEFINE_string(
+          'ffhq_landmarks', '', "GFP-GAN's FFHQ_eye_mouth_landmarks_512.pth to convert "
+          'instead of detecting.'),
+  }
+
+
 def main(argv):
   del argv
-  if not _INPUT.value or not os.path.isdir(_INPUT.value):
-    raise app.UsageError(f'--input={_INPUT.value}: not a folder of face crops')
-  if not _OUTPUT.value:
+  f = {k: v.value for k, v in _FLAGS.items()}
+  if not f['input'] or not os.path.isdir(f['input']):
+    raise app.UsageError(f'--input={f["input"]}: not a folder of face crops')
+  if not f['output']:
     raise app.UsageError('--output=FILE.json is required')
-  images, _ = files.scan_folder(_INPUT.value)
-  if _FFHQ.value:
-    result = from_release_file(_FFHQ.value, images)
+  images, _ = files.scan_folder(f['input'])
+  if f['ffhq_landmarks']:
+    result = from_release_file(f['ffhq_landmarks'], images)
   else:
     result = {}
     for n, image in enumerate(images):
-      result[image.id] = detect(image_io.read_image(image.path), _UPSAMPLE.value)
+      result[image.id] = detect(image_io.read_image(image.path), f['upsample'])
       if (n + 1) % 100 == 0:
         logging.info('%d / %d images', n + 1, len(images))
   missing = sum(v is None for v in result.values())
-  with open(_OUTPUT.value, 'w') as f:
+  with open(f['output'], 'w') as f:
     json.dump({'format': face_components.FORMAT, 'faces': result}, f)
-  print(f'{_OUTPUT.value}: {len(result) - missing} of {len(result)} images with components'
+  print(f'{f["output"]}: {len(result) - missing} of {len(result)} images with components'
         + (f' ({missing} without: the component losses skip them)' if missing else ''))
 
 
 if __name__ == '__main__':
+  _FLAGS.update(define_flags())
   flags.mark_flags_as_required(['input', 'output'])
   app.run(main)
