@@ -313,9 +313,11 @@ def table_markdown(config: ml_collections.ConfigDict, summary: dict, lpips_note:
     lpips = num(s['lpips'], 3) if has_lpips else 'n/a ¹'
     lines.append(f'| {name} | {num(s["psnr"], 2)} | {num(s["ssim"], 3)} | {lpips} |')
   if summary.get('identity_distance') is not None:
-    lines += ['', f'Identity distance of {method_name} (mean 1 − cosine of the ArcFace '
-              'embeddings of output and ground truth; config.backbones.arcface): '
-              f'{summary["identity_distance"]:.4f}.']
+    distance = summary['identity_distance']
+    lines += ['', f'Identity distance (mean 1 − cosine of the ArcFace embeddings of an image '
+              f'and the ground truth; config.backbones.arcface): {method_name} '
+              f'{distance[scoring.MODEL]:.4f}; {scoring.LABELS[scoring.ZERO_CHROMA]} '
+              f'{distance[scoring.ZERO_CHROMA]:.4f}.']
   for paragraph in scoring.checks_markdown(summary['scores']):
     lines += ['', paragraph]
   lines += ['', f'{summary["images"]} images of the `{summary["split"]}` split; reference: '
@@ -411,7 +413,7 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
   arcface_path = config.backbones.get('arcface', '')
   arcface_variables = (weights.maybe_load_backbone(
       arcface_path, 'arcface', weights.variable_shapes('arcface')) if arcface_path else None)
-  identity_distances = []
+  identity_distances = {scoring.MODEL: [], scoring.ZERO_CHROMA: []}
 
   full_size = config.data.eval_image_size == 0
   batch_size = 1 if full_size else (batch_size or config.train.eval_batch_size)
@@ -457,11 +459,13 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
     records += batch_records
     references += [names[i] for i in range(len(reference)) if batch['mask'][i]]
     target = np.asarray(_lab_to_rgb(jnp.asarray(batch['target_lab'])))
-    if arcface_variables is not None:
-      distance = np.asarray(_identity_distance(arcface_variables, metrics.quantize(
-          outputs['rgb']), metrics.quantize(target)))
-      identity_distances += [float(distance[i]) for i in range(len(reference))
-                             if batch['mask'][i]]
+    if arcface_variables is not None:  # the model's output, and the input as its baseline
+      for row, rgb in ((scoring.MODEL, outputs['rgb']),
+                       (scoring.ZERO_CHROMA, scoring.grey(batch['input_l']))):
+        distance = np.asarray(_identity_distance(arcface_variables, metrics.quantize(rgb),
+                                                 metrics.quantize(target)))
+        identity_distances[row] += [float(distance[i]) for i in range(len(reference))
+                                    if batch['mask'][i]]
     for i in range(len(reference)):
       if batch['mask'][i] and len(grid) < grid_rows:
         grid.append([_grey(batch['input_l'][i]), reference[i],
@@ -485,8 +489,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Optional[nn.Module],
       'date': datetime.date.today().isoformat(),
       'conventions': conventions_text(config.metrics.convention),
       'lpips_note': lpips_note, 'scores': scores,
-      'identity_distance': (float(np.mean(identity_distances)) if identity_distances
-                            else None),
+      'identity_distance': ({row: float(np.mean(d)) for row, d in identity_distances.items()}
+                            if identity_distances[scoring.MODEL] else None),
   }
   per_image_fields = ('index', 'id', 'method', 'psnr', 'ssim', 'lpips', 'mae', 'reference')
   printable = lambda r: {k: ('' if v is None else (f'{v:.6f}' if isinstance(v, float) else v))

@@ -25,6 +25,7 @@ from pikfix_jax import loading
 from pikfix_jax import methods
 from pikfix_jax import restore
 from pikfix_jax import restoring
+from pikfix_jax import scoring
 from pikfix_jax import weights
 from pikfix_jax.losses import gfpgan as gfpgan_losses
 from pikfix_jax.models import gfpgan
@@ -285,6 +286,10 @@ def test_evaluate_reports_the_identity_distance_with_an_arcface(tmp_path):
   summary = evaluate.evaluate(config, method.generator, {'params': state.g_params},
                               str(tmp_path / 'eval'), max_batches=1)
   distance = summary['identity_distance']
-  assert 0.0 < distance < 2.0
+  assert set(distance) == {scoring.MODEL, scoring.ZERO_CHROMA}  # the input as the baseline
+  assert all(0.0 < d < 2.0 for d in distance.values())
+  assert distance[scoring.MODEL] != distance[scoring.ZERO_CHROMA]
   table = open(tmp_path / 'eval' / 'table.md').read()
-  assert f'config.backbones.arcface): {distance:.4f}.' in table
+  assert ('config.backbones.arcface): GFP-GAN' in table and
+          f'{distance[scoring.MODEL]:.4f}; input L, zero chroma (baseline) '
+          f'{distance[scoring.ZERO_CHROMA]:.4f}.' in table)

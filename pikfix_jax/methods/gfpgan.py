@@ -120,7 +120,6 @@ class Method(base.Method):
       return 'GFP-GAN (degraded L in, zero chroma)'
     return "GFP-GAN (degraded L + the clean crop's chroma in)"
 
-
   def face_net(self, variables: dict):
     """The generator on the aligned crop's L with the crop itself as its reference (the chroma
     the colour-preserving variant reads; model.gray_input ignores it), at model.out_size."""
