@@ -79,6 +79,21 @@ def _trainer(config, steps_per_epoch: int = 1000):
   return train.Trainer(config, steps_per_epoch=steps_per_epoch)
 
 
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory: Linux's VmHWM (the high-water mark of its own
+  address space), else ru_maxrss. Not ru_maxrss on Linux: a child started by fork or vfork and
+  exec keeps its parent's high-water mark in ru_maxrss, so a benchmark child would report the
+  parent's peak when that is higher."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def emit(record: dict) -> None:
   """Prints one measurement as a JSON line."""
   print(json.dumps(record), flush=True)
@@ -207,7 +222,7 @@ def bench_train(config, steps: int) -> None:
   if all(stats):
     peak_memory, memory_source = max(s['peak_bytes_in_use'] for s in stats), 'device'
   else:
-    peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_memory = peak_rss_bytes()
     memory_source = 'host_rss'
   count = lambda tree: int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
   emit({
@@ -388,7 +403,7 @@ def bench_restore(config) -> None:
   """Full-resolution restore of one image_size^2 photo with randomly initialised config.model
   (no checkpoint): `pikfix_jax.inference.Restorer`, as the restore command runs it (default
   tiling, 512 px reference). Reports the first call (compile + run), the median of --steps
-  further calls and the process's peak RSS (ru_maxrss, including start-up and compilation).
+  further calls and the process's peak RSS (`peak_rss_bytes`: start-up and compilation too).
   main() turns the persistent compilation cache off, so compile times are cold."""
 
   size = config.data.image_size
@@ -418,7 +433,7 @@ def bench_restore(config) -> None:
         'color_resolution': list(info.get('color', ())) or None, 'init_s': round(init_s, 1),
         'first_call_s': round(first_s, 1),
         'run_s': round(float(np.median(times)), 1) if times else None, 'runs': len(times),
-        'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
+        'peak_rss_gib': round(peak_rss_bytes() / 2**30, 2)})
 
 
 def scratched_photo(size: int) -> np.ndarray:
@@ -447,9 +462,9 @@ def bench_wan_release_one(engine: str, size: int, checkpoint: str, release_root:
   """One run (this process): `engine` 'ours' (wan_release.PhotoRestorer on `checkpoint`) or
   'peer' (--peer's release_stage1 on the torch networks of `release_root`), first call
   (compile + run) and a second, timed, call; peak RSS of the process."""
+  from pikfix_jax import wan_release  # pylint: disable=g-import-not-at-top
   photo = scratched_photo(size)
   if engine == 'ours':
-    from pikfix_jax import wan_release  # pylint: disable=g-import-not-at-top
     restorer = wan_release.photo_restorer(checkpoint, _WITH_SCRATCH.value, _HR.value)
     run = lambda: restorer(photo / np.float32(255))
   else:
@@ -457,7 +472,9 @@ def bench_wan_release_one(engine: str, size: int, checkpoint: str, release_root:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(2)
     peer = _load_peer(_PEER.value)
-    nets = peer.build_release(0)
+    # The networks of this mode only, as ours (`wan_release.networks_for`) and the release's
+    # test.py and detection.py hold.
+    nets = peer.build_release(0, wan_release.networks_for(_WITH_SCRATCH.value, _HR.value))
     for name, net in nets.items():
       state = torch.load(peer.checkpoint_path(release_root, name), weights_only=True)
       net.load_state_dict(state.get('model_state', state) if name == 'detection' else state,
@@ -475,7 +492,7 @@ def bench_wan_release_one(engine: str, size: int, checkpoint: str, release_root:
     record['run_s'] = round(time.perf_counter() - start, 1)
   except (MemoryError, RuntimeError) as e:  # torch's allocation failures are RuntimeErrors
     record['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}'
-  record['peak_rss_gib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+  record['peak_rss_gib'] = round(peak_rss_bytes() / 2**30, 2)
   emit(record)
 
 
@@ -548,7 +565,7 @@ def bench_faces(config) -> None:
         'faces_per_s': round(1.0 / medians['net'], 3),
         'detect_s': round(medians['detect'], 3), 'photo_s': round(medians['photo'], 2),
         'runs': _STEPS.value, 'devices': jax.device_count(),
-        'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
+        'peak_rss_gib': round(peak_rss_bytes() / 2**30, 2)})
 
 
 def main(argv):

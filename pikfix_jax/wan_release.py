@@ -162,8 +162,18 @@ def is_release_dir(directory: str) -> bool:
     return json.load(f).get('arch') == ARCH
 
 
-def load(directory: str) -> Release:
-  """The networks `convert` wrote into `directory`; each file is checked against its module
+def networks_for(with_scratch: bool = False, hr: bool = False) -> tuple[str, ...]:
+  """The checkpoints one stage-1 mode runs (test.py loads only these; the detector is
+  detection.py's): quality, scratch (`with_scratch`) or scratch at high resolution (`hr`)."""
+  if not with_scratch:
+    return ('VAE_A_quality', 'mapping_quality', 'VAE_B_quality')
+  return ('detection', 'VAE_A_quality',
+          'mapping_Patch_Attention' if hr else 'mapping_scratch', 'VAE_B_scratch')
+
+
+def load(directory: str, names: Optional[tuple[str, ...]] = None) -> Release:
+  """The networks `convert` wrote into `directory` (`names`: only those, e.g. `networks_for`
+  a mode, whose memory is then all a run holds); each file is checked against its module
   (a missing, extra or misshapen variable is a ValueError naming the file)."""
   path = os.path.join(directory, CONFIG_FILE)
   if not is_release_dir(directory):
@@ -171,8 +181,14 @@ def load(directory: str) -> Release:
                      'data_prep.convert_weights --arch=bopbtl ...)')
   with open(path) as f:
     config = json.load(f)
+  absent = sorted(set(names or ()) - set(config['networks']))
+  if absent:
+    raise ValueError(f'{path}: no {", ".join(absent)} network in this converted release '
+                     '(convert the whole release folder again)')
   modules, variables = {}, {}
   for name, entry in config['networks'].items():
+    if names is not None and name not in names:
+      continue
     modules[name] = build_network(name, config['networks'])
     file = os.path.join(directory, entry['file'])
     tree = weights.load_variables(file)
@@ -429,5 +445,7 @@ class PhotoRestorer:
 
 def photo_restorer(directory: str, with_scratch: bool = False, hr: bool = False,
                    test_mode: str = 'Full') -> PhotoRestorer:
-  """`PhotoRestorer` of a converted release folder (`data_prep.convert_weights --arch=bopbtl`)."""
-  return PhotoRestorer(load(directory), with_scratch, hr, test_mode)
+  """`PhotoRestorer` of a converted release folder (`data_prep.convert_weights --arch=bopbtl`),
+  holding only the networks its mode runs."""
+  return PhotoRestorer(load(directory, networks_for(with_scratch, hr)), with_scratch, hr,
+                       test_mode)

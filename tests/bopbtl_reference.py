@@ -11,7 +11,7 @@ the release's scripts with PIL and torch, the way the scripts do them.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -337,25 +337,28 @@ def randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
   return model
 
 
-def build_release(seed: int = 0) -> dict[str, nn.Module]:
-  """The seven networks of the release's stage 1, randomly initialised as the release
-  initialises them (weights_init; the detector with torch's defaults and randomised BatchNorm
-  statistics), in eval mode, keyed by checkpoint folder ('detection' for the UNet)."""
+def build_release(seed: int = 0, names: Optional[Sequence[str]] = None
+                  ) -> dict[str, nn.Module]:
+  """The seven networks of the release's stage 1 (`names`: only those, as test.py builds only
+  its mode's), randomly initialised as the release initialises them (weights_init; the
+  detector with torch's defaults and randomised BatchNorm statistics), in eval mode, keyed by
+  checkpoint folder ('detection' for the UNet). The values depend on `names` (one random
+  stream); the benchmark loads weights files into them."""
   torch.manual_seed(seed)
-  nets = {}
-  for name in ('VAE_A_quality', 'VAE_B_quality', 'VAE_B_scratch'):
-    nets[name] = GlobalGenerator_DCDCv2()
-  nets['mapping_quality'] = Mapping_Model()
-  nets['mapping_scratch'] = Mapping_Model_with_mask()
-  nets['mapping_Patch_Attention'] = Mapping_Model_with_mask_2()
+  builders = {'VAE_A_quality': GlobalGenerator_DCDCv2, 'VAE_B_quality': GlobalGenerator_DCDCv2,
+              'VAE_B_scratch': GlobalGenerator_DCDCv2, 'mapping_quality': Mapping_Model,
+              'mapping_scratch': Mapping_Model_with_mask,
+              'mapping_Patch_Attention': Mapping_Model_with_mask_2}
+  nets = {name: build() for name, build in builders.items() if names is None or name in names}
   for net in nets.values():
     net.apply(release_weights_init)
-  nets['detection'] = randomize_batchnorm(UNet(), seed)
-  # torch's default init gives logits within +-0.02 of 0: P ~ 0.5 >= 0.4 everywhere, an
-  # all-scratch mask (which the release then saves as all black, `release_save_image`). A
-  # larger output layer spreads P over (0, 1), so the fake mask is mixed as a trained one's.
-  nets['detection'].last[1].weight.data.mul_(300.0)
-  nets['detection'].last[1].bias.data.mul_(300.0)
+  if names is None or 'detection' in names:
+    nets['detection'] = randomize_batchnorm(UNet(), seed)
+    # torch's default init gives logits within +-0.02 of 0: P ~ 0.5 >= 0.4 everywhere, an
+    # all-scratch mask (which the release then saves as all black, `release_save_image`). A
+    # larger output layer spreads P over (0, 1), so the fake mask is mixed as a trained one's.
+    nets['detection'].last[1].weight.data.mul_(300.0)
+    nets['detection'].last[1].bias.data.mul_(300.0)
   return {k: v.eval() for k, v in nets.items()}
 
 

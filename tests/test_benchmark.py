@@ -21,6 +21,23 @@ def _affine(base: float, per_item: float, calls: list):
   return memory_of
 
 
+def test_a_child_reports_its_own_peak_memory_not_its_parents():
+  """The wan_release children's peak RSS is their own (VmHWM), even when the parent that
+  started them holds more (ru_maxrss carries a parent's high-water mark over fork + exec)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  held = np.ones(2**30 // 8)  # 1 GiB, touched
+  assert benchmark.peak_rss_bytes() > 2**30
+  child = subprocess.run(
+      [sys.executable, '-c', 'from pikfix_jax import benchmark; '
+       'print(benchmark.peak_rss_bytes())'], capture_output=True, text=True, check=True,
+      env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
+  assert 0 < int(child.stdout.split()[-1]) < 2**30 // 2, child.stdout
+  del held
+
+
 @pytest.mark.parametrize('base, per_item, limit, expected', [
     (10.0, 3.0, 100.0, 30),  # 10 + 3 * 30 = 100 fits exactly, 31 does not
     (10.0, 3.0, 99.9, 29),

@@ -313,6 +313,21 @@ def test_converted_files_and_config(release):
     assert module == wan_release.build_network(name)
 
 
+@pytest.mark.slow
+def test_a_mode_loads_only_its_networks(converted_release):
+  """photo_restorer holds the networks its mode runs (what the memory benchmark measures);
+  a network the folder lacks is a one-line error."""
+  _, directory = converted_release
+  for (with_scratch, hr), mapping in (((False, False), 'mapping_quality'),
+                                      ((True, False), 'mapping_scratch'),
+                                      ((True, True), 'mapping_Patch_Attention')):
+    held = set(wan_release.photo_restorer(directory, with_scratch, hr).stage1.release.modules)
+    assert held == set(wan_release.networks_for(with_scratch, hr)) and mapping in held
+    assert len(held) == (4 if with_scratch else 3)
+  with pytest.raises(ValueError, match='no mapping_nothing network'):
+    wan_release.load(directory, ('VAE_A_quality', 'mapping_nothing'))
+
+
 def _run(loaded, name: str, *args, method=None):
   module, variables = loaded.modules[name], loaded.variables[name]
   return np.asarray(jax.jit(lambda v, *a: module.apply(v, *a, method=method))(variables, *args))
