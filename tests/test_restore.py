@@ -49,6 +49,7 @@ def _options(tmp_path, **kw):
   return restoring.Options(**kw)
 
 
+@pytest.mark.slow  # compiles the tiny model at five shapes
 def test_odd_sizes_come_back_at_input_size_and_tiling_is_exact(restorer):
   reference = skimage.data.coffee() / 255.0
   for h, w in ((37, 50), (300, 451)):
@@ -169,6 +170,7 @@ def test_reference_dir_uses_the_retrieval_top_match(tmp_path, restorer, capsys, 
   assert os.path.basename(results[0].reference) == 'astronaut_colour.png'
 
 
+@pytest.mark.slow  # a command-line run (subprocess)
 def test_no_reference_and_no_corpus_is_a_clear_error(tmp_path, initial_workdir):
   Image.fromarray(_photo(37, 50)).save(tmp_path / 'in.png')
   result = subprocess.run(

@@ -84,6 +84,7 @@ def test_nan_loss_stops_with_named_error_and_keeps_last_checkpoint(tmp_path, mon
   assert all(np.all(np.isfinite(v)) for v in state_params(restored).values())
 
 
+@pytest.mark.slow  # a command-line run (subprocess)
 def test_unknown_config_key_fails_clearly(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'pikfix_jax.main', '--config=configs/demo.py',
