@@ -93,6 +93,10 @@ def main(argv):
   except KeyboardInterrupt:
     pass
   finally:
+    # A second Ctrl-C (or TERM) while the temporary folder is being removed must not leave
+    # half of it behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server.server_close()
     state.close()
     print(f'stopped; removed {state.tmp}', file=sys.stderr)
