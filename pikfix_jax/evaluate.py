@@ -165,11 +165,12 @@ def apply_inference_options(config: ml_collections.ConfigDict,
   return changed
 
 
-def sampling_seeds(text: Optional[str], config: ml_collections.ConfigDict,
-                   trained: ml_collections.ConfigDict) -> list[Optional[int]]:
+def sampling_seeds(text: Optional[str], trained: ml_collections.ConfigDict
+                   ) -> list[Optional[int]]:
   """The sampling seeds to score: --sampling_seeds (comma-separated) or, for a method that
-  samples (its `inference_options` hold 'sampling_seed'), three: the config's seed and the two
-  after it, so a table gives the mean and spread of sampling; [None] (one run) otherwise."""
+  samples (its `inference_options` hold 'sampling_seed'), three: the seed of `trained` (the
+  checkpoint's config after `apply_inference_options`) and the two after it, so a table gives
+  the mean and spread of sampling; [None] (one run) otherwise."""
   samples = 'sampling_seed' in methods.method_class(trained).inference_options
   if text:
     if not samples:
@@ -184,7 +185,6 @@ def sampling_seeds(text: Optional[str], config: ml_collections.ConfigDict,
     return seeds
   if not samples:
     return [None]
-  del config  # its sampling_seed is the checkpoint config's after apply_inference_options
   first = int(trained.model.sampling_seed)
   return [first, first + 1, first + 2]
 
@@ -679,7 +679,7 @@ def main(argv):
                        f'{trained_method!r}; pass the config it was trained with')
     if apply_inference_options(config, trained):
       model = methods.get(trained).generator
-    seeds = sampling_seeds(f['sampling_seeds'], config, trained)
+    seeds = sampling_seeds(f['sampling_seeds'], trained)
     check_model_config(config, trained)
     if not config.backbones.lpips and trained.backbones.lpips:
       config.backbones.lpips = trained.backbones.lpips

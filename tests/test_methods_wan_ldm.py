@@ -90,14 +90,14 @@ def test_evaluate_takes_the_sampler_settings_from_its_config():
 @pytest.mark.slow
 def test_sampling_seeds_default_to_three_for_a_sampler_and_refuse_others():
   c = tiny_config(**{'model.sampling_seed': 7})
-  assert evaluate.sampling_seeds('', c, c) == [7, 8, 9]
-  assert evaluate.sampling_seeds('3', c, c) == [3]
-  assert evaluate.sampling_seeds('', wan2020.get_config(), wan2020.get_config()) == [None]
+  assert evaluate.sampling_seeds('', c) == [7, 8, 9]
+  assert evaluate.sampling_seeds('3', c) == [3]
+  assert evaluate.sampling_seeds('', wan2020.get_config()) == [None]
   with pytest.raises(ValueError, match='--sampling_seeds: method .wan2020. does not sample'):
-    evaluate.sampling_seeds('0,1', wan2020.get_config(), wan2020.get_config())
+    evaluate.sampling_seeds('0,1', wan2020.get_config())
   for bad in ('a,b', '1,1'):
     with pytest.raises(ValueError, match='--sampling_seeds='):
-      evaluate.sampling_seeds(bad, c, c)
+      evaluate.sampling_seeds(bad, c)
 
 
 def test_mapping_ablation_has_wan_et_al_s_networks():
@@ -172,7 +172,7 @@ def test_demo_command_trains_resumes_bitwise_then_restores_and_evaluates(tmp_pat
 
   config.train.eval_batch_size = 2
   trained = config.copy_and_resolve_references()
-  seeds = evaluate.sampling_seeds('', config, trained)
+  seeds = evaluate.sampling_seeds('', trained)
   assert seeds == [0, 1, 2]  # the checkpoint's seed and the next two
   summaries = evaluate.evaluate_seeds(config, model, resumed, str(tmp_path / 'eval'), trained,
                                       seeds, [None], max_batches=1)
