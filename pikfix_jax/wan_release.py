@@ -194,6 +194,8 @@ def load(directory: str, names: Optional[tuple[str, ...]] = None) -> Release:
     tree = weights.load_variables(file)
     weights.check_tree(tree, variable_shapes(modules[name]), file)
     variables[name] = jax.tree_util.tree_map(jnp.asarray, tree)
+    del tree
+  weights.return_freed_memory()
   return Release(modules, variables, config)
 
 

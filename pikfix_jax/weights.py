@@ -17,6 +17,8 @@ the torchvision rule, its PReLU slopes ('weight' leaves) kept as they are; the k
 the 'module.' prefix of a DataParallel save.
 """
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import json
@@ -334,6 +336,19 @@ def load_variables(path: str, arch: Optional[str] = None) -> dict:
   if arch is not None:
     check_tree(tree, variable_shapes(arch), f'{path} ({arch})')
   return tree
+
+
+def return_freed_memory() -> None:
+  """Hands the memory the C allocator keeps after frees back to the system (glibc's
+  malloc_trim; nothing where the C library has no such call). Reading a checkpoint frees
+  two copies of every array (the file's bytes, the decoded arrays) after copying it into
+  JAX's buffers; glibc keeps those pages in the process, where they count in its memory until
+  it ends (the released Wan et al. scratch restorer: 0.2 GiB of its peak, docs/BENCHMARKS.md)."""
+  try:
+    trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
+  except (OSError, AttributeError):
+    return
+  trim(0)
 
 
 def check_tree(tree: Mapping[str, Any], shapes: Mapping[str, Any], source: str) -> None:

@@ -10,6 +10,7 @@ eps 1e-5) for the reasons given in tests/test_parallel.py: with the paper's temp
 and eps 1e-8, float32 summation-order noise alone moves parameters by ~1e-4 in three steps.
 """
 
+from concurrent import futures
 import os
 import signal
 import socket
@@ -85,11 +86,15 @@ def train_scalars(workdir) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
   one_dir, shared = tmp_path / 'one_device', tmp_path / 'two_processes'
-  one = run_worker(tmp_path / 'one.npz', f'--loop={one_dir}', *STRICT, timeout=TIMEOUT_S)
+  with futures.ThreadPoolExecutor(1) as pool:
+    # The one-device run beside the two processes: it trains while they wait for the late one.
+    one_run = pool.submit(run_worker, tmp_path / 'one.npz', f'--loop={one_dir}', *STRICT,
+                          timeout=TIMEOUT_S)
+    # Process 1 joins 40 s late: the run must wait for it (gloo alone gives up after 30 s).
+    two = run_processes(tmp_path, tmp_path / 'two.npz', 2, '--devices=4', f'--loop={shared}',
+                        '--late_s=40', *STRICT)
+    one = one_run.result()
   assert int(one['processes']) == 1 and int(one['devices']) == 1 and int(one['step']) == 3
-  # Process 1 joins 40 s late: the run must wait for it (gloo alone gives up after 30 s).
-  two = run_processes(tmp_path, tmp_path / 'two.npz', 2, '--devices=4', f'--loop={shared}',
-                      '--late_s=40', *STRICT)
   assert int(two['processes']) == 2 and int(two['devices']) == 8 and int(two['step']) == 3
 
   p1, p2 = params(one), params(two)
