@@ -343,7 +343,7 @@ def return_freed_memory() -> None:
   malloc_trim; nothing where the C library has no such call). Reading a checkpoint frees
   two copies of every array (the file's bytes, the decoded arrays) after copying it into
   JAX's buffers; glibc keeps those pages in the process, where they count in its memory until
-  it ends (the released Wan et al. scratch restorer: 0.2 GiB of its peak, docs/BENCHMARKS.md)."""
+  it ends (measured on the released Wan et al. restorer: docs/BENCHMARKS.md)."""
   try:
     trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
   except (OSError, AttributeError):
