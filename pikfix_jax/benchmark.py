@@ -79,19 +79,27 @@ def _trainer(config, steps_per_epoch: int = 1000):
   return train.Trainer(config, steps_per_epoch=steps_per_epoch)
 
 
+def memory_status_bytes(field: str) -> Optional[int]:
+  """A memory line of Linux's /proc/self/status in bytes ('VmRSS': resident now, 'VmHWM': its
+  high-water mark); None where there is no such file or line."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(f'{field}:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident memory: Linux's VmHWM (the high-water mark of its own
   address space), else ru_maxrss. Not ru_maxrss on Linux: a child started by fork or vfork and
   exec keeps its parent's high-water mark in ru_maxrss, so a benchmark child would report the
   parent's peak when that is higher."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith('VmHWM:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = memory_status_bytes('VmHWM')
+  return peak if peak is not None else (
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def emit(record: dict) -> None:

@@ -11,6 +11,7 @@ import pytest
 import safetensors.numpy
 import torch
 
+from pikfix_jax import benchmark
 from pikfix_jax import weights
 from pikfix_jax.models import backbones
 from pikfix_jax.models import lpips
@@ -250,11 +251,6 @@ def test_download_urls_of_lpips_alex(tmp_path, monkeypatch):
   assert len(fetched) == 2
 
 
-def _rss_bytes() -> int:
-  with open('/proc/self/status') as f:
-    return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS'))
-
-
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc and /proc')
 def test_return_freed_memory_shrinks_the_process_after_frees():
   """Memory freed to the C allocator stays in the process (and its RSS) until
@@ -262,7 +258,7 @@ def test_return_freed_memory_shrinks_the_process_after_frees():
   blocks = [bytes(2000) + bytes([i % 256]) for i in range(100_000)]  # malloc'd, not pymalloc
   pin = bytes(2000) + b'x'  # above them on the heap: the heap's top cannot shrink by itself
   del blocks
-  before = _rss_bytes()
+  before = benchmark.memory_status_bytes('VmRSS')
   weights.return_freed_memory()
-  assert before - _rss_bytes() > 150 * 2**20
+  assert before - benchmark.memory_status_bytes('VmRSS') > 150 * 2**20
   del pin
