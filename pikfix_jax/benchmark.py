@@ -9,6 +9,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,9 @@ _WHAT = flags.DEFINE_enum(
     'faces: restore --faces=gfpgan (GFP-GAN v1.4 at 512, random weights; needs the faces '
     'extra), --config ignored. wan_release: the released Wan et al. model (--checkpoint, or '
     'random weights in the release\'s layout written by --peer) on a scratched photo of each '
-    '--sizes, each run in its own process (time, peak RSS); with --peer, the release\'s '
-    'networks in torch beside it.')
+    '--sizes, each run in its own process (time, peak RSS), ours twice: with an empty '
+    'compilation cache, then again with what that run cached (a repeat of restore); with '
+    '--peer, the release\'s networks in torch beside it.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (default: config).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Square image side (default: config).')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
@@ -519,24 +521,28 @@ def bench_wan_release() -> None:
       from pikfix_jax import wan_release  # pylint: disable=g-import-not-at-top
       checkpoint = os.path.join(root, 'converted')
       wan_release.convert(root, checkpoint)
-  engines = ['ours'] + (['peer'] if _PEER.value else [])
+  # Ours as restore runs it: the persistent compilation cache on (cli.setup), first with an
+  # empty cache (a first run), then with what that run wrote (a repeat at this size).
+  runs = [('ours', 'empty'), ('ours', 'warm')] + ([('peer', None)] if _PEER.value else [])
   for size in (int(s) for s in _SIZES.value):
-    for engine in engines:
+    cache_dir = tempfile.mkdtemp(prefix='wan_release_bench_xla_')
+    for engine, cache in runs:
       limit = int(_PEER_MEMORY_GIB.value * 2**30) if engine == 'peer' else None
       args = [sys.executable, '-m', 'pikfix_jax.benchmark', '--what=wan_release',
               f'--engine={engine}', f'--sizes={size}', f'--checkpoint={checkpoint}',
               f'--release_root={root}', f'--peer={_PEER.value}',
               f'--with_scratch={_WITH_SCRATCH.value}', f'--hr={_HR.value}']
+      env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir) if cache else None
       preexec = (lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if limit else None
-      result = subprocess.run(args, capture_output=True, text=True, preexec_fn=preexec)
+      result = subprocess.run(args, capture_output=True, text=True, preexec_fn=preexec, env=env)
       lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
-      if lines:
-        print(lines[-1], flush=True)
-      else:
-        tail = (result.stderr.strip().splitlines() or [''])[-1][:200]
-        emit({'what': 'wan_release', 'engine': engine, 'image_size': size,
-              'with_scratch': _WITH_SCRATCH.value, 'hr': _HR.value,
-              'error': f'exit {result.returncode}: {tail}'})
+      record = json.loads(lines[-1]) if lines else {
+          'what': 'wan_release', 'engine': engine, 'image_size': size,
+          'with_scratch': _WITH_SCRATCH.value, 'hr': _HR.value,
+          'error': f'exit {result.returncode}: ' + (
+              result.stderr.strip().splitlines() or [''])[-1][:200]}
+      emit(dict(record, compilation_cache=cache) if cache else record)
+    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def bench_faces(config) -> None:
@@ -579,7 +585,9 @@ def bench_faces(config) -> None:
 def main(argv):
   del argv
   if _WHAT.value == 'wan_release':
-    cli.setup(compilation_cache=False, tensorflow=False)
+    # A run of ours with $JAX_COMPILATION_CACHE_DIR (bench_wan_release) uses that cache.
+    cli.setup(compilation_cache=bool(os.environ.get('JAX_COMPILATION_CACHE_DIR')),
+              tensorflow=False)
     if _ENGINE.value:
       bench_wan_release_one(_ENGINE.value, int(_SIZES.value[0]), _CHECKPOINT.value,
                             _RELEASE_ROOT.value)

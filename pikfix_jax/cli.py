@@ -13,13 +13,13 @@ from pikfix_jax import xla_cpu
 def setup(compilation_cache: bool = True, tensorflow: bool = True) -> None:
   """Sets the XLA:CPU flags (xla_cpu.set_cpu_xla_flags), hides accelerators from TensorFlow,
   filters orbax's INFO chatter out of the logs (warnings still show) and turns on the
-  persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla),
-  so a resumed or repeated run skips most compile time; `compilation_cache=False` turns it
-  off, $JAX_COMPILATION_CACHE_DIR or not. Call before any JAX or TensorFlow work (importing
-  pikfix_jax does none): JAX settles the flags and the cache at its first compilation, and
-  TensorFlow its devices at its first operation. `tensorflow=False` leaves TensorFlow
-  unimported, for a process that never runs it (a benchmark child whose peak memory is
-  measured)."""
+  persistent XLA compilation cache ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/pikfix_jax/xla)
+  for every program, so a resumed or repeated run skips its compile time;
+  `compilation_cache=False` turns it off, $JAX_COMPILATION_CACHE_DIR or not. Call before any
+  JAX or TensorFlow work (importing pikfix_jax does none): JAX settles the flags and the cache
+  at its first compilation, and TensorFlow its devices at its first operation.
+  `tensorflow=False` leaves TensorFlow unimported, for a process that never runs it (a
+  benchmark child whose peak memory is measured)."""
   xla_cpu.set_cpu_xla_flags()
   if tensorflow:
     # TensorFlow (tf.data, 16-bit PNG decoding) runs on the host: it must not take accelerator
@@ -33,6 +33,11 @@ def setup(compilation_cache: bool = True, tensorflow: bool = True) -> None:
   logging.get_absl_handler().addFilter(keep)
   if not compilation_cache:
     jax.config.update('jax_enable_compilation_cache', False)
-  elif not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.join(os.path.expanduser('~'), '.cache', 'pikfix_jax', 'xla'))
+  else:
+    if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+      jax.config.update('jax_compilation_cache_dir',
+                        os.path.join(os.path.expanduser('~'), '.cache', 'pikfix_jax', 'xla'))
+    if not os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
+      # Every program: JAX's default leaves out those compiled in under a second, and a
+      # restore's networks are several such programs, compiled again at every run.
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

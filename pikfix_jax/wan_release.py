@@ -171,10 +171,15 @@ def networks_for(with_scratch: bool = False, hr: bool = False) -> tuple[str, ...
           'mapping_Patch_Attention' if hr else 'mapping_scratch', 'VAE_B_scratch')
 
 
-def load(directory: str, names: Optional[tuple[str, ...]] = None) -> Release:
+def load(directory: str, names: Optional[tuple[str, ...]] = None,
+         winograd: bool = True) -> Release:
   """The networks `convert` wrote into `directory` (`names`: only those, e.g. `networks_for`
   a mode, whose memory is then all a run holds); each file is checked against its module
-  (a missing, extra or misshapen variable is a ValueError naming the file)."""
+  (a missing, extra or misshapen variable is a ValueError naming the file).
+
+  `winograd`: the mapping networks are built with `winograd=True`: lowered for CPU, their wide
+  3x3 convs take Winograd's F(2x2, 3x3) (the same function with 4/9 of those convs'
+  multiplies; `ops.conv.winograd_conv_general_dilated`); elsewhere nothing changes."""
   path = os.path.join(directory, CONFIG_FILE)
   if not is_release_dir(directory):
     raise ValueError(f'{path}: not a converted {ARCH} release (python -m '
@@ -193,6 +198,8 @@ def load(directory: str, names: Optional[tuple[str, ...]] = None) -> Release:
     file = os.path.join(directory, entry['file'])
     tree = weights.load_variables(file)
     weights.check_tree(tree, variable_shapes(modules[name]), file)
+    if winograd and isinstance(modules[name], wan.MappingNetwork):
+      modules[name] = modules[name].clone(winograd=True)
     variables[name] = jax.tree_util.tree_map(jnp.asarray, tree)
     del tree
   weights.return_freed_memory()

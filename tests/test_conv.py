@@ -201,3 +201,62 @@ def test_conv_of_broadcast_equals_conv_of_the_broadcast_image(size, kernel, stri
   assert float(jnp.std(ref[0][:, :, :, 0])) > 0.1
   for name, a, b in zip(('output', 'values gradient', 'kernel gradient'), ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+# Winograd's F(2x2, 3x3), the inference form of wide 3x3 convs (layers.WinogradConv)
+
+
+@pytest.mark.parametrize('n,hw,c,o,pads,band_bytes', [
+    (2, (9, 12), 5, 6, ((1, 1), (1, 1)), None),    # SAME, odd rows: a cropped tile row
+    (1, (10, 7), 3, 4, ((2, 0), (0, 1)), None),    # uneven padding, odd output width
+    (2, (13, 11), 4, 3, ((1, 1), (1, 1)), 2000),   # several bands (the loop), the last padded
+    (1, (5, 6), 2, 5, ((0, 0), (0, 0)), 300),      # VALID, one tile row per band
+])
+def test_winograd_conv_matches_torch_in_float64(n, hw, c, o, pads, band_bytes):
+  """F(2x2, 3x3) against torch's conv2d in float64: its float32 error at most twice that of
+  XLA's direct float32 conv (plus a float32 ulp of the output's scale)."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(n,) + hw + (c,))
+  w = rng.normal(size=(3, 3, c, o))
+  (top, bottom), (left, right) = pads
+  padded = torch.nn.functional.pad(torch.tensor(x.transpose(0, 3, 1, 2)),
+                                   (left, right, top, bottom))
+  exact = torch.nn.functional.conv2d(padded, torch.tensor(w.transpose(3, 2, 0, 1))).numpy()
+  exact = exact.transpose(0, 2, 3, 1)
+  x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+  kwargs = {} if band_bytes is None else {'band_bytes': band_bytes}
+  ours = conv.winograd_conv3x3(x32, w32, pads, **kwargs)
+  direct = lax.conv_general_dilated(x32, w32, (1, 1), pads, dimension_numbers=_DN)
+  assert ours.shape == direct.shape == exact.shape and ours.dtype == jnp.float32
+  scale = np.abs(exact).max()
+  assert np.abs(ours - exact).max() <= 2 * np.abs(direct - exact).max() + 1.2e-7 * scale
+
+
+def test_winograd_layer_is_conv_with_one_batched_product_lowered_for_cpu():
+  """layers.WinogradConv: Conv's parameters and values; lowered for CPU a wide 3x3 stride-1
+  conv is one batched product of the 16 transformed positions and no convolution, lowered
+  for CUDA lax's convolution; narrow, strided and 1x1 convs stay convolutions on CPU too."""
+  from pikfix_jax.models import layers  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 11, 9, 256))
+  pads = ((1, 1), (1, 1))
+  plain = layers.Conv(256, (3, 3), padding=pads)
+  fast = layers.WinogradConv(256, (3, 3), padding=pads)
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  assert (jax.tree.map(jnp.shape, variables) ==
+          jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(1), x)))
+  want, got = plain.apply(variables, x), fast.apply(variables, x)
+  np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()))
+
+  def kinds(module, platform='cpu'):
+    text = _lowered(lambda v, x: module.apply(v, x), module.init(jax.random.PRNGKey(2), x), x,
+                    platform=platform)
+    dots = [l for l in text.splitlines() if 'stablehlo.dot_general' in l]
+    batched = [l for l in dots if 'batching_dims = [0] x [0]' in l and 'tensor<16x' in l]
+    return len(batched), len(dots) - len(batched), len(_conv_ops(text))
+
+  assert kinds(fast) == (1, 0, 0)
+  assert kinds(fast, 'cuda') == (0, 0, 1)
+  for module in (layers.WinogradConv(128, (3, 3), padding=pads),
+                 layers.WinogradConv(256, (3, 3), 2, pads),
+                 layers.WinogradConv(256, (1, 1))):
+    assert kinds(module) == (0, 0, 1)

@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -299,9 +299,17 @@ def converted_release(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def release(converted_release):
-  """(torch networks, the converted release loaded with wan_release.load)."""
+  """(torch networks, the converted release loaded with wan_release.load): on CPU, the
+  mapping networks' wide 3x3 convs by Winograd's F(2x2, 3x3)."""
   nets, out = converted_release
   return nets, wan_release.load(out)
+
+
+@pytest.fixture(scope='session')
+def release_direct(converted_release):
+  """The same, every conv XLA's convolution (`winograd=False`, as lowered for a GPU)."""
+  nets, out = converted_release
+  return nets, wan_release.load(out, winograd=False)
 
 
 @pytest.mark.slow
@@ -310,7 +318,9 @@ def test_converted_files_and_config(release):
   assert set(loaded.modules) == set(wan_release.NETWORKS)
   assert loaded.config['networks']['mapping_scratch']['kwargs']['block'] == 'partial_nonlocal'
   for name, module in loaded.modules.items():
-    assert module == wan_release.build_network(name)
+    built = wan_release.build_network(name)
+    mapping = isinstance(built, wan.MappingNetwork)  # Winograd's convs on CPU, for inference
+    assert module == (built.clone(winograd=True) if mapping else built)
 
 
 @pytest.mark.slow
@@ -368,8 +378,9 @@ def _mask(hw, seed):
     ('mapping_scratch', (11, 9), (44, 36)),
     ('mapping_Patch_Attention', (20, 18), (80, 72)),
 ])
-def test_mapping_parity(release, name, latent, image):
-  nets, loaded = release
+@pytest.mark.parametrize('winograd', [True, False])
+def test_mapping_parity(release, release_direct, name, latent, image, winograd):
+  nets, loaded = release if winograd else release_direct
   z = np.random.default_rng(7).normal(size=(1, 64) + latent).astype(np.float32)
   mask = _mask(image, 8) if image else None
   with torch.no_grad():
@@ -456,6 +467,26 @@ def test_stage1_hr_restores_where_the_release_crashes(release):
 
 
 # The release as users run it: restore, evaluate
+
+
+@pytest.mark.slow
+def test_benchmark_times_ours_with_an_empty_then_a_warm_compilation_cache(converted_release):
+  """`benchmark --what=wan_release`: ours in two processes sharing a fresh compilation cache;
+  the second (a repeat of restore at this size) compiles nothing, so its first call is
+  faster; both report the same kind of record."""
+  import json  # pylint: disable=g-import-not-at-top
+  _, directory = converted_release
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  result = subprocess.run([sys.executable, '-m', 'pikfix_jax.benchmark', '--what=wan_release',
+                           f'--checkpoint={directory}', '--sizes=64'], cwd=REPO, env=env,
+                          check=True, capture_output=True, text=True, timeout=600)
+  records = [json.loads(l) for l in result.stdout.splitlines() if l.startswith('{')]
+  assert [(r['engine'], r['compilation_cache'], r['image_size']) for r in records] == [
+      ('ours', 'empty', 64), ('ours', 'warm', 64)], result.stdout
+  empty, warm = records
+  assert 'error' not in empty and 'error' not in warm
+  assert warm['first_call_s'] < empty['first_call_s'], records
 
 
 def _scanned_photo(path: str) -> np.ndarray:
@@ -589,3 +620,4 @@ def test_release_mappings_pass_their_options_to_their_blocks():
   with nn.intercept_methods(record):
     jax.eval_shape(module.init, jax.random.PRNGKey(0), z, mask)
   assert seen['block'] == (True, wan.PartialNonLocalBlock.attention_chunk, module.global_res)
+

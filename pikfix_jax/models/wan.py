@@ -16,6 +16,7 @@ inside (the release's input range) and the VAE decoders map tanh back to [0, 1].
 inputs are reflect-padded to the needed multiple and outputs cropped back.
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -38,10 +39,12 @@ _normal = nn.initializers.normal(INIT_STD)
 
 
 def _conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
-          name: Optional[str] = None) -> nn.Module:
-  return layers.Conv(features, (kernel, kernel), strides=(stride, stride),
-                     padding=((padding, padding), (padding, padding)), kernel_init=_normal,
-                     name=name)
+          name: Optional[str] = None, winograd: bool = False) -> nn.Module:
+  """The release's conv (N(0, 0.02) kernels, bias). `winograd`: wide 3x3 ones lowered for CPU
+  by F(2x2, 3x3) (`layers.WinogradConv`; inference, `wan_release.load`)."""
+  return (layers.WinogradConv if winograd else layers.Conv)(
+      features, (kernel, kernel), strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)), kernel_init=_normal, name=name)
 
 
 def _reflect(x: jnp.ndarray, pad: int) -> jnp.ndarray:
@@ -64,13 +67,16 @@ def instance_norm(x: jnp.ndarray) -> jnp.ndarray:
 
 
 class ResBlock(nn.Module):
-  """The release's `ResnetBlock`: x + IN(conv3(pad(ReLU(IN(conv3(pad(x))))))), reflect pads."""
+  """The release's `ResnetBlock`: x + IN(conv3(pad(ReLU(IN(conv3(pad(x))))))), reflect pads.
+  `winograd`: see `_conv`."""
   features: int
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = nn.relu(instance_norm(_conv(self.features, 3, name='conv0')(_reflect(x, 1))))
-    y = instance_norm(_conv(self.features, 3, name='conv1')(_reflect(y, 1)))
+    conv = functools.partial(_conv, self.features, 3, winograd=self.winograd)
+    y = nn.relu(instance_norm(conv(name='conv0')(_reflect(x, 1))))
+    y = instance_norm(conv(name='conv1')(_reflect(y, 1)))
     return x + y
 
 
@@ -307,6 +313,7 @@ class PartialNonLocalBlock(nn.Module):
   local_res: int = 0
   attention_chunk: int = 1024
   release_renorm: bool = False
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, f: jnp.ndarray, m: jnp.ndarray, return_intermediates: bool = False) -> Any:
@@ -330,10 +337,10 @@ class PartialNonLocalBlock(nn.Module):
     o = _conv(c, 1, name='W')(o.reshape(b, h, w, c))
     glob = o
     for i in range(self.global_res):
-      glob = ResBlock(c, name=f'global_res{i}')(glob)
+      glob = ResBlock(c, self.winograd, name=f'global_res{i}')(glob)
     local = f
     for i in range(self.local_res):
-      local = ResBlock(c, name=f'local_res{i}')(local)
+      local = ResBlock(c, self.winograd, name=f'local_res{i}')(local)
     fused = (1.0 - m) * local + m * glob
     if return_intermediates:
       return fused, {'weights': weights, 'nonlocal': o, 'global': glob, 'local': local}
@@ -467,13 +474,15 @@ class PatchAttention(nn.Module):
   `F_Combine`) of [z, composed, m] back to C channels. m: the binary latent defect mask."""
   patch_size: int
   chunk: int = 256
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, m: jnp.ndarray) -> jnp.ndarray:
     c = z.shape[-1]
-    x = ResBlock(c, name='res0')(z)
+    x = ResBlock(c, self.winograd, name='res0')(z)
     composed = patch_compose(x, m, self.patch_size, self.chunk)
-    return _conv(c, 3, padding=1, name='combine')(jnp.concatenate([z, composed, m], axis=-1))
+    return _conv(c, 3, padding=1, name='combine', winograd=self.winograd)(
+        jnp.concatenate([z, composed, m], axis=-1))
 
 
 class MappingNetwork(nn.Module):
@@ -495,7 +504,8 @@ class MappingNetwork(nn.Module):
   `release_renorm=True`, `global_res=3`), 'patch_attention' (`Mapping_Model_with_mask_2`:
   after `widths_in`, per patch size in `patch_sizes` `patch_res` residual blocks and a
   `PatchAttention`, then `n_res` (the release: 2) residual blocks); `mask_resize='release'`
-  reduces an image-size mask as the release does (`release_latent_mask`)."""
+  reduces an image-size mask as the release does (`release_latent_mask`). `winograd`: its
+  wide 3x3 convs lowered for CPU by Winograd's F(2x2, 3x3) (`_conv`; for inference)."""
   widths_in: Sequence[int] = (128, 256, 512)
   n_res: int = 6
   widths_out: Sequence[int] = (256,)
@@ -507,6 +517,7 @@ class MappingNetwork(nn.Module):
   release_renorm: bool = False
   patch_sizes: Sequence[int] = (8, 4, 2)
   patch_res: int = 2
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, mask: Optional[jnp.ndarray] = None, train: bool = False,
@@ -525,24 +536,27 @@ class MappingNetwork(nn.Module):
         m = latent_mask(mask, z.shape[1:3], self.mask_factor)
     x = z
     for i, width in enumerate(self.widths_in):
-      x = nn.relu(instance_norm(_conv(width, 3, padding=1, name=f'in{i}')(x)))
+      x = nn.relu(instance_norm(_conv(width, 3, padding=1, name=f'in{i}',
+                                      winograd=self.winograd)(x)))
     inter = {'mask': m}
     if self.block == 'partial_nonlocal':
       nonlocal_input = x
-      x, nl = PartialNonLocalBlock(global_res=self.global_res, local_res=self.local_res,
+      block = PartialNonLocalBlock(global_res=self.global_res, local_res=self.local_res,
                                    release_renorm=self.release_renorm,
-                                   name='partial_nonlocal')(x, m, return_intermediates=True)
+                                   winograd=self.winograd, name='partial_nonlocal')
+      x, nl = block(x, m, return_intermediates=True)
       inter.update(nl, nonlocal_input=nonlocal_input, fused=x)
     elif self.block == 'patch_attention':
       for s, patch in enumerate(self.patch_sizes):
         for k in range(self.patch_res):
-          x = ResBlock(x.shape[-1], name=f'stage{s}_res{k}')(x)
-        x = PatchAttention(patch, name=f'attention{s}')(x, m)
+          x = ResBlock(x.shape[-1], self.winograd, name=f'stage{s}_res{k}')(x)
+        x = PatchAttention(patch, winograd=self.winograd, name=f'attention{s}')(x, m)
     for i in range(self.n_res):
-      x = ResBlock(x.shape[-1], name=f'res{i}')(x)
+      x = ResBlock(x.shape[-1], self.winograd, name=f'res{i}')(x)
+    conv = functools.partial(_conv, padding=1, winograd=self.winograd)
     for i, width in enumerate(self.widths_out):
-      x = nn.relu(instance_norm(_conv(width, 3, padding=1, name=f'out{i}')(x)))
-    x = _conv(z.shape[-1], 3, padding=1, name=f'out{len(self.widths_out)}')(x)
+      x = nn.relu(instance_norm(conv(width, 3, name=f'out{i}')(x)))
+    x = conv(z.shape[-1], 3, name=f'out{len(self.widths_out)}')(x)
     return (x, inter) if return_intermediates else x
 
   def attention_weights(self, z: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

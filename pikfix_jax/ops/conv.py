@@ -30,6 +30,11 @@ carries lax's convolution and gradients there:
 
 Dilated and grouped convolutions use `lax.conv_general_dilated` unchanged, and so do both
 gradients on other platforms (GPU/TPU, where cuDNN and XLA compute them natively).
+
+For inference, `winograd_conv_general_dilated` (`models.layers.WinogradConv`): the same, but
+wide 3x3 stride-1 convs (`takes_winograd`) lowered for CPU take Winograd's F(2x2, 3x3)
+(`winograd_conv3x3`), 4/9 of the multiplies, where XLA:CPU's convolution is already near the
+CPU's float32 peak (docs/MODEL.md, "Performance rewrites").
 """
 
 import functools
@@ -285,3 +290,125 @@ def conv_of_broadcast(values: jnp.ndarray, kernel: jnp.ndarray, spatial_shape: S
   cols = jnp.asarray(inside(spatial_shape[1], kw, strides[1], pads[1]), dtype)
   per_tap = jnp.einsum('bc,ijco->bijo', values.astype(dtype), kernel)
   return jnp.einsum('qj,bpjo->bpqo', cols, jnp.einsum('pi,bijo->bpjo', rows, per_tap))
+
+
+# Winograd's minimal filtering F(2, 3) (Lavin & Gray, "Fast Algorithms for Convolutional
+# Neural Networks", CVPR 2016, eq. 7): y = A^T [(G g G^T) * (B^T d B)] A for a 4 x 4 input
+# tile d, 3 x 3 kernel g and 2 x 2 output tile y.
+WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+# Convs with fewer input or output channels gain nothing on XLA:CPU (docs/BENCHMARKS.md).
+WINOGRAD_MIN_CHANNELS = 256
+# Input-transform bytes per band of tile rows: larger images are transformed and multiplied
+# one band at a time (a loop), so the transformed tiles never hold more than this.
+WINOGRAD_BAND_BYTES = 32 * 2**20
+
+
+def takes_winograd(kernel_shape: Sequence[int]) -> bool:
+  """Whether a stride-1 conv with this (kh, kw, C, O) kernel is one `winograd_conv3x3` speeds
+  up: 3x3, at least WINOGRAD_MIN_CHANNELS in and out."""
+  return (tuple(kernel_shape[:2]) == (3, 3)
+          and min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS)
+
+
+def _combine(matrix: Sequence[Sequence[float]], terms: Sequence[jnp.ndarray]
+             ) -> list[jnp.ndarray]:
+  """[sum_j matrix[i][j] * terms[j] for each row i] for a small constant matrix: adds and
+  scalings of whole arrays (zero coefficients skipped), which XLA fuses."""
+  rows = []
+  for row in matrix:
+    total = None
+    for coefficient, term in zip(row, terms):
+      if coefficient == 0:
+        continue
+      scaled = term if coefficient == 1 else (
+          -term if coefficient == -1 else term * jnp.asarray(coefficient, term.dtype))
+      total = scaled if total is None else total + scaled
+    rows.append(total)
+  return rows
+
+
+def winograd_conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray,
+                                  window_strides: Sequence[int],
+                                  padding: Union[str, Sequence[tuple[int, int]]],
+                                  **kwargs: Any) -> jnp.ndarray:
+  """`conv_general_dilated`, except that a conv `takes_winograd` (NHWC, stride 1, float32, no
+  dilation or groups) lowered for CPU is `winograd_conv3x3`; lowered for another platform, or
+  any other conv, exactly `conv_general_dilated`. For inference (`layers.WinogradConv`)."""
+  plain = functools.partial(conv_general_dilated, window_strides=window_strides,
+                            padding=padding, **kwargs)
+  numbers = kwargs.get('dimension_numbers')
+  if (lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
+      or not takes_winograd(rhs.shape) or tuple(window_strides) != (1, 1)
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      or any(kwargs.get(k) not in (None, 1, (1, 1)) for k in (
+          'lhs_dilation', 'rhs_dilation', 'feature_group_count', 'batch_group_count'))
+      or kwargs.get('preferred_element_type') is not None):
+    return plain(lhs, rhs)
+  pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+          if isinstance(padding, str) else padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if min(min(p) for p in pads) < 0:
+    return plain(lhs, rhs)
+  return lax.platform_dependent(
+      lhs, rhs, default=plain, cpu=functools.partial(
+          winograd_conv3x3, pads=pads, precision=kwargs.get('precision')))
+
+
+def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[int, int]],
+                     precision: Any = None, band_bytes: int = WINOGRAD_BAND_BYTES
+                     ) -> jnp.ndarray:
+  """The stride-1 NHWC conv with a (3, 3, C, O) kernel g and non-negative `pads`, by
+  F(2x2, 3x3): the output in 2 x 2 tiles, each from the 4 x 4 input tile d under it, as
+  A^T [(G g G^T) * (B^T d B)] A; the transforms are sums of slices, and the products of the
+  16 transformed positions, (tiles, C) x (C, O) each, one batched matrix product: 16
+  multiply-adds per 2 x 2 outputs where a direct conv does 36. Same values as
+  `lax.conv_general_dilated` up to float rounding (its error under twice a direct float32
+  conv's: tests/test_conv.py). Rows of tiles are taken in bands of at most `band_bytes` of
+  transformed input, so memory stays that of the direct conv plus one band at any size.
+  Inference only (differentiable, but not made fast)."""
+  n, h, w, c = x.shape
+  o = kernel.shape[-1]
+  (top, bottom), (left, right) = pads
+  out_h, out_w = h + top + bottom - 2, w + left + right - 2
+  tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+  # U depends on x (a zero term): computed where this conv runs, not at the program's start,
+  # where XLA:CPU's scheduler would make and hold every conv's U (16/9 of its kernel).
+  kernel = kernel + jnp.zeros((), kernel.dtype) * x[0, 0, 0, 0].astype(kernel.dtype)
+  half = jnp.stack(_combine(WINOGRAD_G, [kernel[i] for i in range(3)]))  # G g: (4, 3, C, O)
+  u16 = jnp.stack(_combine(WINOGRAD_G, [half[:, j] for j in range(3)]), axis=1).reshape(
+      16, c, o)  # G g G^T, [4 p + q]
+  band = max(1, min(tiles_h, band_bytes // (16 * n * tiles_w * c * x.dtype.itemsize)))
+  bands = -(-tiles_h // band)
+  x = jnp.pad(x, ((0, 0), (top, 2 * bands * band + 2 - h - top),
+                  (left, 2 * tiles_w + 2 - w - left), (0, 0)))
+
+  def band_output(rows: jnp.ndarray) -> jnp.ndarray:  # (n, 2 band + 2, ...) -> (n, 2 band, ...)
+    # B^T d B, one axis at a time: (4, 4, n, band, tiles_w, C), [p, q] the transformed position
+    t = jnp.stack(_combine(WINOGRAD_BT, [rows[:, i:i + 2 * band:2] for i in range(4)]))
+    v = jnp.stack(_combine(WINOGRAD_BT, [t[:, :, :, j:j + 2 * tiles_w:2] for j in range(4)]),
+                  axis=1)
+    # One batched product over the 16 positions (one kernel, not 16).
+    m = lax.dot_general(v.reshape(16, -1, c), u16, (((2,), (1,)), ((0,), (0,))),
+                        precision=precision).reshape(4, 4, -1, o)
+    # A^T M A: y[a, b] is output (2 t + a, 2 s + b) of tile (t, s)
+    y = jnp.stack(_combine(WINOGRAD_AT, [m[p] for p in range(4)]))
+    y = jnp.stack(_combine(WINOGRAD_AT, [y[:, q] for q in range(4)]), axis=1)
+    y = y.reshape(2, 2, n, band, tiles_w, o).transpose(2, 3, 0, 4, 1, 5)
+    return y.reshape(n, 2 * band, 2 * tiles_w, o)
+
+  # Band 0, padded to the whole output, is the loop's initial buffer: a buffer of zeros
+  # instead depends on nothing, and XLA:CPU's scheduler would make every conv's at the
+  # program's start and hold them all.
+  out = jnp.pad(band_output(x[:, :2 * band + 2]),
+                ((0, 0), (0, 2 * (bands - 1) * band), (0, 0), (0, 0)))
+
+  def next_band(i: jnp.ndarray, out: jnp.ndarray) -> jnp.ndarray:
+    rows = lax.dynamic_slice_in_dim(x, 2 * band * i, 2 * band + 2, axis=1)
+    return lax.dynamic_update_slice_in_dim(out, band_output(rows), 2 * band * i, axis=1)
+
+  if bands > 1:  # (not traced for one band: a restore's first call traces every conv)
+    out = lax.fori_loop(1, bands, next_band, out)
+  return out[:, :out_h, :out_w].astype(jnp.result_type(x, kernel))
