@@ -152,7 +152,7 @@ def test_gradients_reach_g_and_d_and_the_perceptual_loss_falls_on_four_faces(tmp
 
 
 def _main(workdir, folder, **overrides) -> list[str]:
-  flags = dict(TINY_FLAGS, **{'data.image_folder': folder, 'train.num_train_steps': 30,
+  flags = dict(TINY_FLAGS, **{'data.image_folder': folder, 'train.num_train_steps': 15,
                               'train.checkpoint_every': 5}, **overrides)
   return ([sys.executable, '-m', 'pikfix_jax.main', '--config=configs/baselines/wan2020_face.py',
            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in flags.items()])
@@ -170,11 +170,11 @@ def test_command_trains_resumes_bitwise_then_restores_faces_and_evaluates(tmp_pa
   # The same command stopped by SIGTERM after its first checkpoint, then run again.
   stopped = train_stopped_and_resumed(_main(split, folder), str(split), env, stop_after=5,
                                       timeout=300)
-  assert 5 <= stopped < 30, stopped
+  assert 5 <= stopped < 15, stopped
 
-  config = tiny_config(folder, **{'train.num_train_steps': 30})
+  config = tiny_config(folder, **{'train.num_train_steps': 15})
   (step_a, a), (step_b, b) = restore_latest(str(full), config), restore_latest(str(split), config)
-  assert step_a == step_b == 30
+  assert step_a == step_b == 15
   leaves_a = jax.tree_util.tree_flatten_with_path(jax.device_get(a))[0]
   leaves_b = jax.tree_util.tree_leaves(jax.device_get(b))
   assert len(leaves_a) == len(leaves_b)
