@@ -295,9 +295,9 @@ def conv_of_broadcast(values: jnp.ndarray, kernel: jnp.ndarray, spatial_shape: S
 # Winograd's minimal filtering F(2, 3) (Lavin & Gray, "Fast Algorithms for Convolutional
 # Neural Networks", CVPR 2016, eq. 7): y = A^T [(G g G^T) * (B^T d B)] A for a 4 x 4 input
 # tile d, 3 x 3 kernel g and 2 x 2 output tile y.
-WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 # Convs with fewer input or output channels gain nothing on XLA:CPU (docs/BENCHMARKS.md).
 WINOGRAD_MIN_CHANNELS = 256
 # Input-transform bytes per band of tile rows: larger images are transformed and multiplied
@@ -377,8 +377,8 @@ def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[i
   # U depends on x (a zero term): computed where this conv runs, not at the program's start,
   # where XLA:CPU's scheduler would make and hold every conv's U (16/9 of its kernel).
   kernel = kernel + jnp.zeros((), kernel.dtype) * x[0, 0, 0, 0].astype(kernel.dtype)
-  half = jnp.stack(_combine(WINOGRAD_G, [kernel[i] for i in range(3)]))  # G g: (4, 3, C, O)
-  u16 = jnp.stack(_combine(WINOGRAD_G, [half[:, j] for j in range(3)]), axis=1).reshape(
+  half = jnp.stack(_combine(_WINOGRAD_G, [kernel[i] for i in range(3)]))  # G g: (4, 3, C, O)
+  u16 = jnp.stack(_combine(_WINOGRAD_G, [half[:, j] for j in range(3)]), axis=1).reshape(
       16, c, o)  # G g G^T, [4 p + q]
   band = max(1, min(tiles_h, band_bytes // (16 * n * tiles_w * c * x.dtype.itemsize)))
   bands = -(-tiles_h // band)
@@ -387,15 +387,15 @@ def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[i
 
   def band_output(rows: jnp.ndarray) -> jnp.ndarray:  # (n, 2 band + 2, ...) -> (n, 2 band, ...)
     # B^T d B, one axis at a time: (4, 4, n, band, tiles_w, C), [p, q] the transformed position
-    t = jnp.stack(_combine(WINOGRAD_BT, [rows[:, i:i + 2 * band:2] for i in range(4)]))
-    v = jnp.stack(_combine(WINOGRAD_BT, [t[:, :, :, j:j + 2 * tiles_w:2] for j in range(4)]),
+    t = jnp.stack(_combine(_WINOGRAD_BT, [rows[:, i:i + 2 * band:2] for i in range(4)]))
+    v = jnp.stack(_combine(_WINOGRAD_BT, [t[:, :, :, j:j + 2 * tiles_w:2] for j in range(4)]),
                   axis=1)
     # One batched product over the 16 positions (one kernel, not 16).
     m = lax.dot_general(v.reshape(16, -1, c), u16, (((2,), (1,)), ((0,), (0,))),
                         precision=precision).reshape(4, 4, -1, o)
     # A^T M A: y[a, b] is output (2 t + a, 2 s + b) of tile (t, s)
-    y = jnp.stack(_combine(WINOGRAD_AT, [m[p] for p in range(4)]))
-    y = jnp.stack(_combine(WINOGRAD_AT, [y[:, q] for q in range(4)]), axis=1)
+    y = jnp.stack(_combine(_WINOGRAD_AT, [m[p] for p in range(4)]))
+    y = jnp.stack(_combine(_WINOGRAD_AT, [y[:, q] for q in range(4)]), axis=1)
     y = y.reshape(2, 2, n, band, tiles_w, o).transpose(2, 3, 0, 4, 1, 5)
     return y.reshape(n, 2 * band, 2 * tiles_w, o)
 
