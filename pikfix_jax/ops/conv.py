@@ -63,21 +63,37 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  if lhs.ndim != 4:
+  plain_nhwc = _plain_nhwc_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                dimension_numbers, feature_group_count, batch_group_count,
+                                preferred_element_type)
+  if plain_nhwc is None:
     return plain(lhs, rhs)
+  return _conv(lhs, rhs, *plain_nhwc, precision)
+
+
+def _plain_nhwc_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
+                     padding: Union[str, Sequence[tuple[int, int]]],
+                     lhs_dilation: Optional[Sequence[int]], rhs_dilation: Optional[Sequence[int]],
+                     dimension_numbers: Any, feature_group_count: int, batch_group_count: int,
+                     preferred_element_type: Any
+                     ) -> Optional[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
+  """(strides, explicit non-negative pads) of an NHWC conv without dilation, groups or a
+  preferred type (the convs this module rewrites); None for any other."""
+  if lhs.ndim != 4:
+    return None
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if (numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
       or set(lhs_dilation or (1,)) != {1}
       or set(rhs_dilation or (1,)) != {1} or feature_group_count != 1
       or batch_group_count != 1 or preferred_element_type is not None):
-    return plain(lhs, rhs)
+    return None
   strides = tuple(int(s) for s in window_strides)
   pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
           if isinstance(padding, str) else padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if min(min(p) for p in pads) < 0:
-    return plain(lhs, rhs)
-  return _conv(lhs, rhs, strides, pads, precision)
+    return None
+  return strides, pads
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -332,29 +348,28 @@ def _combine(matrix: Sequence[Sequence[float]], terms: Sequence[jnp.ndarray]
 def winograd_conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray,
                                   window_strides: Sequence[int],
                                   padding: Union[str, Sequence[tuple[int, int]]],
-                                  **kwargs: Any) -> jnp.ndarray:
-  """`conv_general_dilated`, except that a conv `takes_winograd` (NHWC, stride 1, float32, no
-  dilation or groups) lowered for CPU is `winograd_conv3x3`; lowered for another platform, or
-  any other conv, exactly `conv_general_dilated`. For inference (`layers.WinogradConv`)."""
-  plain = functools.partial(conv_general_dilated, window_strides=window_strides,
-                            padding=padding, **kwargs)
-  numbers = kwargs.get('dimension_numbers')
-  if (lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
-      or not takes_winograd(rhs.shape) or tuple(window_strides) != (1, 1)
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-      or any(kwargs.get(k) not in (None, 1, (1, 1)) for k in (
-          'lhs_dilation', 'rhs_dilation', 'feature_group_count', 'batch_group_count'))
-      or kwargs.get('preferred_element_type') is not None):
+                                  lhs_dilation: Optional[Sequence[int]] = None,
+                                  rhs_dilation: Optional[Sequence[int]] = None,
+                                  dimension_numbers: Any = None, feature_group_count: int = 1,
+                                  batch_group_count: int = 1, precision: Any = None,
+                                  preferred_element_type: Any = None) -> jnp.ndarray:
+  """`conv_general_dilated`, except that a float32 stride-1 NHWC conv that `takes_winograd`
+  (no dilation or groups) lowered for CPU is `winograd_conv3x3`; lowered for another platform,
+  or any other conv, exactly `conv_general_dilated`. For inference (`layers.WinogradConv`)."""
+  plain = functools.partial(
+      conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  plain_nhwc = _plain_nhwc_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                dimension_numbers, feature_group_count, batch_group_count,
+                                preferred_element_type)
+  if (plain_nhwc is None or plain_nhwc[0] != (1, 1) or not takes_winograd(rhs.shape)
+      or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32):
     return plain(lhs, rhs)
-  pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-          if isinstance(padding, str) else padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if min(min(p) for p in pads) < 0:
-    return plain(lhs, rhs)
-  return lax.platform_dependent(
-      lhs, rhs, default=plain, cpu=functools.partial(
-          winograd_conv3x3, pads=pads, precision=kwargs.get('precision')))
+  return lax.platform_dependent(lhs, rhs, default=plain, cpu=functools.partial(
+      winograd_conv3x3, pads=plain_nhwc[1], precision=precision))
 
 
 def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[int, int]],
