@@ -179,7 +179,7 @@ def load(directory: str, names: Optional[tuple[str, ...]] = None,
 
   `winograd`: the mapping networks are built with `winograd=True`: lowered for CPU, their wide
   3x3 convs take Winograd's F(2x2, 3x3) (the same function with 4/9 of those convs'
-  multiplies; `ops.conv.winograd_conv_general_dilated`); elsewhere nothing changes."""
+  multiplies; `ops.conv.conv_general_dilated(winograd=True)`); elsewhere nothing changes."""
   path = os.path.join(directory, CONFIG_FILE)
   if not is_release_dir(directory):
     raise ValueError(f'{path}: not a converted {ARCH} release (python -m '

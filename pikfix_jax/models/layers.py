@@ -20,8 +20,8 @@ Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated
 
 
 # The same for inference: wide 3x3 convs lowered for CPU by Winograd's F(2x2, 3x3).
-WinogradConv = functools.partial(nn.Conv,
-                                 conv_general_dilated=conv.winograd_conv_general_dilated)
+WinogradConv = functools.partial(
+    nn.Conv, conv_general_dilated=functools.partial(conv.conv_general_dilated, winograd=True))
 
 
 def normal_around_one(std: float) -> Callable:

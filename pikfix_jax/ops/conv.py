@@ -31,8 +31,8 @@ carries lax's convolution and gradients there:
 Dilated and grouped convolutions use `lax.conv_general_dilated` unchanged, and so do both
 gradients on other platforms (GPU/TPU, where cuDNN and XLA compute them natively).
 
-For inference, `winograd_conv_general_dilated` (`models.layers.WinogradConv`): the same, but
-wide 3x3 stride-1 convs (`takes_winograd`) lowered for CPU take Winograd's F(2x2, 3x3)
+For inference, `conv_general_dilated(..., winograd=True)` (`models.layers.WinogradConv`): the
+same, but wide 3x3 stride-1 convs (`takes_winograd`) lowered for CPU take Winograd's F(2x2, 3x3)
 (`winograd_conv3x3`), 4/9 of the multiplies, where XLA:CPU's convolution is already near the
 CPU's float32 peak (docs/MODEL.md, "Performance rewrites").
 """
@@ -54,46 +54,39 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
                          rhs_dilation: Optional[Sequence[int]] = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None) -> jnp.ndarray:
+                         preferred_element_type: Any = None, winograd: bool = False
+                         ) -> jnp.ndarray:
   """`lax.conv_general_dilated`, with the CPU gradients above where they apply (decided here
-  from the shapes and options; the platform is decided at lowering, `_conv_bwd`)."""
+  from the shapes and options; the platform is decided at lowering, `_conv_bwd`).
+
+  `winograd` (inference, `layers.WinogradConv`): a float32 stride-1 conv that `takes_winograd`,
+  lowered for CPU, is `winograd_conv3x3`; lowered for another platform, the same as without."""
   plain = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  plain_nhwc = _plain_nhwc_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                dimension_numbers, feature_group_count, batch_group_count,
-                                preferred_element_type)
-  if plain_nhwc is None:
-    return plain(lhs, rhs)
-  return _conv(lhs, rhs, *plain_nhwc, precision)
-
-
-def _plain_nhwc_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
-                     padding: Union[str, Sequence[tuple[int, int]]],
-                     lhs_dilation: Optional[Sequence[int]], rhs_dilation: Optional[Sequence[int]],
-                     dimension_numbers: Any, feature_group_count: int, batch_group_count: int,
-                     preferred_element_type: Any
-                     ) -> Optional[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
-  """(strides, explicit non-negative pads) of an NHWC conv without dilation, groups or a
-  preferred type (the convs this module rewrites); None for any other."""
   if lhs.ndim != 4:
-    return None
+    return plain(lhs, rhs)
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if (numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
       or set(lhs_dilation or (1,)) != {1}
       or set(rhs_dilation or (1,)) != {1} or feature_group_count != 1
       or batch_group_count != 1 or preferred_element_type is not None):
-    return None
+    return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
           if isinstance(padding, str) else padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if min(min(p) for p in pads) < 0:
-    return None
-  return strides, pads
+    return plain(lhs, rhs)
+  if (winograd and strides == (1, 1) and takes_winograd(rhs.shape)
+      and lhs.dtype == rhs.dtype == jnp.float32):
+    return lax.platform_dependent(
+        lhs, rhs, default=lambda x, k: _conv(x, k, strides, pads, precision),
+        cpu=functools.partial(winograd_conv3x3, pads=pads, precision=precision))
+  return _conv(lhs, rhs, strides, pads, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -343,33 +336,6 @@ def _combine(matrix: Sequence[Sequence[float]], terms: Sequence[jnp.ndarray]
       total = scaled if total is None else total + scaled
     rows.append(total)
   return rows
-
-
-def winograd_conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray,
-                                  window_strides: Sequence[int],
-                                  padding: Union[str, Sequence[tuple[int, int]]],
-                                  lhs_dilation: Optional[Sequence[int]] = None,
-                                  rhs_dilation: Optional[Sequence[int]] = None,
-                                  dimension_numbers: Any = None, feature_group_count: int = 1,
-                                  batch_group_count: int = 1, precision: Any = None,
-                                  preferred_element_type: Any = None) -> jnp.ndarray:
-  """`conv_general_dilated`, except that a float32 stride-1 NHWC conv that `takes_winograd`
-  (no dilation or groups) lowered for CPU is `winograd_conv3x3`; lowered for another platform,
-  or any other conv, exactly `conv_general_dilated`. For inference (`layers.WinogradConv`)."""
-  plain = functools.partial(
-      conv_general_dilated, window_strides=window_strides, padding=padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
-  plain_nhwc = _plain_nhwc_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                dimension_numbers, feature_group_count, batch_group_count,
-                                preferred_element_type)
-  if (plain_nhwc is None or plain_nhwc[0] != (1, 1) or not takes_winograd(rhs.shape)
-      or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32):
-    return plain(lhs, rhs)
-  return lax.platform_dependent(lhs, rhs, default=plain, cpu=functools.partial(
-      winograd_conv3x3, pads=plain_nhwc[1], precision=precision))
 
 
 def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[int, int]],
